@@ -1,0 +1,1610 @@
+//! Load generator for the Waybill server.
+//!
+//! Usage: `cargo bench --bench load -- [options]`
+//!
+//! It starts `waybill serve` on a fresh data directory (or talks to an already
+//! running server given with `--server`), provisions two partners and a route,
+//! and then measures:
+//!
+//! * `inbound`: intake throughput and latency of 1 KiB messages,
+//! * `pollack`: how fast a receiver can drain its queue with poll + ack,
+//! * `memory`:  resident memory after storing many messages, and the time a
+//!   restart on that data needs until the server is ready again.
+//!
+//! The HTTP client is deliberately minimal (keep-alive HTTP/1.1, requests with
+//! Content-Length, responses with Content-Length or chunked bodies) because the
+//! generator shares a small machine with the server: every cycle it spends is
+//! a cycle the server does not get, so requests are pre-built and buffers are
+//! reused instead of pulling in a general-purpose client.
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout};
+
+const USAGE: &str = "\
+usage: cargo bench --bench load -- [options]
+
+  --duration SECS       measured time per phase (default 10)
+  --connections N       connections for the inbound phase (default 64)
+  --phase LIST          comma-separated: inbound, pollack, memory, all
+                        (default inbound,pollack; all adds memory)
+  --messages N          messages to store in the memory phase (default 1000000)
+  --server URL          use a running server (http://host:port) instead of starting one
+  --admin-token TOKEN   admin token for --server (or WAYBILL_ADMIN_TOKEN)
+  --threads N           client runtime threads (default 2)
+
+The server binary is the one cargo built for this package; WAYBILL_BIN overrides it.";
+
+const SENDER: &str = "ACME";
+const RECEIVER: &str = "GLOBEX";
+const INBOUND_PATH: &str = "/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order&version=1";
+const POLL_PATH: &str = "/api/v1/transmissions?limit=100&lease=60";
+const ACK_PATH: &str = "/api/v1/transmissions/status/";
+const ACK_BODY: &[u8] = br#"{"status":"processed"}"#;
+const BODY_SIZE: usize = 1024;
+const SEQ_DIGITS: usize = 16;
+
+/// Long enough that a server stalled by a compaction or fsync is reported as
+/// slow rather than failing, short enough that a hung server ends the run.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A restart over a million stored messages may rebuild indexes; give it room.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(300);
+const WARMUP: Duration = Duration::from_secs(1);
+/// Backfills (pollack top-up and the memory phase) are about volume, not about
+/// the connection count being measured, so they use a fixed width.
+const FILL_CONNECTIONS: usize = 64;
+const POLLERS: usize = 8;
+const ACK_LANES: usize = 8;
+const BACKLOG_PER_SECOND: u64 = 20_000;
+const BACKLOG_CAP: u64 = 400_000;
+const PROGRESS_EVERY: u64 = 100_000;
+
+// ---------------------------------------------------------------------------
+// Options
+
+struct Options {
+    duration: Duration,
+    connections: usize,
+    inbound: bool,
+    pollack: bool,
+    memory: bool,
+    messages: u64,
+    server: Option<String>,
+    admin_token: Option<String>,
+    threads: usize,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        duration: Duration::from_secs(10),
+        connections: 64,
+        inbound: true,
+        pollack: true,
+        memory: false,
+        messages: 1_000_000,
+        server: None,
+        admin_token: None,
+        threads: 2,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        // Accept both `--opt value` and `--opt=value`.
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| -> Result<String, String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args.next().ok_or_else(|| format!("{what} needs a value")),
+            }
+        };
+        match name.as_str() {
+            // cargo passes --bench to every harness = false bench binary.
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--duration" => {
+                let v = value("--duration")?;
+                let secs: f64 = v.parse().map_err(|_| format!("bad --duration {v:?}"))?;
+                if !(secs > 0.0 && secs.is_finite()) {
+                    return Err(format!("bad --duration {v:?}"));
+                }
+                o.duration = Duration::from_secs_f64(secs);
+            }
+            "--connections" => {
+                o.connections = parse_count(&value("--connections")?, "--connections")?
+            }
+            "--messages" => o.messages = parse_count(&value("--messages")?, "--messages")? as u64,
+            "--threads" => o.threads = parse_count(&value("--threads")?, "--threads")?,
+            "--server" => o.server = Some(value("--server")?),
+            "--admin-token" => o.admin_token = Some(value("--admin-token")?),
+            "--phase" => {
+                let v = value("--phase")?;
+                o.inbound = false;
+                o.pollack = false;
+                o.memory = false;
+                for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    match p {
+                        "inbound" => o.inbound = true,
+                        "pollack" => o.pollack = true,
+                        "memory" => o.memory = true,
+                        "all" => {
+                            o.inbound = true;
+                            o.pollack = true;
+                            o.memory = true;
+                        }
+                        _ => return Err(format!("unknown phase {p:?}")),
+                    }
+                }
+                if !(o.inbound || o.pollack || o.memory) {
+                    return Err("--phase names no phase".into());
+                }
+            }
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn parse_count(v: &str, what: &str) -> Result<usize, String> {
+    let v = v.replace('_', "");
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("bad {what} {v:?}")),
+    }
+}
+
+fn main() {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("load: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("load: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(run(opts));
+    // Drop the runtime before exiting so no task outlives the server handle.
+    drop(rt);
+    if let Err(e) = result {
+        eprintln!("load: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Orchestration
+
+/// Everything the workers need; shared read-only.
+struct Ctx {
+    addr: SocketAddr,
+    host: String,
+    sender_key: String,
+    receiver_key: String,
+}
+
+async fn run(opts: Options) -> Result<(), String> {
+    // `server` lives until the end of this function so that any early return
+    // still shuts the child down (see Drop for Server).
+    let mut server: Option<Server> = None;
+    let (addr, host, admin_token) = match &opts.server {
+        Some(url) => {
+            let (addr, host) = resolve(url).await?;
+            let token = opts
+                .admin_token
+                .clone()
+                .or_else(|| std::env::var("WAYBILL_ADMIN_TOKEN").ok())
+                .ok_or("--server needs --admin-token (or WAYBILL_ADMIN_TOKEN)")?;
+            wait_for_ok(
+                addr,
+                &host,
+                "/healthz",
+                Instant::now() + STARTUP_TIMEOUT,
+                None,
+            )
+            .await?;
+            println!("server   {url} (external)");
+            (addr, host, token)
+        }
+        None => {
+            let s = server.insert(Server::start(server_binary())?);
+            let deadline = Instant::now() + STARTUP_TIMEOUT;
+            let host = s.addr.to_string();
+            wait_for_ok(s.addr, &host, "/healthz", deadline, Some(&mut *s)).await?;
+            let token = s.admin_token(deadline).await?;
+            // /healthz only says the listener is up; provisioning is more
+            // reliable once the server also reports ready.
+            wait_for_ok(s.addr, &host, "/readyz", deadline, Some(&mut *s)).await?;
+            println!(
+                "server   {} pid {} data {}",
+                s.addr,
+                s.pid().unwrap_or(0),
+                s.data_dir.display()
+            );
+            (s.addr, host, token)
+        }
+    };
+
+    let ctx = Arc::new(provision(addr, host, &admin_token).await?);
+    // Messages stored for the receiver and not yet acknowledged by us.
+    let mut backlog: u64 = 0;
+
+    if opts.inbound {
+        let t = run_inbound_timed(&ctx, opts.connections, opts.duration).await;
+        backlog += t.created;
+        let secs = opts.duration.as_secs_f64();
+        println!(
+            "inbound  {} conns {:.1}s: {} ok, {} err, {:.0} req/s, {}",
+            opts.connections,
+            secs,
+            t.ok,
+            t.err,
+            t.ok as f64 / secs,
+            latency_summary(
+                t.lat,
+                &[
+                    ("p50", 0.50),
+                    ("p90", 0.90),
+                    ("p99", 0.99),
+                    ("p99.9", 0.999)
+                ],
+                true
+            )
+        );
+        print_first_error(&t.first_err);
+        check_alive(&mut server, "inbound")?;
+    }
+
+    if opts.pollack {
+        let target =
+            ((opts.duration.as_secs_f64() * BACKLOG_PER_SECOND as f64) as u64).min(BACKLOG_CAP);
+        if backlog < target {
+            let need = target - backlog;
+            let started = Instant::now();
+            let t = run_inbound_count(&ctx, FILL_CONNECTIONS, need, None).await;
+            backlog += t.created;
+            println!(
+                "pollack  backlog top-up: {} sent in {:.1}s, {} err (backlog {})",
+                t.created,
+                started.elapsed().as_secs_f64(),
+                t.err,
+                backlog
+            );
+            print_first_error(&t.first_err);
+            check_alive(&mut server, "the backlog top-up")?;
+        }
+        let r = run_pollack(&ctx, opts.duration).await;
+        let secs = r.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "pollack  {} pollers x {} ack conns {:.1}s{}: {} acked, {:.0} tx/s, {} polls, poll {}, ack {}, {} err",
+            POLLERS,
+            ACK_LANES,
+            secs,
+            if r.drained { " (backlog drained)" } else { "" },
+            r.acked,
+            r.acked as f64 / secs,
+            r.polls.ok + r.polls.err,
+            latency_summary(r.polls.lat, &[("p50", 0.50), ("p99", 0.99)], false),
+            latency_summary(r.acks.lat, &[("p50", 0.50), ("p99", 0.99)], false),
+            r.polls.err + r.acks.err
+        );
+        print_first_error(&r.polls.first_err);
+        print_first_error(&r.acks.first_err);
+        check_alive(&mut server, "pollack")?;
+    }
+
+    if opts.memory {
+        run_memory(&ctx, server.as_mut(), opts.messages).await?;
+    }
+
+    if let Some(s) = server.as_mut() {
+        let status = s.stop().await?;
+        println!("server   stopped: {status}");
+    }
+    Ok(())
+}
+
+/// A crashed server makes every later number meaningless (all errors), so
+/// stop there and show why it died.
+fn check_alive(server: &mut Option<Server>, phase: &str) -> Result<(), String> {
+    match server.as_mut() {
+        Some(s) => match s.exited() {
+            Some(status) => Err(format!(
+                "server exited during {phase} ({status})\n{}",
+                s.log_tail()
+            )),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WAYBILL_BIN") {
+        return PathBuf::from(p);
+    }
+    // Cargo sets this when building benches; the fallback lets the file be
+    // compiled as a plain binary too.
+    PathBuf::from(option_env!("CARGO_BIN_EXE_waybill").unwrap_or("target/release/waybill"))
+}
+
+async fn resolve(url: &str) -> Result<(SocketAddr, String), String> {
+    if url.starts_with("https://") {
+        return Err("--server: only plain http is supported".into());
+    }
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("--server: no host in {url:?}"));
+    }
+    // "[::1]" ends in "1]", which is not a port, so IPv6 literals work too.
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut addrs = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| format!("--server: cannot resolve {with_port}: {e}"))?;
+    let addr = addrs
+        .next()
+        .ok_or_else(|| format!("--server: {with_port} resolves to nothing"))?;
+    Ok((addr, authority.to_string()))
+}
+
+/// Polls `path` until it answers 200. With a server handle it also notices a
+/// child that died, which otherwise would look like a slow start.
+async fn wait_for_ok(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    deadline: Instant,
+    mut server: Option<&mut Server>,
+) -> Result<(), String> {
+    let req = build_request("GET", path, host, &[], b"");
+    let mut last: String;
+    loop {
+        if let Some(s) = server.as_deref_mut() {
+            if let Some(status) = s.exited() {
+                return Err(format!(
+                    "server exited during startup ({status})\n{}",
+                    s.log_tail()
+                ));
+            }
+        }
+        match one_shot(addr, &req, Duration::from_secs(2)).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("{path} answered {status}: {}", snippet(&body)),
+            Err(e) => last = format!("{path}: {e}"),
+        }
+        if Instant::now() >= deadline {
+            let log = server.map(|s| s.log_tail()).unwrap_or_default();
+            return Err(format!("server not up in time: {last}\n{log}"));
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends one request on a fresh connection; for control traffic, not load.
+async fn one_shot(addr: SocketAddr, req: &[u8], limit: Duration) -> io::Result<(u16, Vec<u8>)> {
+    let fut = async {
+        let mut c = Conn::connect(addr).await?;
+        let status = c.request(req).await?;
+        Ok((status, std::mem::take(&mut c.body)))
+    };
+    match timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out")),
+    }
+}
+
+async fn admin_post(
+    addr: SocketAddr,
+    host: &str,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, Value), String> {
+    let auth = format!("Bearer {token}");
+    let body = body.to_string();
+    let req = build_request(
+        "POST",
+        path,
+        host,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    let (status, resp) = one_shot(addr, &req, REQUEST_TIMEOUT)
+        .await
+        .map_err(|e| format!("POST {path}: {e}"))?;
+    let v = serde_json::from_slice(&resp).unwrap_or_else(|_| Value::String(snippet(&resp)));
+    Ok((status, v))
+}
+
+async fn provision(addr: SocketAddr, host: String, token: &str) -> Result<Ctx, String> {
+    // Against an external server these may already exist from an earlier run;
+    // that is fine as long as the keys can be issued afterwards.
+    for (code, name) in [(SENDER, "Acme"), (RECEIVER, "Globex")] {
+        let (status, v) = admin_post(
+            addr,
+            &host,
+            token,
+            "/admin/api/partners",
+            &json!({"code": code, "name": name}),
+        )
+        .await?;
+        if status == 409 {
+            println!("setup    partner {code} already exists");
+        } else if !is_success(status) {
+            // Not fatal yet: issuing the key below is the real test.
+            eprintln!("setup    partner {code}: {status} {v}");
+        }
+    }
+    let mut keys = Vec::new();
+    for code in [SENDER, RECEIVER] {
+        let path = format!("/admin/api/partners/{code}/keys");
+        let (status, v) = admin_post(addr, &host, token, &path, &json!({})).await?;
+        let key = v
+            .get("data")
+            .and_then(|d| d.get("key"))
+            .and_then(Value::as_str)
+            .filter(|_| is_success(status));
+        match key {
+            Some(k) => keys.push(k.to_string()),
+            None => return Err(format!("issuing a key for {code} failed: {status} {v}")),
+        }
+    }
+    let (status, v) = admin_post(
+        addr,
+        &host,
+        token,
+        "/admin/api/routes",
+        &json!({"sender": SENDER, "receiver": RECEIVER, "doctype": "*"}),
+    )
+    .await?;
+    if status == 409 {
+        println!("setup    route {SENDER}->{RECEIVER} already exists");
+    } else if !is_success(status) {
+        // A route left over from an earlier run may be reported differently
+        // than 409; a missing one shows up as inbound errors anyway.
+        eprintln!("setup    route {SENDER}->{RECEIVER}: {status} {v}");
+    }
+    let receiver_key = keys.pop().unwrap_or_default();
+    let sender_key = keys.pop().unwrap_or_default();
+    Ok(Ctx {
+        addr,
+        host,
+        sender_key,
+        receiver_key,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Server process
+
+struct Server {
+    bin: PathBuf,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    addr: SocketAddr,
+    child: Option<Child>,
+    // Declared last: fields drop in order, and the directory must outlive
+    // the child that Drop stops first.
+    _root: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(bin: PathBuf) -> Result<Server, String> {
+        if !bin.exists() {
+            return Err(format!(
+                "server binary {} not found (build it, or set WAYBILL_BIN)",
+                bin.display()
+            ));
+        }
+        let root = tempfile::Builder::new()
+            .prefix("waybill-load-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        // The log sits beside, not inside, the data directory so the server
+        // never sees a file it did not create.
+        let data_dir = root.path().join("data");
+        fs::create_dir(&data_dir).map_err(|e| format!("create {}: {e}", data_dir.display()))?;
+        let mut s = Server {
+            bin,
+            log_path: root.path().join("server.log"),
+            data_dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            _root: root,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        // A fresh port per spawn: the previous one may linger in TIME_WAIT.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot find a free port: {e}"))?
+            .port();
+        self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|e| format!("open {}: {e}", self.log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| format!("log: {e}"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // Per-request logging would turn the benchmark into a logging
+        // benchmark; an explicit RUST_LOG from the caller still wins.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    async fn admin_token(&mut self, deadline: Instant) -> Result<String, String> {
+        let path = self.data_dir.join("admin.token");
+        loop {
+            // The file may be observed half-written; an empty read just retries.
+            if let Ok(t) = fs::read_to_string(&path) {
+                let t = t.trim();
+                if !t.is_empty() {
+                    return Ok(t.to_string());
+                }
+            }
+            if let Some(status) = self.exited() {
+                return Err(format!("server exited ({status})\n{}", self.log_tail()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not appear\n{}",
+                    path.display(),
+                    self.log_tail()
+                ));
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, so the server takes its graceful path (flush, close the store)
+    /// exactly as it would under a service manager.
+    async fn stop(&mut self) -> Result<ExitStatus, String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("server is not running".into());
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status);
+        }
+        send_sigterm(child.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)).await,
+                _ => {
+                    let _ = child.kill();
+                    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+                    return Err(format!(
+                        "server ignored SIGTERM for 60 s; killed ({status})"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(20);
+        if lines.is_empty() {
+            return "(server log is empty)".into();
+        }
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log_path.display(),
+            lines[from..].join("\n")
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Reached on error paths; never leave a server running behind us.
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                send_sigterm(child.id());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn send_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status =
+        fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line["VmRSS:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn fmt_mb(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.1} MB", b as f64 / (1024.0 * 1024.0)),
+        None => "n/a".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    err: u64,
+    /// Every message the server accepted, including warm-up; the pollack phase
+    /// needs to know how much backlog exists, not just what was measured.
+    created: u64,
+    lat: Vec<u32>,
+    first_err: Option<String>,
+}
+
+impl Tally {
+    fn with_capacity(n: usize) -> Tally {
+        Tally {
+            lat: Vec::with_capacity(n),
+            ..Tally::default()
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.err += other.err;
+        self.created += other.created;
+        self.lat.extend_from_slice(&other.lat);
+        if self.first_err.is_none() {
+            self.first_err = other.first_err;
+        }
+    }
+
+    fn note_error(&mut self, counted: bool, what: impl FnOnce() -> String) {
+        if counted {
+            self.err += 1;
+        }
+        if self.first_err.is_none() {
+            self.first_err = Some(what());
+        }
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+fn latency_summary(mut lat: Vec<u32>, quantiles: &[(&str, f64)], with_max: bool) -> String {
+    if lat.is_empty() {
+        return "latency n/a".into();
+    }
+    lat.sort_unstable();
+    let mut parts: Vec<String> = quantiles
+        .iter()
+        .map(|(name, q)| {
+            let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+            format!("{name} {}", fmt_ms(lat[rank - 1]))
+        })
+        .collect();
+    if with_max {
+        parts.push(format!("max {}", fmt_ms(lat[lat.len() - 1])));
+    }
+    parts.join(", ")
+}
+
+fn fmt_ms(us: u32) -> String {
+    let ms = us as f64 / 1000.0;
+    if ms < 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn print_first_error(e: &Option<String>) {
+    if let Some(e) = e {
+        println!("         first error: {e}");
+    }
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+fn snippet(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(400)];
+    let mut s = String::from_utf8_lossy(cut).replace('\n', " ");
+    if body.len() > cut.len() {
+        s.push_str("...");
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Inbound load
+
+/// How an inbound worker decides when to stop.
+enum Budget {
+    /// Run until `end`; only requests started at or after `record_from` count,
+    /// so connection setup and cold caches stay out of the numbers.
+    Timed { record_from: Instant, end: Instant },
+    /// Send until `total` messages are stored. Tickets are handed out with an
+    /// atomic counter and returned on failure so the total is exact.
+    Count {
+        issued: AtomicU64,
+        total: u64,
+        stored: AtomicU64,
+        errors: AtomicU64,
+        abort: AtomicBool,
+        progress: Option<Instant>,
+    },
+}
+
+impl Budget {
+    fn take(&self) -> bool {
+        match self {
+            Budget::Timed { end, .. } => Instant::now() < *end,
+            Budget::Count {
+                issued,
+                total,
+                abort,
+                ..
+            } => !abort.load(Ordering::Relaxed) && issued.fetch_add(1, Ordering::Relaxed) < *total,
+        }
+    }
+
+    fn give_back(&self) {
+        if let Budget::Count {
+            issued,
+            total,
+            errors,
+            abort,
+            ..
+        } = self
+        {
+            issued.fetch_sub(1, Ordering::Relaxed);
+            // A dead server must not turn a fixed-count run into an endless one.
+            if errors.fetch_add(1, Ordering::Relaxed) + 1 > 1000 + total / 100 {
+                abort.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn stored(&self) {
+        if let Budget::Count {
+            stored,
+            progress: Some(started),
+            ..
+        } = self
+        {
+            let n = stored.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % PROGRESS_EVERY == 0 {
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "memory   {n} stored, {secs:.1}s, {:.0} msg/s",
+                    n as f64 / secs
+                );
+            }
+        }
+    }
+
+    fn counts(&self, start: Instant) -> bool {
+        match self {
+            Budget::Timed { record_from, .. } => start >= *record_from,
+            Budget::Count { .. } => true,
+        }
+    }
+}
+
+/// A 1 KiB JSON object with a fixed-width sequence field, so each request can
+/// be made unique by overwriting digits in place rather than re-encoding.
+fn inbound_body() -> (Vec<u8>, usize) {
+    let pre = br#"{"type":"order","source":"waybill-load","seq":""#;
+    let mid = br#"","pad":""#;
+    let end = br#""}"#;
+    let pad = BODY_SIZE - pre.len() - SEQ_DIGITS - mid.len() - end.len();
+    let mut body = Vec::with_capacity(BODY_SIZE);
+    body.extend_from_slice(pre);
+    body.resize(body.len() + SEQ_DIGITS, b'0');
+    body.extend_from_slice(mid);
+    body.resize(body.len() + pad, b'x');
+    body.extend_from_slice(end);
+    debug_assert_eq!(body.len(), BODY_SIZE);
+    (body, pre.len())
+}
+
+fn put_digits(dst: &mut [u8], mut v: u64) {
+    for b in dst.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+async fn run_inbound_timed(ctx: &Arc<Ctx>, conns: usize, duration: Duration) -> Tally {
+    let record_from = Instant::now() + WARMUP;
+    let budget = Budget::Timed {
+        record_from,
+        end: record_from + duration,
+    };
+    run_inbound(ctx, conns, budget).await
+}
+
+async fn run_inbound_count(
+    ctx: &Arc<Ctx>,
+    conns: usize,
+    total: u64,
+    progress: Option<Instant>,
+) -> Tally {
+    let budget = Budget::Count {
+        issued: AtomicU64::new(0),
+        total,
+        stored: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+        progress,
+    };
+    run_inbound(ctx, conns, budget).await
+}
+
+async fn run_inbound(ctx: &Arc<Ctx>, conns: usize, budget: Budget) -> Tally {
+    let budget = Arc::new(budget);
+    let mut set = JoinSet::new();
+    for id in 0..conns {
+        set.spawn(inbound_worker(ctx.clone(), id as u64, budget.clone()));
+    }
+    let mut total = Tally::default();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(t) => total.merge(t),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    total
+}
+
+async fn inbound_worker(ctx: Arc<Ctx>, id: u64, budget: Arc<Budget>) -> Tally {
+    let (body, seq_in_body) = inbound_body();
+    let mut req = build_request(
+        "POST",
+        INBOUND_PATH,
+        &ctx.host,
+        &[
+            ("X-Api-Key", &ctx.sender_key),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    );
+    let seq_at = req.len() - BODY_SIZE + seq_in_body;
+    let mut t = Tally::with_capacity(16 * 1024);
+    let mut conn: Option<Conn> = None;
+    let mut n: u64 = 0;
+    while budget.take() {
+        n += 1;
+        put_digits(
+            &mut req[seq_at..seq_at + SEQ_DIGITS],
+            id * 10_000_000_000 + n,
+        );
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::connect(ctx.addr).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    t.note_error(budget.counts(Instant::now()), || format!("connect: {e}"));
+                    budget.give_back();
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let start = Instant::now();
+        let res = timeout(REQUEST_TIMEOUT, c.request(&req)).await;
+        let lat = micros(start.elapsed());
+        let counted = budget.counts(start);
+        match res {
+            Ok(Ok(status)) => {
+                if counted {
+                    t.lat.push(lat);
+                }
+                if is_success(status) {
+                    t.created += 1;
+                    if counted {
+                        t.ok += 1;
+                    }
+                    budget.stored();
+                } else {
+                    t.note_error(counted, || {
+                        format!("inbound {status}: {}", snippet(&c.body))
+                    });
+                    budget.give_back();
+                }
+                if !c.keep_alive {
+                    conn = None;
+                }
+            }
+            Ok(Err(e)) => {
+                t.note_error(counted, || format!("inbound: {e}"));
+                budget.give_back();
+                conn = None;
+            }
+            Err(_) => {
+                t.note_error(counted, || "inbound: timed out".into());
+                budget.give_back();
+                conn = None;
+            }
+        }
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------
+// Poll + acknowledge
+
+struct PollAck {
+    acked: u64,
+    polls: Tally,
+    acks: Tally,
+    elapsed: Duration,
+    drained: bool,
+}
+
+async fn run_pollack(ctx: &Arc<Ctx>, duration: Duration) -> PollAck {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut set = JoinSet::new();
+    for _ in 0..POLLERS {
+        set.spawn(poller(ctx.clone(), end));
+    }
+    let mut out = PollAck {
+        acked: 0,
+        polls: Tally::default(),
+        acks: Tally::default(),
+        elapsed: Duration::ZERO,
+        drained: false,
+    };
+    let mut last_stop = start;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(p) => {
+                out.acked += p.acks.ok;
+                out.polls.merge(p.polls);
+                out.acks.merge(p.acks);
+                out.drained |= p.drained;
+                last_stop = last_stop.max(p.stopped);
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    // The rate is over the time actually spent, which is shorter than the
+    // requested duration when the backlog ran out.
+    out.elapsed = last_stop - start;
+    out
+}
+
+struct PollerOut {
+    polls: Tally,
+    acks: Tally,
+    stopped: Instant,
+    drained: bool,
+}
+
+async fn poller(ctx: Arc<Ctx>, end: Instant) -> PollerOut {
+    let poll_req = build_request(
+        "GET",
+        POLL_PATH,
+        &ctx.host,
+        &[("X-Api-Key", &ctx.receiver_key)],
+        b"",
+    );
+    let ack_tail = Arc::new(build_request_tail(
+        &ctx.host,
+        &[
+            ("X-Api-Key", &ctx.receiver_key),
+            ("Content-Type", "application/json"),
+        ],
+        ACK_BODY,
+    ));
+    let mut lanes: Vec<AckLane> = (0..ACK_LANES)
+        .map(|_| AckLane::new(ctx.addr, ack_tail.clone()))
+        .collect();
+    let mut polls = Tally::with_capacity(1024);
+    let mut conn: Option<Conn> = None;
+    let mut empty_in_a_row = 0;
+    let mut drained = false;
+    while Instant::now() < end {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::connect(ctx.addr).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    polls.note_error(true, || format!("poll connect: {e}"));
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let start = Instant::now();
+        let res = timeout(REQUEST_TIMEOUT, c.request(&poll_req)).await;
+        let lat = micros(start.elapsed());
+        let uuids = match res {
+            Ok(Ok(status)) => {
+                polls.lat.push(lat);
+                let parsed = if is_success(status) {
+                    transmission_uuids(&c.body)
+                } else {
+                    Err(format!("poll {status}: {}", snippet(&c.body)))
+                };
+                if !c.keep_alive {
+                    conn = None;
+                }
+                parsed
+            }
+            Ok(Err(e)) => {
+                conn = None;
+                Err(format!("poll: {e}"))
+            }
+            Err(_) => {
+                conn = None;
+                Err("poll: timed out".into())
+            }
+        };
+        let uuids = match uuids {
+            Ok(u) => {
+                polls.ok += 1;
+                u
+            }
+            Err(e) => {
+                polls.note_error(true, || e);
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if uuids.is_empty() {
+            // Leased items are invisible to other pollers, so one empty answer
+            // can be a race with a neighbour; two in a row mean it is drained.
+            empty_in_a_row += 1;
+            if empty_in_a_row >= 2 {
+                drained = true;
+                break;
+            }
+            sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        empty_in_a_row = 0;
+        for (i, u) in uuids.into_iter().enumerate() {
+            lanes[i % ACK_LANES].todo.push(u);
+        }
+        let mut set = JoinSet::new();
+        let mut idle = Vec::new();
+        for lane in lanes.drain(..) {
+            if lane.todo.is_empty() {
+                idle.push(lane);
+            } else {
+                set.spawn(lane.run());
+            }
+        }
+        lanes = idle;
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(lane) => lanes.push(lane),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+    }
+    let stopped = Instant::now();
+    let mut acks = Tally::default();
+    for lane in lanes {
+        acks.merge(lane.tally);
+    }
+    PollerOut {
+        polls,
+        acks,
+        stopped,
+        drained,
+    }
+}
+
+fn transmission_uuids(body: &[u8]) -> Result<Vec<String>, String> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("poll: bad JSON ({e}): {}", snippet(body)))?;
+    if v.get("success") == Some(&Value::Bool(false)) {
+        return Err(format!("poll: success=false: {}", snippet(body)));
+    }
+    let Value::Array(items) = v["data"].take() else {
+        return Err(format!("poll: data is not an array: {}", snippet(body)));
+    };
+    items
+        .iter()
+        .map(|item| {
+            item.get("uuid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    format!(
+                        "poll: item without uuid: {}",
+                        snippet(item.to_string().as_bytes())
+                    )
+                })
+        })
+        .collect()
+}
+
+/// One acknowledgement connection; moved into a task per batch and handed
+/// back, so its connection and buffers survive across batches.
+struct AckLane {
+    addr: SocketAddr,
+    conn: Option<Conn>,
+    tail: Arc<Vec<u8>>,
+    req: Vec<u8>,
+    todo: Vec<String>,
+    tally: Tally,
+}
+
+impl AckLane {
+    fn new(addr: SocketAddr, tail: Arc<Vec<u8>>) -> AckLane {
+        AckLane {
+            addr,
+            conn: None,
+            tail,
+            req: Vec::with_capacity(512),
+            todo: Vec::with_capacity(16),
+            tally: Tally::with_capacity(16 * 1024),
+        }
+    }
+
+    async fn run(mut self) -> AckLane {
+        let todo = std::mem::take(&mut self.todo);
+        for uuid in &todo {
+            self.req.clear();
+            self.req.extend_from_slice(b"PUT ");
+            self.req.extend_from_slice(ACK_PATH.as_bytes());
+            self.req.extend_from_slice(uuid.as_bytes());
+            self.req.extend_from_slice(&self.tail);
+            let c = match self.conn.as_mut() {
+                Some(c) => c,
+                None => match Conn::connect(self.addr).await {
+                    Ok(c) => self.conn.insert(c),
+                    Err(e) => {
+                        // The transmission stays leased and is simply not
+                        // counted; retrying would distort the ack latency.
+                        self.tally.note_error(true, || format!("ack connect: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let start = Instant::now();
+            let res = timeout(REQUEST_TIMEOUT, c.request(&self.req)).await;
+            let lat = micros(start.elapsed());
+            match res {
+                Ok(Ok(status)) => {
+                    self.tally.lat.push(lat);
+                    if is_success(status) {
+                        self.tally.ok += 1;
+                    } else {
+                        self.tally
+                            .note_error(true, || format!("ack {status}: {}", snippet(&c.body)));
+                    }
+                    if !c.keep_alive {
+                        self.conn = None;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.tally.note_error(true, || format!("ack: {e}"));
+                    self.conn = None;
+                }
+                Err(_) => {
+                    self.tally.note_error(true, || "ack: timed out".into());
+                    self.conn = None;
+                }
+            }
+        }
+        // Keep the allocation for the next batch.
+        self.todo = todo;
+        self.todo.clear();
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Memory and restart
+
+async fn run_memory(
+    ctx: &Arc<Ctx>,
+    server: Option<&mut Server>,
+    messages: u64,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let t = run_inbound_count(ctx, FILL_CONNECTIONS, messages, Some(started)).await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "memory   {} stored in {:.1}s ({:.0} msg/s), {} err",
+        t.created,
+        secs,
+        t.created as f64 / secs,
+        t.err
+    );
+    print_first_error(&t.first_err);
+    let Some(server) = server else {
+        println!(
+            "memory   {} messages stored, RSS n/a (external server, no restart)",
+            t.created
+        );
+        return Ok(());
+    };
+    // Let background work (flushes, compaction) settle so the figure is the
+    // steady state rather than a transient peak.
+    sleep(Duration::from_secs(5)).await;
+    let rss = server.pid().and_then(rss_bytes);
+    println!("memory   RSS after 5 s idle: {}", fmt_mb(rss));
+
+    let status = server.stop().await?;
+    println!("memory   server stopped: {status}");
+    let spawned = Instant::now();
+    server.spawn()?;
+    let host = server.addr.to_string();
+    wait_for_ok(
+        server.addr,
+        &host,
+        "/readyz",
+        spawned + RESTART_TIMEOUT,
+        Some(&mut *server),
+    )
+    .await?;
+    let ready = spawned.elapsed();
+    let rss_after = server.pid().and_then(rss_bytes);
+    println!(
+        "memory   {} messages stored, RSS {}, restart to ready {:.2} s, RSS after restart {}",
+        t.created,
+        fmt_mb(rss),
+        ready.as_secs_f64(),
+        fmt_mb(rss_after)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Minimal HTTP/1.1 client
+
+fn build_request(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut req = Vec::with_capacity(256 + body.len());
+    req.extend_from_slice(method.as_bytes());
+    req.push(b' ');
+    req.extend_from_slice(path.as_bytes());
+    if method == "GET" && body.is_empty() {
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        req.extend_from_slice(host.as_bytes());
+        req.extend_from_slice(b"\r\n");
+        for (k, v) in headers {
+            req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+    } else {
+        req.extend_from_slice(&build_request_tail(host, headers, body));
+    }
+    req
+}
+
+/// Everything after the request target, so requests that differ only in the
+/// path (acks) are a prefix, the target and this shared suffix.
+fn build_request_tail(host: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(256 + body.len());
+    t.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    t.extend_from_slice(host.as_bytes());
+    t.extend_from_slice(b"\r\n");
+    for (k, v) in headers {
+        t.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    t.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    t.extend_from_slice(body);
+    t
+}
+
+struct Head {
+    status: u16,
+    content_length: Option<usize>,
+    chunked: bool,
+    close: bool,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_head(head: &[u8]) -> io::Result<Head> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next().unwrap_or(b"");
+    if status_line.len() < 12 || !status_line.starts_with(b"HTTP/1.") {
+        return Err(bad(format!(
+            "bad status line {:?}",
+            String::from_utf8_lossy(status_line)
+        )));
+    }
+    let status = std::str::from_utf8(&status_line[9..12])
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("bad status code"))?;
+    let mut h = Head {
+        status,
+        content_length: None,
+        chunked: false,
+        // HTTP/1.0 closes unless it says otherwise.
+        close: status_line[7] == b'0',
+    };
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or_else(|| bad("bad content-length"))?;
+            h.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            h.chunked = contains_token(value, b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if contains_token(value, b"close") {
+                h.close = true;
+            } else if contains_token(value, b"keep-alive") {
+                h.close = false;
+            }
+        }
+    }
+    Ok(h)
+}
+
+fn contains_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn parse_hex(s: &[u8]) -> Option<usize> {
+    let s = s.trim_ascii();
+    if s.is_empty() || s.len() > 15 {
+        return None;
+    }
+    let mut n = 0usize;
+    for &b in s {
+        let d = (b as char).to_digit(16)?;
+        n = n * 16 + d as usize;
+    }
+    Some(n)
+}
+
+/// A keep-alive connection with a reusable read buffer. The decoded body of
+/// the last response is left in `body`.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Start of unread bytes in `buf`. Normally the whole buffer is consumed
+    /// per response; anything beyond it is kept rather than silently lost.
+    pos: usize,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        // Requests are single writes; Nagle would only add delay to them.
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+            pos: 0,
+            body: Vec::with_capacity(1024),
+            keep_alive: true,
+        })
+    }
+
+    /// Sends a complete pre-built request and reads the final response.
+    async fn request(&mut self, req: &[u8]) -> io::Result<u16> {
+        self.stream.write_all(req).await?;
+        loop {
+            let status = self.read_response().await?;
+            // Interim responses (100 Continue and the like) precede the real one.
+            if (100..200).contains(&status) && status != 101 {
+                continue;
+            }
+            return Ok(status);
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            let grow = self.buf.capacity().max(16 * 1024);
+            self.buf.reserve(grow);
+        }
+        let n = self.stream.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed by server",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until `buf` holds a CRLF at or after `from`; returns its index.
+    async fn line_end(&mut self, from: usize) -> io::Result<usize> {
+        loop {
+            if let Some(i) = find(&self.buf[from..], b"\r\n") {
+                return Ok(from + i);
+            }
+            if self.buf.len() - from > 8 * 1024 {
+                return Err(bad("chunk line too long"));
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn read_response(&mut self) -> io::Result<u16> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(bad("response head too large"));
+            }
+            self.fill().await?;
+        };
+        let head = parse_head(&self.buf[..head_end])?;
+        self.keep_alive = !head.close;
+        self.body.clear();
+        let mut pos = head_end;
+        if head.status < 200 || head.status == 204 || head.status == 304 {
+            // No body by definition.
+        } else if head.chunked {
+            pos = self.read_chunked(pos).await?;
+        } else if let Some(len) = head.content_length {
+            while self.buf.len() < pos + len {
+                self.fill().await?;
+            }
+            self.body.extend_from_slice(&self.buf[pos..pos + len]);
+            pos += len;
+        } else {
+            // Neither length nor chunked: the body runs to end of stream.
+            loop {
+                match self.fill().await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            self.body.extend_from_slice(&self.buf[pos..]);
+            pos = self.buf.len();
+            self.keep_alive = false;
+        }
+        self.pos = pos;
+        Ok(head.status)
+    }
+
+    async fn read_chunked(&mut self, mut pos: usize) -> io::Result<usize> {
+        loop {
+            let eol = self.line_end(pos).await?;
+            let line = &self.buf[pos..eol];
+            let size_part = line.split(|&b| b == b';').next().unwrap_or(b"");
+            let size = parse_hex(size_part).ok_or_else(|| bad("bad chunk size"))?;
+            pos = eol + 2;
+            if size == 0 {
+                // Trailer section: header lines up to an empty line.
+                loop {
+                    let eol = self.line_end(pos).await?;
+                    let empty = eol == pos;
+                    pos = eol + 2;
+                    if empty {
+                        return Ok(pos);
+                    }
+                }
+            }
+            while self.buf.len() < pos + size + 2 {
+                self.fill().await?;
+            }
+            self.body.extend_from_slice(&self.buf[pos..pos + size]);
+            if &self.buf[pos + size..pos + size + 2] != b"\r\n" {
+                return Err(bad("chunk not followed by CRLF"));
+            }
+            pos += size + 2;
+        }
+    }
+}

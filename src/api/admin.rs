@@ -1,0 +1,451 @@
+//! The admin JSON API under `/admin/api/`: partners, their keys, and routes. Every call
+//! needs the admin token (`Authorization: Bearer`).
+
+use std::collections::BTreeMap;
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{
+    auth, body, ctx, finish, ok, parse_id, parse_json, read_body, rfc3339, with_state, BodyStream,
+    Ctx,
+};
+use crate::error::{ApiError, InvalidExt};
+use crate::model::{parse_doctype, parse_partner_code, parse_short_text, Env, Invalid};
+use crate::store::directory::DirError;
+use crate::store::{ApiKeyRec, NewPartner, PartnerPatch, PartnerRec, RouteRec};
+use crate::AppState;
+
+const ADMIN_BODY_LIMIT: u64 = 256 * 1024;
+
+impl From<DirError> for ApiError {
+    fn from(e: DirError) -> Self {
+        match e {
+            DirError::NotFound(what) => ApiError::not_found(what),
+            DirError::Conflict(m) => ApiError::conflict(m),
+            DirError::Invalid { field, message } => ApiError::invalid(field, message),
+            DirError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let s = move || with_state(state.clone());
+    let create_partner = warp::path!("admin" / "api" / "partners")
+        .and(warp::post())
+        .and(s())
+        .and(ctx())
+        .and(body())
+        .then(create_partner)
+        .map(finish);
+    let list_partners = warp::path!("admin" / "api" / "partners")
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(list_partners)
+        .map(finish);
+    let get_partner = warp::path!("admin" / "api" / "partners" / String)
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(get_partner)
+        .map(finish);
+    let patch_partner = warp::path!("admin" / "api" / "partners" / String)
+        .and(warp::patch())
+        .and(s())
+        .and(ctx())
+        .and(body())
+        .then(patch_partner)
+        .map(finish);
+    let delete_partner = warp::path!("admin" / "api" / "partners" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(ctx())
+        .then(delete_partner)
+        .map(finish);
+    let create_key = warp::path!("admin" / "api" / "partners" / String / "keys")
+        .and(warp::post())
+        .and(s())
+        .and(ctx())
+        .and(body())
+        .then(create_key)
+        .map(finish);
+    let list_keys = warp::path!("admin" / "api" / "partners" / String / "keys")
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(list_keys)
+        .map(finish);
+    let revoke_key = warp::path!("admin" / "api" / "partners" / String / "keys" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(ctx())
+        .then(revoke_key)
+        .map(finish);
+    let create_route = warp::path!("admin" / "api" / "routes")
+        .and(warp::post())
+        .and(s())
+        .and(ctx())
+        .and(body())
+        .then(create_route)
+        .map(finish);
+    let list_routes = warp::path!("admin" / "api" / "routes")
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(list_routes)
+        .map(finish);
+    let delete_route = warp::path!("admin" / "api" / "routes" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(ctx())
+        .then(delete_route)
+        .map(finish);
+    create_partner
+        .or(list_partners)
+        .unify()
+        .or(get_partner)
+        .unify()
+        .or(patch_partner)
+        .unify()
+        .or(delete_partner)
+        .unify()
+        .or(create_key)
+        .unify()
+        .or(list_keys)
+        .unify()
+        .or(revoke_key)
+        .unify()
+        .or(create_route)
+        .unify()
+        .or(list_routes)
+        .unify()
+        .or(delete_route)
+        .unify()
+        .boxed()
+}
+
+fn partner_view(p: &PartnerRec) -> Value {
+    let map = |pairs: &[(String, String)]| pairs.iter().cloned().collect::<BTreeMap<_, _>>();
+    json!({
+        "code": p.code,
+        "name": p.name,
+        "active": p.active,
+        "pushUrl": p.push_url,
+        "pushHeaders": map(&p.push_headers),
+        "pushParams": map(&p.push_params),
+        "createdAt": rfc3339(p.created_at),
+        "updatedAt": rfc3339(p.updated_at),
+    })
+}
+
+fn key_view(k: &ApiKeyRec) -> Value {
+    json!({
+        "id": k.id,
+        "partner": k.partner,
+        "prefix": k.prefix,
+        "env": k.env,
+        "label": k.label,
+        "createdAt": rfc3339(k.created_at),
+        "revokedAt": k.revoked_at.map(rfc3339),
+        "active": k.revoked_at.is_none(),
+    })
+}
+
+fn route_view(r: &RouteRec) -> Value {
+    json!({
+        "id": r.id,
+        "sender": r.sender,
+        "receiver": r.receiver,
+        "doctype": r.doctype,
+        "createdAt": rfc3339(r.created_at),
+    })
+}
+
+/// A push URL: absolute http(s), at most 2,000 characters. (Whether its address may be
+/// reached is checked at delivery time, against what it resolves to then.)
+fn parse_push_url(raw: &str) -> Result<String, Invalid> {
+    let lower = raw.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| Invalid("must be an http:// or https:// URL".into()))?;
+    if raw.len() > 2000
+        || rest.is_empty()
+        || rest.starts_with('/')
+        || raw.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(Invalid(
+            "must be an absolute http(s) URL with a host, without spaces".into(),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Header or parameter pairs from a JSON object of strings.
+fn parse_pairs(
+    v: BTreeMap<String, String>,
+    field: &str,
+    headers: bool,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::with_capacity(v.len());
+    for (k, val) in v {
+        let bad_name = k.is_empty()
+            || k.len() > 256
+            || (headers && http::HeaderName::from_bytes(k.as_bytes()).is_err());
+        let bad_value = val.len() > 4096 || (headers && http::HeaderValue::from_str(&val).is_err());
+        if bad_name || bad_value {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field}: {k:?} is not an acceptable name/value"),
+            ));
+        }
+        out.push((k, val));
+    }
+    Ok(out)
+}
+
+fn parse_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ApiError::invalid("name", "name must not be empty"));
+    }
+    parse_short_text(name, 200).field("name")
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatePartner {
+    code: Option<String>,
+    name: Option<String>,
+    push_url: Option<String>,
+    push_headers: Option<BTreeMap<String, String>>,
+    push_params: Option<BTreeMap<String, String>>,
+}
+
+async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
+    auth::admin(&state, &ctx)?;
+    let req: CreatePartner = parse_json(&ctx, &bytes)?;
+    let code = req
+        .code
+        .ok_or_else(|| ApiError::invalid("code", "code is required"))?;
+    let code = parse_partner_code(&code).field("code")?;
+    let name = parse_name(req.name.as_deref().unwrap_or(&code))?;
+    let push_url = req
+        .push_url
+        .map(|u| parse_push_url(&u).field("pushUrl"))
+        .transpose()?;
+    let push_headers = parse_pairs(req.push_headers.unwrap_or_default(), "pushHeaders", true)?;
+    let push_params = parse_pairs(req.push_params.unwrap_or_default(), "pushParams", false)?;
+    let rec = state
+        .store
+        .create_partner(NewPartner {
+            code,
+            name,
+            push_url,
+            push_headers,
+            push_params,
+        })
+        .await?;
+    Ok(ok(StatusCode::CREATED, partner_view(&rec)))
+}
+
+async fn list_partners(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let dir = state.store.directory();
+    let list: Vec<Value> = dir.partners().into_iter().map(partner_view).collect();
+    Ok(ok(StatusCode::OK, list))
+}
+
+async fn get_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let dir = state.store.directory();
+    let p = dir
+        .partner(&code)
+        .ok_or_else(|| ApiError::not_found("partner"))?;
+    let mut v = partner_view(p);
+    let keys: Vec<Value> = state.store.list_keys(&code)?.iter().map(key_view).collect();
+    let routes: Vec<Value> = dir
+        .routes()
+        .iter()
+        .filter(|r| r.sender == code || r.receiver == code)
+        .map(route_view)
+        .collect();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("keys".into(), Value::Array(keys));
+        obj.insert("routes".into(), Value::Array(routes));
+    }
+    Ok(ok(StatusCode::OK, v))
+}
+
+async fn patch_partner(
+    code: String,
+    state: AppState,
+    ctx: Ctx,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
+    auth::admin(&state, &ctx)?;
+    let raw: serde_json::Map<String, Value> = parse_json(&ctx, &bytes)?;
+    let mut patch = PartnerPatch::default();
+    let str_of = |field: &str, v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_request(format!("{field} must be a string")).field(field))
+    };
+    let map_of = |field: &str, v: &Value| {
+        serde_json::from_value::<BTreeMap<String, String>>(v.clone()).map_err(|_| {
+            ApiError::bad_request(format!("{field} must be an object of strings")).field(field)
+        })
+    };
+    for (k, v) in &raw {
+        match k.as_str() {
+            "name" => patch.name = Some(parse_name(&str_of("name", v)?)?),
+            "active" => {
+                patch.active = Some(v.as_bool().ok_or_else(|| {
+                    ApiError::bad_request("active must be true or false").field("active")
+                })?)
+            }
+            "pushUrl" if v.is_null() => patch.push_url = Some(None),
+            "pushUrl" => {
+                patch.push_url = Some(Some(
+                    parse_push_url(&str_of("pushUrl", v)?).field("pushUrl")?,
+                ))
+            }
+            "pushHeaders" => {
+                patch.push_headers =
+                    Some(parse_pairs(map_of("pushHeaders", v)?, "pushHeaders", true)?)
+            }
+            "pushParams" => {
+                patch.push_params =
+                    Some(parse_pairs(map_of("pushParams", v)?, "pushParams", false)?)
+            }
+            _ => {} // unknown fields are ignored, as everywhere
+        }
+    }
+    let rec = state.store.update_partner(&code, patch).await?;
+    Ok(ok(StatusCode::OK, partner_view(&rec)))
+}
+
+async fn delete_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    state.store.delete_partner(&code).await?;
+    Ok(ok(StatusCode::OK, json!({"code": code, "deleted": true})))
+}
+
+#[derive(Deserialize, Default)]
+struct CreateKey {
+    label: Option<String>,
+    env: Option<String>,
+}
+
+async fn create_key(
+    code: String,
+    state: AppState,
+    ctx: Ctx,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
+    auth::admin(&state, &ctx)?;
+    let req: CreateKey = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CreateKey::default()
+    } else {
+        parse_json(&ctx, &bytes)?
+    };
+    let env = match req.env.as_deref() {
+        None => Env::Live,
+        Some(e) => {
+            Env::parse(e).ok_or_else(|| ApiError::invalid("env", "env must be live or test"))?
+        }
+    };
+    let label = req
+        .label
+        .map(|l| parse_short_text(&l, 200).field("label"))
+        .transpose()?;
+    let created = state.store.create_key(&code, env, label).await?;
+    let mut v = key_view(&created.record);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("key".into(), Value::String(created.secret));
+    }
+    Ok(ok(StatusCode::CREATED, v))
+}
+
+async fn list_keys(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    if state.store.directory().partner(&code).is_none() {
+        return Err(ApiError::not_found("partner"));
+    }
+    let keys: Vec<Value> = state.store.list_keys(&code)?.iter().map(key_view).collect();
+    Ok(ok(StatusCode::OK, keys))
+}
+
+async fn revoke_key(
+    code: String,
+    id: String,
+    state: AppState,
+    ctx: Ctx,
+) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let id = parse_id(&id, "key")?;
+    let k = state.store.revoke_key(&code, id).await?;
+    Ok(ok(StatusCode::OK, key_view(&k)))
+}
+
+#[derive(Deserialize)]
+struct CreateRoute {
+    sender: Option<String>,
+    receiver: Option<String>,
+    doctype: Option<String>,
+}
+
+async fn create_route(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
+    auth::admin(&state, &ctx)?;
+    let req: CreateRoute = parse_json(&ctx, &bytes)?;
+    let need = |v: Option<String>, f: &str| {
+        v.ok_or_else(|| ApiError::invalid(f, format!("{f} is required")))
+    };
+    let sender = parse_partner_code(&need(req.sender, "sender")?).field("sender")?;
+    let receiver = parse_partner_code(&need(req.receiver, "receiver")?).field("receiver")?;
+    let doctype = need(req.doctype, "doctype")?;
+    let doctype = if doctype == "*" {
+        doctype
+    } else {
+        parse_doctype(&doctype).field("doctype")?
+    };
+    if sender == receiver {
+        return Err(ApiError::invalid(
+            "receiver",
+            "a route needs two different partners",
+        ));
+    }
+    let rec = state
+        .store
+        .create_route(&sender, &receiver, &doctype)
+        .await?;
+    Ok(ok(StatusCode::CREATED, route_view(&rec)))
+}
+
+async fn list_routes(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let list: Vec<Value> = state
+        .store
+        .directory()
+        .routes()
+        .iter()
+        .map(route_view)
+        .collect();
+    Ok(ok(StatusCode::OK, list))
+}
+
+async fn delete_route(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let id = parse_id(&id, "route")?;
+    state.store.delete_route(id).await?;
+    Ok(ok(StatusCode::OK, json!({"id": id, "deleted": true})))
+}

@@ -1,0 +1,131 @@
+//! REST creation of business documents (`POST /api/v1/documents/{doctype}`): every
+//! successful creation is stored together with its transmissions in one durable write.
+
+use http::StatusCode;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::inbound::{
+    check_disk, opt_param, resolve_receivers, tracking_location, transmission_refs,
+};
+use super::{
+    auth, body, ctx, finish, ok, parse_id, parse_json, read_body, rfc3339, with_state, BodyStream,
+    Ctx,
+};
+use crate::error::{ApiError, InvalidExt};
+use crate::model::{parse_doctype, parse_short_text};
+use crate::store::NewMessage;
+use crate::AppState;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let create = warp::path!("api" / "v1" / "documents" / String)
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(ctx())
+        .and(body())
+        .then(create)
+        .map(finish);
+    let get = warp::path!("api" / "v1" / "documents" / String / String)
+        .and(warp::get())
+        .and(with_state(state))
+        .and(ctx())
+        .then(get)
+        .map(finish);
+    create.or(get).unify().boxed()
+}
+
+async fn create(
+    doctype: String,
+    state: AppState,
+    ctx: Ctx,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
+    let principal = auth::partner(&state, &ctx, None)?;
+    check_disk(&state)?;
+    let doctype = parse_doctype(&doctype).field("doctype")?;
+    // The document must be JSON; it is stored exactly as sent.
+    let _: serde_json::Value = parse_json(&ctx, &bytes)?;
+    let version = opt_param(&ctx, "version", |v| parse_short_text(v, 64))?;
+    let external_reference = opt_param(&ctx, "externalReference", |v| parse_short_text(v, 256))?;
+    let receivers = resolve_receivers(
+        &state,
+        &principal.partner,
+        ctx.param("receiver").filter(|r| !r.is_empty()),
+        &doctype,
+        "receiver",
+    )?;
+    let message = NewMessage {
+        doctype: doctype.clone(),
+        version,
+        external_reference,
+        content_type: "application/json".to_owned(),
+        payload: bytes,
+        receivers,
+    };
+    let (request, messages) = state
+        .store
+        .accept(
+            principal.env,
+            &principal.partner,
+            None,
+            vec![message],
+            crate::store::now_ms(),
+        )
+        .await?;
+    state.wake_receivers(principal.env, &messages);
+    let m = &messages[0];
+    let mut res = ok(
+        StatusCode::CREATED,
+        serde_json::json!({
+            "id": m.id,
+            "requestId": request.id,
+            "doctype": m.doctype,
+            "status": m.status,
+            "transmissions": transmission_refs(m),
+            "trackingLocation": tracking_location(request.id),
+        }),
+    );
+    let location = format!("/api/v1/documents/{}/{}", m.doctype, m.id);
+    if let Ok(v) = http::HeaderValue::from_str(&location) {
+        res.headers_mut().insert(http::header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// A document, to its sender and its receivers.
+async fn get(doctype: String, id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    let principal = auth::partner(&state, &ctx, None)?;
+    let id = parse_id(&id, "document")?;
+    let m = state
+        .store
+        .message(principal.env, id)?
+        .filter(|m| m.doctype == doctype)
+        .filter(|m| {
+            m.sender == principal.partner
+                || m.transmissions.iter().any(|(_, r)| *r == principal.partner)
+        })
+        .ok_or_else(|| ApiError::not_found("document"))?;
+    let payload = state
+        .store
+        .payload(principal.env, m.id)?
+        .unwrap_or_default();
+    let document: serde_json::Value =
+        serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+    Ok(ok(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": m.id,
+            "requestId": m.request_id,
+            "doctype": m.doctype,
+            "sender": m.sender,
+            "version": m.version,
+            "externalReference": m.external_reference,
+            "status": m.status,
+            "receivedAt": rfc3339(m.received_at),
+            "transmissions": transmission_refs(&m),
+            "document": document,
+        }),
+    ))
+}

@@ -1,0 +1,370 @@
+//! Intake: single documents (`POST /api/v1/inbound`), atomic batches
+//! (`POST /api/v1/requests`) and the request summary they point to.
+
+use base64::Engine;
+use bytes::Bytes;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{
+    auth, body, ctx, finish, is_json_media, ok, parse_id, parse_json, read_body, rfc3339,
+    with_state, BodyStream, Ctx,
+};
+use crate::error::{ApiError, InvalidExt};
+use crate::model::{parse_doctype, parse_partner_code, parse_short_text};
+use crate::store::{MessageRec, NewMessage, Principal};
+use crate::AppState;
+
+/// Most messages one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let inbound = warp::path!("api" / "v1" / "inbound")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(ctx())
+        .and(body())
+        .then(inbound)
+        .map(finish);
+    let batch = warp::path!("api" / "v1" / "requests")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(ctx())
+        .and(body())
+        .then(batch)
+        .map(finish);
+    let get_request = warp::path!("api" / "v1" / "requests" / String)
+        .and(warp::get())
+        .and(with_state(state))
+        .and(ctx())
+        .then(get_request)
+        .map(finish);
+    inbound.or(batch).unify().or(get_request).unify().boxed()
+}
+
+/// Refuses intake while the disk is nearly full (nothing is acknowledged then).
+pub(super) fn check_disk(state: &AppState) -> Result<(), ApiError> {
+    if state.disk_low() {
+        let mut e = ApiError::unavailable("the appliance is low on disk space; intake is paused");
+        e.code = "insufficient_storage";
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// An optional query parameter checked by `parse`.
+pub(super) fn opt_param(
+    ctx: &Ctx,
+    name: &str,
+    parse: impl Fn(&str) -> Result<String, crate::model::Invalid>,
+) -> Result<Option<String>, ApiError> {
+    ctx.param(name)
+        .filter(|v| !v.is_empty())
+        .map(|v| parse(v).field(name))
+        .transpose()
+}
+
+/// The receivers of a message: the named one if a route allows it, else every receiver
+/// routes name for this sender and doctype. 403 when no route allows the delivery.
+pub(super) fn resolve_receivers(
+    state: &AppState,
+    sender: &str,
+    receiver: Option<&str>,
+    doctype: &str,
+    field: &str,
+) -> Result<Vec<String>, ApiError> {
+    let dir = state.store.directory();
+    match receiver {
+        Some(r) => {
+            let r = parse_partner_code(r).field(field)?;
+            if dir.allows(sender, &r, doctype) {
+                Ok(vec![r])
+            } else {
+                Err(no_route(sender, Some(&r), doctype, field))
+            }
+        }
+        None => {
+            let all = dir.receivers(sender, doctype);
+            if all.is_empty() {
+                Err(no_route(sender, None, doctype, field))
+            } else {
+                Ok(all)
+            }
+        }
+    }
+}
+
+fn no_route(sender: &str, receiver: Option<&str>, doctype: &str, field: &str) -> ApiError {
+    let to = receiver.map(|r| format!(" to {r}")).unwrap_or_default();
+    let mut e =
+        ApiError::forbidden(format!("no route allows {sender} to send {doctype}{to}")).field(field);
+    e.code = "no_route";
+    e
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct TransmissionRef {
+    pub uuid: uuid::Uuid,
+    pub receiver: String,
+}
+
+pub(super) fn transmission_refs(m: &MessageRec) -> Vec<TransmissionRef> {
+    m.transmissions
+        .iter()
+        .map(|(uuid, receiver)| TransmissionRef {
+            uuid: *uuid,
+            receiver: receiver.clone(),
+        })
+        .collect()
+}
+
+pub(super) fn tracking_location(request_id: uuid::Uuid) -> String {
+    format!("/api/v1/requests/{request_id}")
+}
+
+async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
+    let payload = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
+    let media = ctx.media_type();
+    let form =
+        (media.as_deref() == Some("application/x-www-form-urlencoded")).then_some(&payload[..]);
+    let principal = auth::partner(&state, &ctx, form)?;
+    check_disk(&state)?;
+
+    let sender = ctx
+        .param("sender")
+        .ok_or_else(|| ApiError::invalid("sender", "sender is required"))?;
+    let sender = parse_partner_code(sender).field("sender")?;
+    if sender != principal.partner {
+        return Err(
+            ApiError::forbidden("this API key does not belong to the sender").field("sender"),
+        );
+    }
+    let doctype = ctx
+        .param("doctype")
+        .ok_or_else(|| ApiError::invalid("doctype", "doctype is required"))?;
+    let doctype = parse_doctype(doctype).field("doctype")?;
+    let version = opt_param(&ctx, "version", |v| parse_short_text(v, 64))?;
+    let external_reference = opt_param(&ctx, "externalReference", |v| parse_short_text(v, 256))?;
+    let receivers = resolve_receivers(
+        &state,
+        &sender,
+        ctx.param("receiver").filter(|r| !r.is_empty()),
+        &doctype,
+        "receiver",
+    )?;
+
+    let message = NewMessage {
+        doctype,
+        version,
+        external_reference,
+        content_type: ctx
+            .header("content-type")
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        payload,
+        receivers,
+    };
+    let (request, messages) = state
+        .store
+        .accept(
+            principal.env,
+            &sender,
+            None,
+            vec![message],
+            crate::store::now_ms(),
+        )
+        .await?;
+    state.wake_receivers(principal.env, &messages);
+    let m = &messages[0];
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        serde_json::json!({
+            "id": m.id,
+            "requestId": request.id,
+            "status": m.status,
+            "transmissions": transmission_refs(m),
+            "trackingLocation": tracking_location(request.id),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchBody {
+    batch_reference: Option<String>,
+    messages: Vec<BatchMessage>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchMessage {
+    message_type: Option<String>,
+    receiver: Option<String>,
+    version: Option<String>,
+    external_reference: Option<String>,
+    content_type: Option<String>,
+    payload: Option<serde_json::Value>,
+}
+
+/// Checks every message of a batch before anything is stored; the first bad one makes
+/// the whole batch a 422 that names it (`messages[3].messageType`).
+fn validate_batch(
+    state: &AppState,
+    sender: &str,
+    body: BatchBody,
+) -> Result<(Option<String>, Vec<NewMessage>), ApiError> {
+    let batch_reference = body
+        .batch_reference
+        .map(|r| parse_short_text(&r, 256).field("batchReference"))
+        .transpose()?;
+    if body.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "a batch needs at least one message",
+        ));
+    }
+    if body.messages.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("a batch holds at most {MAX_BATCH} messages"),
+        ));
+    }
+    let mut out = Vec::with_capacity(body.messages.len());
+    for (i, m) in body.messages.into_iter().enumerate() {
+        let f = |name: &str| format!("messages[{i}].{name}");
+        let doctype = m
+            .message_type
+            .ok_or_else(|| ApiError::invalid(&f("messageType"), "messageType is required"))?;
+        let doctype = parse_doctype(&doctype).field(&f("messageType"))?;
+        let version = m
+            .version
+            .map(|v| parse_short_text(&v, 64).field(&f("version")))
+            .transpose()?;
+        let external_reference = m
+            .external_reference
+            .map(|v| parse_short_text(&v, 256).field(&f("externalReference")))
+            .transpose()?;
+        let content_type = m
+            .content_type
+            .unwrap_or_else(|| "application/json".to_owned());
+        let payload = m
+            .payload
+            .ok_or_else(|| ApiError::invalid(&f("payload"), "payload is required"))?;
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let payload = if is_json_media(&media) {
+            Bytes::from(
+                serde_json::to_vec(&payload)
+                    .map_err(|e| ApiError::invalid(&f("payload"), e.to_string()))?,
+            )
+        } else {
+            let text = payload.as_str().ok_or_else(|| {
+                ApiError::invalid(
+                    &f("payload"),
+                    "a payload that is not JSON must be a base64 string",
+                )
+            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| ApiError::invalid(&f("payload"), "payload is not valid base64"))?;
+            Bytes::from(bytes)
+        };
+        let receivers = resolve_receivers(
+            state,
+            sender,
+            m.receiver.as_deref().filter(|r| !r.is_empty()),
+            &doctype,
+            &f("receiver"),
+        )?;
+        out.push(NewMessage {
+            doctype,
+            version,
+            external_reference,
+            content_type,
+            payload,
+            receivers,
+        });
+    }
+    Ok((batch_reference, out))
+}
+
+async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
+    let principal = auth::partner(&state, &ctx, None)?;
+    check_disk(&state)?;
+    let parsed: BatchBody = parse_json(&ctx, &bytes)?;
+    let (batch_reference, messages) = validate_batch(&state, &principal.partner, parsed)?;
+    let (request, messages) = state
+        .store
+        .accept(
+            principal.env,
+            &principal.partner,
+            batch_reference,
+            messages,
+            crate::store::now_ms(),
+        )
+        .await?;
+    state.wake_receivers(principal.env, &messages);
+    let list: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "externalReference": m.external_reference,
+                "status": m.status,
+                "transmissions": transmission_refs(m),
+            })
+        })
+        .collect();
+    Ok(ok(
+        StatusCode::ACCEPTED,
+        serde_json::json!({
+            "id": request.id,
+            "batchReference": request.batch_reference,
+            "messages": list,
+            "trackingLocation": tracking_location(request.id),
+        }),
+    ))
+}
+
+/// The request summary: the caller's own requests only.
+async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    let principal: Principal = auth::partner(&state, &ctx, None)?;
+    let id = parse_id(&id, "request")?;
+    let request = state
+        .store
+        .request(principal.env, id)?
+        .filter(|r| r.sender == principal.partner)
+        .ok_or_else(|| ApiError::not_found("request"))?;
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for mid in &request.messages {
+        if let Some(m) = state.store.message(principal.env, *mid)? {
+            messages.push(serde_json::json!({
+                "id": m.id,
+                "externalReference": m.external_reference,
+                "messageType": m.doctype,
+                "messageStatus": m.status,
+                "processedTime": m.processed_at.map(rfc3339),
+                "errors": m.errors.iter().map(|e| serde_json::json!({"errorMessage": e})).collect::<Vec<_>>(),
+                "transmissions": transmission_refs(&m),
+            }));
+        }
+    }
+    Ok(ok(
+        StatusCode::OK,
+        serde_json::json!({
+            "id": request.id,
+            "batchReference": request.batch_reference,
+            "receivedDate": rfc3339(request.received_at),
+            "messages": messages,
+        }),
+    ))
+}

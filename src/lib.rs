@@ -1,0 +1,205 @@
+//! Waybill: a single-binary B2B integration appliance.
+//!
+//! Module map:
+//! - [`config`]: layered settings (defaults → TOML file → environment → flags).
+//! - [`model`]: domain types and input parsing (environments, partner codes, statuses).
+//! - [`store`]: sled trees, record codecs, group commit. The only module that names sled.
+//! - [`api`]: the HTTP routes (warp filters), one module per resource.
+//! - [`worker`]: background loops owned by [`run`] (disk space watch).
+//! - [`cli`]: the admin subcommands, which call a running server with the admin token.
+//! - [`net`]: address ranges.
+//!
+//! [`run`] takes a bound listener and a shutdown future, so tests start the real server on
+//! `127.0.0.1:0` exactly as `waybill serve` does.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod net;
+pub mod store;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+
+use crate::config::Config;
+use crate::model::Env;
+use crate::store::{MessageRec, Store};
+
+/// Everything a handler or worker needs, passed explicitly (no globals). Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub admin_token_hash: Arc<[u8; 32]>,
+    pub limiter: Arc<api_auth::RateLimiter>,
+    /// Long polls waiting per (environment, receiver).
+    wakeups: Arc<Mutex<HashMap<(Env, String), Arc<Notify>>>>,
+    disk_low: Arc<AtomicBool>,
+    workers_running: Arc<AtomicBool>,
+    /// Turns true when the server begins shutting down; long polls answer at once then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+// The rate limiter lives with authentication; re-exported under a stable path for the state.
+mod api_auth {
+    pub use crate::api::RateLimiter;
+}
+
+impl AppState {
+    /// The notifier long polls of `receiver` wait on.
+    pub fn wakeup(&self, env: Env, receiver: &str) -> Arc<Notify> {
+        let mut map = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry((env, receiver.to_owned())).or_default())
+    }
+
+    /// Wakes the long polls of every receiver of these messages.
+    pub fn wake_receivers(&self, env: Env, messages: &[MessageRec]) {
+        let map = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+        for m in messages {
+            for (_, receiver) in &m.transmissions {
+                if let Some(n) = map.get(&(env, receiver.clone())) {
+                    n.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Whether free disk space is below `store.min_free_mb`.
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
+    }
+
+    /// Store open and healthy, workers running, not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.store.healthy()
+            && self.workers_running.load(Ordering::Relaxed)
+            && !*self.shutdown.borrow()
+    }
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        dir: String,
+        source: store::StoreError,
+    },
+    #[error("admin token file {path}: {source}")]
+    Token {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Reads `<data dir>/admin.token`, creating it (mode 0600) with a random token on first start.
+/// Returns the token and whether it was created now.
+pub fn ensure_admin_token(data_dir: &Path) -> Result<(String, bool), std::io::Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = format!(
+        "wba_{}",
+        store::directory::random_token(32).map_err(std::io::Error::other)?
+    );
+    let tmp = data_dir.join("admin.token.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok((token, true))
+}
+
+/// Runs the appliance on `listener` until `shutdown` completes: opens the store, starts
+/// the workers, serves HTTP; then lets in-flight requests finish, stops the workers and
+/// flushes the store.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let data_dir = config.server.data_dir.clone();
+    let (token, created) = ensure_admin_token(&data_dir).map_err(|source| RunError::Token {
+        path: data_dir.join("admin.token").display().to_string(),
+        source,
+    })?;
+    if created {
+        tracing::info!(path = %data_dir.join("admin.token").display(), "wrote a new admin token");
+    } else {
+        tracing::info!(path = %data_dir.join("admin.token").display(), "admin token");
+    }
+    let cache_mb = config.store.cache_mb;
+    let dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache_mb))
+        .await
+        .map_err(|e| RunError::Other(format!("store open task failed: {e}")))?
+        .map_err(|source| RunError::Store {
+            dir: data_dir.display().to_string(),
+            source,
+        })?;
+    let store = Arc::new(store);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState {
+        store: Arc::clone(&store),
+        limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
+        config: Arc::new(config),
+        admin_token_hash: Arc::new(api::hash_admin_token(&token)),
+        wakeups: Arc::default(),
+        disk_low: Arc::default(),
+        workers_running: Arc::default(),
+        shutdown: stop_rx,
+    };
+
+    let workers = worker::spawn_all(state.clone(), Arc::clone(&state.disk_low));
+    state.workers_running.store(true, Ordering::Relaxed);
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, data_dir = %state.config.server.data_dir.display(), "waybill serving");
+    let routes = api::routes(state.clone());
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(signal)
+        .run()
+        .await;
+
+    state.workers_running.store(false, Ordering::Relaxed);
+    for w in workers {
+        w.abort();
+        let _ = w.await;
+    }
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .map_err(|e| RunError::Other(format!("store close task failed: {e}")))?;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The `waybill` binary: flags, logging, then the library does the work.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use waybill::cli::{self, AdminCommand};
+use waybill::config::{Config, LogFormat, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "waybill",
+    version,
+    about = "A single-binary B2B integration appliance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "WAYBILL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (store and admin token).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Address to serve on, or of the server the admin commands call.
+    #[arg(long, global = true)]
+    listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance (the default when no command is given).
+    Serve,
+    /// Load and check the configuration, then print the effective settings.
+    CheckConfig,
+    /// Manage partners on the running server.
+    #[command(subcommand)]
+    Partner(cli::PartnerCmd),
+    /// Manage API keys on the running server.
+    #[command(subcommand)]
+    Key(cli::KeyCmd),
+    /// Manage routes on the running server.
+    #[command(subcommand)]
+    Route(cli::RouteCmd),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen.clone(),
+    };
+    let config = match Config::load(args.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("waybill: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin = |cmd: AdminCommand| match cli::run(&config, cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waybill: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    match args.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::CheckConfig => {
+            print!("{}", config.to_toml());
+            eprintln!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Command::Partner(c) => admin(AdminCommand::Partner(c)),
+        Command::Key(c) => admin(AdminCommand::Key(c)),
+        Command::Route(c) => admin(AdminCommand::Route(c)),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_tracing(config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("waybill: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| {
+                waybill::RunError::Other(format!("cannot listen on {}: {e}", config.server.listen))
+            })?;
+        waybill::run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "waybill stopped");
+            eprintln!("waybill: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WAYBILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,431 @@
+//! Partners, API keys and routes: the appliance's configuration, written by the admin API
+//! and read on every request through the in-memory [`Directory`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sled::transaction::ConflictableTransactionError as Abort;
+use sled::Transactional;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use super::codec::{decode, encode};
+use super::records::{ApiKeyRec, PartnerRec, RouteRec};
+use super::{now_ms, Store, StoreError};
+use crate::model::Env;
+
+/// Who is calling: the partner and environment of a valid, unrevoked key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub partner: String,
+    pub env: Env,
+    pub key_id: Uuid,
+}
+
+/// A snapshot of partners, active keys and routes. Immutable; replaced whole on change,
+/// so a request sees one consistent version.
+#[derive(Debug, Default)]
+pub struct Directory {
+    partners: HashMap<String, PartnerRec>,
+    /// Active keys by the SHA-256 of their secret.
+    keys: HashMap<[u8; 32], ApiKeyRec>,
+    routes: Vec<RouteRec>,
+}
+
+impl Directory {
+    /// The principal of an API key secret, if the key is active and its partner too.
+    pub fn authenticate(&self, secret: &str) -> Option<Principal> {
+        let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let key = self.keys.get(&hash)?;
+        // The map lookup found a candidate by hash; compare the stored hash in constant
+        // time as well so the check itself does not depend on where bytes differ.
+        if !bool::from(key.hash.ct_eq(&hash)) {
+            return None;
+        }
+        let partner = self.partners.get(&key.partner)?;
+        partner.active.then(|| Principal {
+            partner: key.partner.clone(),
+            env: key.env,
+            key_id: key.id,
+        })
+    }
+
+    /// One partner.
+    pub fn partner(&self, code: &str) -> Option<&PartnerRec> {
+        self.partners.get(code)
+    }
+
+    /// All partners, by code.
+    pub fn partners(&self) -> Vec<&PartnerRec> {
+        let mut all: Vec<_> = self.partners.values().collect();
+        all.sort_by(|a, b| a.code.cmp(&b.code));
+        all
+    }
+
+    /// All routes, oldest first.
+    pub fn routes(&self) -> &[RouteRec] {
+        &self.routes
+    }
+
+    /// The active receivers that routes allow `sender` to send `doctype` to.
+    pub fn receivers(&self, sender: &str, doctype: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|r| r.sender == sender && (r.doctype == "*" || r.doctype == doctype))
+            .filter(|r| self.partners.get(&r.receiver).is_some_and(|p| p.active))
+            .map(|r| r.receiver.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether a route lets `sender` send `doctype` to `receiver` (and the receiver is active).
+    pub fn allows(&self, sender: &str, receiver: &str, doctype: &str) -> bool {
+        self.partners.get(receiver).is_some_and(|p| p.active)
+            && self.routes.iter().any(|r| {
+                r.sender == sender
+                    && r.receiver == receiver
+                    && (r.doctype == "*" || r.doctype == doctype)
+            })
+    }
+}
+
+/// What went wrong with a configuration change.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sled::Error> for DirError {
+    fn from(e: sled::Error) -> Self {
+        DirError::Store(e.into())
+    }
+}
+
+/// A partner to create.
+#[derive(Debug, Clone)]
+pub struct NewPartner {
+    pub code: String,
+    pub name: String,
+    pub push_url: Option<String>,
+    pub push_headers: Vec<(String, String)>,
+    pub push_params: Vec<(String, String)>,
+}
+
+/// Changes to a partner; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PartnerPatch {
+    pub name: Option<String>,
+    pub active: Option<bool>,
+    /// `Some(None)` removes the push URL.
+    pub push_url: Option<Option<String>>,
+    pub push_headers: Option<Vec<(String, String)>>,
+    pub push_params: Option<Vec<(String, String)>>,
+}
+
+/// A freshly created key: its record and the secret, which is never stored.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    pub record: ApiKeyRec,
+    pub secret: String,
+}
+
+impl Store {
+    /// Rebuilds the in-memory directory from the trees.
+    pub(super) fn reload_directory(&self) -> Result<(), StoreError> {
+        let mut dir = Directory::default();
+        for item in self.partners.iter() {
+            let (_, v) = item?;
+            let p: PartnerRec = decode(&v)?;
+            dir.partners.insert(p.code.clone(), p);
+        }
+        for item in self.api_keys.iter() {
+            let (_, v) = item?;
+            let k: ApiKeyRec = decode(&v)?;
+            if k.revoked_at.is_none() {
+                dir.keys.insert(k.hash, k);
+            }
+        }
+        for item in self.routes.iter() {
+            let (_, v) = item?;
+            dir.routes.push(decode(&v)?);
+        }
+        match self.directory.write() {
+            Ok(mut d) => *d = Arc::new(dir),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(dir),
+        }
+        Ok(())
+    }
+
+    /// Runs one configuration change under the admin lock, makes it durable and refreshes
+    /// the directory, so the change holds for the very next request.
+    async fn change<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, DirError>,
+    ) -> Result<T, DirError> {
+        let out = {
+            let _guard = self.admin_lock.lock().map_err(|_| StoreError::Closed)?;
+            let out = f(self)?;
+            self.reload_directory()?;
+            out
+        };
+        self.durable().await?;
+        Ok(out)
+    }
+
+    /// Creates a partner; 409 if the code exists.
+    pub async fn create_partner(&self, new: NewPartner) -> Result<PartnerRec, DirError> {
+        self.change(|s| {
+            let now = now_ms();
+            let rec = PartnerRec {
+                code: new.code,
+                name: new.name,
+                active: true,
+                push_url: new.push_url,
+                push_headers: new.push_headers,
+                push_params: new.push_params,
+                created_at: now,
+                updated_at: now,
+            };
+            let swapped = s.partners.compare_and_swap(
+                rec.code.as_bytes(),
+                None::<&[u8]>,
+                Some(encode(&rec)?),
+            )?;
+            if swapped.is_err() {
+                return Err(DirError::Conflict(format!(
+                    "partner {} already exists",
+                    rec.code
+                )));
+            }
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Changes a partner.
+    pub async fn update_partner(
+        &self,
+        code: &str,
+        patch: PartnerPatch,
+    ) -> Result<PartnerRec, DirError> {
+        self.change(|s| {
+            let mut rec = s
+                .directory()
+                .partner(code)
+                .cloned()
+                .ok_or(DirError::NotFound("partner"))?;
+            if let Some(name) = patch.name {
+                rec.name = name;
+            }
+            if let Some(active) = patch.active {
+                rec.active = active;
+            }
+            if let Some(url) = patch.push_url {
+                rec.push_url = url;
+            }
+            if let Some(h) = patch.push_headers {
+                rec.push_headers = h;
+            }
+            if let Some(p) = patch.push_params {
+                rec.push_params = p;
+            }
+            rec.updated_at = now_ms();
+            s.partners.insert(code.as_bytes(), encode(&rec)?)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Deletes a partner with its keys (revoked) and routes, in one transaction. Its
+    /// messages and transmissions stay, for the record.
+    pub async fn delete_partner(&self, code: &str) -> Result<(), DirError> {
+        self.change(|s| {
+            let dir = s.directory();
+            if dir.partner(code).is_none() {
+                return Err(DirError::NotFound("partner"));
+            }
+            let now = now_ms();
+            let mut keys = Vec::new();
+            for item in s.api_keys.iter() {
+                let (_, v) = item?;
+                let mut k: ApiKeyRec = decode(&v)?;
+                if k.partner == code && k.revoked_at.is_none() {
+                    k.revoked_at = Some(now);
+                    keys.push((k.id, k.hash, encode(&k)?));
+                }
+            }
+            let routes: Vec<Uuid> = dir
+                .routes()
+                .iter()
+                .filter(|r| r.sender == code || r.receiver == code)
+                .map(|r| r.id)
+                .collect();
+            (&s.partners, &s.api_keys, &s.api_key_hash, &s.routes)
+                .transaction(|(partners, api_keys, hashes, route_tree)| {
+                    partners.remove(code.as_bytes())?;
+                    for (id, hash, rec) in &keys {
+                        api_keys.insert(id.as_bytes(), rec.as_slice())?;
+                        hashes.remove(hash.as_slice())?;
+                    }
+                    for id in &routes {
+                        route_tree.remove(id.as_bytes())?;
+                    }
+                    Ok::<_, Abort<StoreError>>(())
+                })
+                .map_err(StoreError::from)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates an API key for a partner. The secret is returned once and never stored.
+    pub async fn create_key(
+        &self,
+        partner: &str,
+        env: Env,
+        label: Option<String>,
+    ) -> Result<CreatedKey, DirError> {
+        self.change(|s| {
+            if s.directory().partner(partner).is_none() {
+                return Err(DirError::NotFound("partner"));
+            }
+            let secret = format!("wb_{}_{}", env.as_str(), random_token(24)?);
+            let record = ApiKeyRec {
+                id: Uuid::now_v7(),
+                partner: partner.to_owned(),
+                env,
+                label,
+                prefix: secret.chars().take(12).collect(),
+                hash: Sha256::digest(secret.as_bytes()).into(),
+                created_at: now_ms(),
+                revoked_at: None,
+            };
+            let value = encode(&record)?;
+            (&s.api_keys, &s.api_key_hash)
+                .transaction(|(keys, hashes)| {
+                    keys.insert(record.id.as_bytes(), value.as_slice())?;
+                    hashes.insert(record.hash.as_slice(), record.id.as_bytes())?;
+                    Ok::<_, Abort<StoreError>>(())
+                })
+                .map_err(StoreError::from)?;
+            Ok(CreatedKey { record, secret })
+        })
+        .await
+    }
+
+    /// The keys of a partner (revoked ones included), oldest first.
+    pub fn list_keys(&self, partner: &str) -> Result<Vec<ApiKeyRec>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.api_keys.iter() {
+            let (_, v) = item?;
+            let k: ApiKeyRec = decode(&v)?;
+            if k.partner == partner {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Revokes a key; it stops working for the next request. Revoking twice is fine.
+    pub async fn revoke_key(&self, partner: &str, id: Uuid) -> Result<ApiKeyRec, DirError> {
+        self.change(|s| {
+            let raw = s
+                .api_keys
+                .get(id.as_bytes())?
+                .ok_or(DirError::NotFound("key"))?;
+            let mut k: ApiKeyRec = decode(&raw)?;
+            if k.partner != partner {
+                return Err(DirError::NotFound("key"));
+            }
+            if k.revoked_at.is_none() {
+                k.revoked_at = Some(now_ms());
+                let value = encode(&k)?;
+                (&s.api_keys, &s.api_key_hash)
+                    .transaction(|(keys, hashes)| {
+                        keys.insert(k.id.as_bytes(), value.as_slice())?;
+                        hashes.remove(k.hash.as_slice())?;
+                        Ok::<_, Abort<StoreError>>(())
+                    })
+                    .map_err(StoreError::from)?;
+            }
+            Ok(k)
+        })
+        .await
+    }
+
+    /// Creates a route between two existing partners; 409 if the same route exists.
+    pub async fn create_route(
+        &self,
+        sender: &str,
+        receiver: &str,
+        doctype: &str,
+    ) -> Result<RouteRec, DirError> {
+        self.change(|s| {
+            let dir = s.directory();
+            if dir.partner(sender).is_none() {
+                return Err(DirError::Invalid {
+                    field: "sender",
+                    message: format!("no partner {sender}"),
+                });
+            }
+            if dir.partner(receiver).is_none() {
+                return Err(DirError::Invalid {
+                    field: "receiver",
+                    message: format!("no partner {receiver}"),
+                });
+            }
+            if dir
+                .routes()
+                .iter()
+                .any(|r| r.sender == sender && r.receiver == receiver && r.doctype == doctype)
+            {
+                return Err(DirError::Conflict(format!(
+                    "a route {sender} -> {receiver} for {doctype} already exists"
+                )));
+            }
+            let rec = RouteRec {
+                id: Uuid::now_v7(),
+                sender: sender.to_owned(),
+                receiver: receiver.to_owned(),
+                doctype: doctype.to_owned(),
+                created_at: now_ms(),
+            };
+            s.routes.insert(rec.id.as_bytes(), encode(&rec)?)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Deletes a route.
+    pub async fn delete_route(&self, id: Uuid) -> Result<(), DirError> {
+        self.change(|s| {
+            s.routes
+                .remove(id.as_bytes())?
+                .ok_or(DirError::NotFound("route"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// `n` random bytes as unpadded base64url.
+pub fn random_token(n: usize) -> Result<String, StoreError> {
+    use base64::Engine;
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
+}

@@ -1,0 +1,151 @@
+//! The store: sled trees, the group-commit flusher and every read and write of records.
+//! This module is the only place that names sled or bincode; the rest of the crate sees
+//! records and domain errors.
+//!
+//! Trees (named after what they map):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `partners` | code | [`PartnerRec`] |
+//! | `api_keys` | key id | [`ApiKeyRec`] |
+//! | `api_key_hash` | SHA-256 of the secret | key id |
+//! | `routes` | route id | [`RouteRec`] |
+//! | `messages` | env ‖ message id | [`MessageRec`] |
+//! | `payloads` | env ‖ message id | payload bytes, as received |
+//! | `transmissions` | env ‖ uuid | [`TransmissionRec`] |
+//! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ uuid | lease expiry ‖ doctype |
+//! | `requests` | env ‖ request id | [`RequestRec`] |
+//! | `sender_requests` | env ‖ sender ‖ 0xFF ‖ request id | empty |
+
+mod codec;
+pub mod directory;
+mod flusher;
+mod messages;
+pub mod records;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
+pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
+pub use records::*;
+
+use flusher::GroupCommit;
+
+/// A storage fault. The API answers 503 for all of them and logs the detail.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("record encoding: {0}")]
+    Codec(String),
+    #[error("a flush failed; the store refuses writes")]
+    FlushFailed,
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// The open store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    partners: sled::Tree,
+    api_keys: sled::Tree,
+    api_key_hash: sled::Tree,
+    routes: sled::Tree,
+    messages: sled::Tree,
+    payloads: sled::Tree,
+    transmissions: sled::Tree,
+    receiver_pending: sled::Tree,
+    requests: sled::Tree,
+    sender_requests: sled::Tree,
+    commit: GroupCommit,
+    /// Partners, keys and routes, kept in memory because every request consults them and
+    /// they change rarely. Rebuilt from the trees after each change, under `admin_lock`.
+    directory: RwLock<Arc<Directory>>,
+    admin_lock: std::sync::Mutex<()>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` with a page cache of `cache_mb` MiB.
+    pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.max(8) * 1024 * 1024)
+            // Our group commit flushes whenever a writer waits; sled's own timer would
+            // only add flushes nobody waits for.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Store {
+            partners: tree("partners")?,
+            api_keys: tree("api_keys")?,
+            api_key_hash: tree("api_key_hash")?,
+            routes: tree("routes")?,
+            messages: tree("messages")?,
+            payloads: tree("payloads")?,
+            transmissions: tree("transmissions")?,
+            receiver_pending: tree("receiver_pending")?,
+            requests: tree("requests")?,
+            sender_requests: tree("sender_requests")?,
+            commit: GroupCommit::start(db.clone(), dir)?,
+            db,
+            directory: RwLock::new(Arc::new(Directory::default())),
+            admin_lock: std::sync::Mutex::new(()),
+        };
+        store.reload_directory()?;
+        Ok(store)
+    }
+
+    /// Waits until every write made so far by the caller is on disk.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.commit.durable(false).await
+    }
+
+    /// Like [`Store::durable`], for callers that wrote a value of 64 KiB or more.
+    pub async fn durable_large(&self, large: bool) -> Result<(), StoreError> {
+        self.commit.durable(large).await
+    }
+
+    /// Whether the store can take writes.
+    pub fn healthy(&self) -> bool {
+        !self.commit.failed()
+    }
+
+    /// The current partners, keys and routes.
+    pub fn directory(&self) -> Arc<Directory> {
+        match self.directory.read() {
+            Ok(d) => Arc::clone(&d),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Makes everything durable and stops the flusher. Called once at shutdown.
+    pub fn close(&self) {
+        self.commit.shutdown();
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
