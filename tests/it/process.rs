@@ -1,0 +1,309 @@
+//! The real binary: crash safety (SIGKILL), clean shutdown (SIGTERM), the admin CLI and
+//! configuration checks.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{agent, send, wait_for_token};
+
+const BIN: &str = env!("CARGO_BIN_EXE_waybill");
+
+struct Server {
+    child: Child,
+    base: String,
+    listen: String,
+    token: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path) -> Server {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &listen])
+        .env("WAYBILL_OUTBOUND__ALLOW", "127.0.0.0/8")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn waybill");
+    let base = format!("http://{listen}");
+    let token = wait_for_token(dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let a = agent();
+    loop {
+        if a.get(&format!("{base}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Server {
+        child,
+        base,
+        listen,
+        token,
+    }
+}
+
+impl Server {
+    fn admin(&self, method: &str, path: &str, body: Value) -> Value {
+        let auth = format!("Bearer {}", self.token);
+        let bytes = serde_json::to_vec(&body).unwrap();
+        send(
+            &agent(),
+            method,
+            &format!("{}{}", self.base, path),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&bytes),
+        )
+        .json()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_message_acknowledged_with_202_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    server.admin(
+        "POST",
+        "/admin/api/partners",
+        json!({"code": "ACME", "name": "Acme"}),
+    );
+    server.admin(
+        "POST",
+        "/admin/api/partners",
+        json!({"code": "GLOBEX", "name": "Globex"}),
+    );
+    let acme = server.admin("POST", "/admin/api/partners/ACME/keys", json!({}))["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let globex = server.admin("POST", "/admin/api/partners/GLOBEX/keys", json!({}))["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.admin(
+        "POST",
+        "/admin/api/routes",
+        json!({"sender": "ACME", "receiver": "GLOBEX", "doctype": "order"}),
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = send(
+            &agent(),
+            "POST",
+            &format!(
+                "{}/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order",
+                server.base
+            ),
+            &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+            Some(format!("{{\"n\":{i}}}").as_bytes()),
+        );
+        ids.push(r.data(202)["id"].as_str().unwrap().to_owned());
+    }
+    // SIGKILL: no shutdown code runs; only what was flushed before each 202 remains.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = start(dir.path());
+    let r = send(
+        &agent(),
+        "GET",
+        &format!("{}/api/v1/transmissions?limit=100", server.base),
+        &[("X-Api-Key", &globex)],
+        None,
+    );
+    let items = r.data(200);
+    let got: Vec<&str> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["messageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "every acknowledged message is back, in order"
+    );
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_the_token_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let mode = std::fs::metadata(dir.path().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    server.admin(
+        "POST",
+        "/admin/api/partners",
+        json!({"code": "ACME", "name": "Acme"}),
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(exit.success(), "clean exit: {exit:?}");
+    // Same token and data on the next start.
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let server = start(dir.path());
+    assert_eq!(server.token, token.trim());
+    let list = server.admin("GET", "/admin/api/partners", Value::Null);
+    assert_eq!(list["data"][0]["code"], "ACME");
+}
+
+fn cli(server: &Server, dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", &server.listen])
+        .output()
+        .expect("run cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_manages_partners_keys_and_routes_on_the_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let d = dir.path();
+    assert!(
+        cli(
+            &server,
+            d,
+            &["partner", "add", "ACME", "--name", "Acme Corp"]
+        )
+        .0
+    );
+    assert!(cli(&server, d, &["partner", "add", "GLOBEX"]).0);
+    let (ok, out, _) = cli(&server, d, &["partner", "list"]);
+    assert!(
+        ok && out.contains("ACME") && out.contains("Acme Corp") && out.contains("GLOBEX"),
+        "{out}"
+    );
+    let (ok, err_out, err) = cli(&server, d, &["partner", "add", "ACME"]);
+    assert!(!ok && err.contains("already exists"), "{err_out}{err}");
+
+    let (ok, out, _) = cli(
+        &server,
+        d,
+        &["key", "create", "ACME", "--env", "test", "--label", "erp"],
+    );
+    assert!(ok, "{out}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key id:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("wb_test_"));
+    let auth = send(
+        &agent(),
+        "GET",
+        &format!("{}/api/v1/transmissions", server.base),
+        &[("X-Api-Key", &key)],
+        None,
+    );
+    assert_eq!(auth.status, 200);
+
+    assert!(cli(&server, d, &["route", "add", "ACME", "GLOBEX", "order"]).0);
+    let (_, out, _) = cli(&server, d, &["route", "list"]);
+    let route_id = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(out.contains("GLOBEX") && out.contains("order"), "{out}");
+    assert!(cli(&server, d, &["route", "remove", &route_id]).0);
+    let (_, out, _) = cli(&server, d, &["route", "list"]);
+    assert_eq!(out.lines().count(), 1, "only the header is left: {out}");
+
+    assert!(cli(&server, d, &["key", "revoke", "ACME", &id]).0);
+    let auth = send(
+        &agent(),
+        "GET",
+        &format!("{}/api/v1/transmissions", server.base),
+        &[("X-Api-Key", &key)],
+        None,
+    );
+    assert_eq!(auth.status, 401);
+    assert!(cli(&server, d, &["partner", "remove", "GLOBEX"]).0);
+    let (_, out, _) = cli(&server, d, &["partner", "list"]);
+    assert!(!out.contains("GLOBEX"), "{out}");
+}
+
+#[test]
+fn check_config_shows_the_effective_settings_and_refuses_bad_ones() {
+    let out = Command::new(BIN)
+        .args(["check-config", "--listen", "127.0.0.1:9999"])
+        .env("WAYBILL_LIMITS__PARTNER_RPS", "12")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:9999\""), "{text}");
+    assert!(text.contains("partner_rps = 12"), "{text}");
+
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env("WAYBILL_LIMITS__PARTNER_RPS", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WAYBILL_LIMITS__PARTNER_RPS"));
+
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
