@@ -64,8 +64,8 @@ impl AppState {
     pub fn wake_receivers(&self, env: Env, messages: &[MessageRec]) {
         let map = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
         for m in messages {
-            for (_, receiver) in &m.transmissions {
-                if let Some(n) = map.get(&(env, receiver.clone())) {
+            for t in &m.transmissions {
+                if let Some(n) = map.get(&(env, t.receiver.clone())) {
                     n.notify_waiters();
                 }
             }

@@ -21,30 +21,58 @@ fn bearer(ctx: &Ctx) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The API key of a request. `form` is the body when it is form-encoded, where the
-/// reference protocol also allows `apikey`.
-fn presented_key(ctx: &Ctx, form: Option<&[u8]>) -> Option<String> {
-    if let Some(k) = bearer(ctx)
+/// The API key a request carries in a header or the query string.
+fn presented_key(ctx: &Ctx) -> Option<&str> {
+    bearer(ctx)
         .or_else(|| ctx.header("x-api-key"))
         .or_else(|| ctx.param("apikey"))
-    {
-        return Some(k.to_owned());
-    }
-    form.and_then(|body| {
-        form_urlencoded::parse(body)
-            .find(|(k, _)| k == "apikey")
-            .map(|(_, v)| v.into_owned())
-    })
 }
 
-/// Authenticates a partner and applies its rate limit: 401 without a valid key, 429 when
-/// over `limits.partner_rps`.
-pub fn partner(state: &AppState, ctx: &Ctx, form: Option<&[u8]>) -> Result<Principal, ApiError> {
-    let key = presented_key(ctx, form).ok_or_else(ApiError::unauthorized)?;
+/// Whether the request carries an API key outside its body.
+pub fn presents_key(ctx: &Ctx) -> bool {
+    presented_key(ctx).is_some()
+}
+
+/// Authenticates a partner by a header or query key and applies its rate limit: 401
+/// without a valid key, 429 when over `limits.partner_rps`. Called before a body is read,
+/// so anonymous callers cannot make the server read large bodies.
+pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
+    let key = presented_key(ctx).ok_or_else(ApiError::unauthorized)?;
+    authenticate(state, key)
+}
+
+/// Authenticates by the `apikey` field of a form-encoded body (the reference protocol
+/// allows it) and returns the body without that field, so the key is never stored or
+/// forwarded to the receiver. Other fields keep their exact bytes.
+pub fn partner_from_form(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(Principal, bytes::Bytes), ApiError> {
+    let mut key = None;
+    let mut rest: Vec<&[u8]> = Vec::new();
+    for pair in body.split(|b| *b == b'&') {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        if form_urlencoded::parse(name)
+            .next()
+            .is_some_and(|(k, _)| k == "apikey")
+        {
+            key = form_urlencoded::parse(pair)
+                .next()
+                .map(|(_, v)| v.into_owned());
+        } else {
+            rest.push(pair);
+        }
+    }
+    let key = key.ok_or_else(ApiError::unauthorized)?;
+    let principal = authenticate(state, &key)?;
+    Ok((principal, bytes::Bytes::from(rest.join(&b'&'))))
+}
+
+fn authenticate(state: &AppState, key: &str) -> Result<Principal, ApiError> {
     let principal = state
         .store
         .directory()
-        .authenticate(&key)
+        .authenticate(key)
         .ok_or_else(ApiError::unauthorized)?;
     if !state.limiter.allow(&principal.partner) {
         let mut e = ApiError::new(

@@ -41,8 +41,8 @@ async fn create(
     ctx: Ctx,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
+    let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
-    let principal = auth::partner(&state, &ctx, None)?;
     check_disk(&state)?;
     let doctype = parse_doctype(&doctype).field("doctype")?;
     // The document must be JSON; it is stored exactly as sent.
@@ -96,7 +96,7 @@ async fn create(
 
 /// A document, to its sender and its receivers.
 async fn get(doctype: String, id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    let principal = auth::partner(&state, &ctx, None)?;
+    let principal = auth::partner(&state, &ctx)?;
     let id = parse_id(&id, "document")?;
     let m = state
         .store
@@ -104,13 +104,12 @@ async fn get(doctype: String, id: String, state: AppState, ctx: Ctx) -> Result<R
         .filter(|m| m.doctype == doctype)
         .filter(|m| {
             m.sender == principal.partner
-                || m.transmissions.iter().any(|(_, r)| *r == principal.partner)
+                || m.transmissions
+                    .iter()
+                    .any(|t| t.receiver == principal.partner)
         })
         .ok_or_else(|| ApiError::not_found("document"))?;
-    let payload = state
-        .store
-        .payload(principal.env, m.id)?
-        .unwrap_or_default();
+    let payload = state.store.payload(&m)?;
     let document: serde_json::Value =
         serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
     Ok(ok(

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::error::{ApiError, InvalidExt};
 use crate::model::{parse_doctype, parse_partner_code, parse_short_text};
+use crate::store::records::MAX_RECEIVERS;
 use crate::store::{MessageRec, NewMessage, Principal};
 use crate::AppState;
 
@@ -89,10 +90,18 @@ pub(super) fn resolve_receivers(
         None => {
             let all = dir.receivers(sender, doctype);
             if all.is_empty() {
-                Err(no_route(sender, None, doctype, field))
-            } else {
-                Ok(all)
+                return Err(no_route(sender, None, doctype, field));
             }
+            if all.len() > MAX_RECEIVERS {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "routes name {} receivers; a message reaches at most {MAX_RECEIVERS}",
+                        all.len()
+                    ),
+                ));
+            }
+            Ok(all)
         }
     }
 }
@@ -113,11 +122,10 @@ pub(super) struct TransmissionRef {
 }
 
 pub(super) fn transmission_refs(m: &MessageRec) -> Vec<TransmissionRef> {
-    m.transmissions
-        .iter()
+    m.transmission_refs()
         .map(|(uuid, receiver)| TransmissionRef {
-            uuid: *uuid,
-            receiver: receiver.clone(),
+            uuid,
+            receiver: receiver.to_owned(),
         })
         .collect()
 }
@@ -127,11 +135,14 @@ pub(super) fn tracking_location(request_id: uuid::Uuid) -> String {
 }
 
 async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
-    let payload = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
-    let media = ctx.media_type();
-    let form =
-        (media.as_deref() == Some("application/x-www-form-urlencoded")).then_some(&payload[..]);
-    let principal = auth::partner(&state, &ctx, form)?;
+    let limit = state.config.server.max_body_bytes;
+    let is_form = ctx.media_type().as_deref() == Some("application/x-www-form-urlencoded");
+    let (principal, payload) = if auth::presents_key(&ctx) || !is_form {
+        let principal = auth::partner(&state, &ctx)?;
+        (principal, read_body(&ctx, body, limit).await?)
+    } else {
+        auth::partner_from_form(&state, &read_body(&ctx, body, limit).await?)?
+    };
     check_disk(&state)?;
 
     let sender = ctx
@@ -207,7 +218,13 @@ struct BatchMessage {
     version: Option<String>,
     external_reference: Option<String>,
     content_type: Option<String>,
+    /// `Some(Null)` when the payload is JSON `null`; `None` only when it is absent.
+    #[serde(default, deserialize_with = "present")]
     payload: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Checks every message of a batch before anything is stored; the first bad one makes
@@ -297,8 +314,8 @@ fn validate_batch(
 }
 
 async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
+    let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
-    let principal = auth::partner(&state, &ctx, None)?;
     check_disk(&state)?;
     let parsed: BatchBody = parse_json(&ctx, &bytes)?;
     let (batch_reference, messages) = validate_batch(&state, &principal.partner, parsed)?;
@@ -337,12 +354,11 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
 
 /// The request summary: the caller's own requests only.
 async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    let principal: Principal = auth::partner(&state, &ctx, None)?;
+    let principal: Principal = auth::partner(&state, &ctx)?;
     let id = parse_id(&id, "request")?;
     let request = state
         .store
-        .request(principal.env, id)?
-        .filter(|r| r.sender == principal.partner)
+        .request(principal.env, &principal.partner, id)?
         .ok_or_else(|| ApiError::not_found("request"))?;
     let mut messages = Vec::with_capacity(request.messages.len());
     for mid in &request.messages {
@@ -363,7 +379,7 @@ async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, 
         serde_json::json!({
             "id": request.id,
             "batchReference": request.batch_reference,
-            "receivedDate": rfc3339(request.received_at),
+            "receivedAt": rfc3339(request.received_at),
             "messages": messages,
         }),
     ))

@@ -120,7 +120,7 @@ fn view(t: &TransmissionRec, payload: Option<&Bytes>) -> Value {
 }
 
 async fn poll(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    let principal = auth::partner(&state, &ctx, None)?;
+    let principal = auth::partner(&state, &ctx)?;
     let limit = int_param(&ctx, "limit", 10, 100, 1)? as usize;
     let wait = int_param(&ctx, "wait", 0, 20, 0)?;
     let lease = int_param(&ctx, "lease", 0, 43_200, 0)?;
@@ -174,7 +174,7 @@ async fn poll(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
 
 /// A transmission its receiver or sender may see; 404 for anyone else.
 fn visible(state: &AppState, ctx: &Ctx, id: &str) -> Result<TransmissionRec, ApiError> {
-    let principal = auth::partner(state, ctx, None)?;
+    let principal = auth::partner(state, ctx)?;
     let uuid = parse_id(id, "transmission")?;
     state
         .store
@@ -190,10 +190,11 @@ async fn detail(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiEr
 
 async fn payload(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let t = visible(&state, &ctx, &id)?;
-    let bytes = state
+    let message = state
         .store
-        .payload(t.env, t.message_id)?
-        .unwrap_or_default();
+        .message(t.env, t.message_id)?
+        .ok_or_else(|| ApiError::not_found("transmission"))?;
+    let bytes = state.store.payload(&message)?;
     let mut res = Response::new(bytes.into());
     let ct = http::HeaderValue::from_str(&t.content_type)
         .unwrap_or_else(|_| http::HeaderValue::from_static("application/octet-stream"));
@@ -213,8 +214,8 @@ async fn acknowledge(
     ctx: Ctx,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
+    let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, 64 * 1024).await?;
-    let principal = auth::partner(&state, &ctx, None)?;
     let uuid = parse_id(&id, "transmission")?;
     let ack: AckBody = parse_json(&ctx, &bytes)?;
     let ok_status = match ack.status.as_deref() {

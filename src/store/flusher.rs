@@ -1,16 +1,18 @@
 //! Group commit: one thread makes everything written so far durable, for all waiting
 //! writers at once.
 //!
-//! A writer applies its sled write, takes a ticket (a sequence number) and waits until the
+//! A writer applies its writes, takes a ticket (a sequence number) and waits until the
 //! flusher publishes a covered sequence at least as high. The flusher takes the newest
-//! ticket, calls sled's `flush` (which covers every write made before it), then forces the
-//! data to the disk: sled 0.34 ends its flush with `sync_file_range`, which does not empty
-//! the disk's write cache, so we `fdatasync` the `db` file; when a write was large enough to
-//! be stored as a separate blob file, we `syncfs` the data directory instead, which covers
-//! the blob files sled wrote without syncing them. One flush serves every writer that
-//! arrived while the previous one ran, so the flush rate stays near the disk's fsync rate
-//! while throughput grows with concurrency. (Flushing per request instead makes sled's
-//! concurrent flushes collapse to a handful per second.)
+//! ticket and then, in this order: syncs the payload segments written since its last round
+//! (so no durable record can point at bytes that are not), calls sled's `flush` (which
+//! covers every write made before it), and `fdatasync`s sled's `db` file, because sled 0.34
+//! ends its flush with `sync_file_range`, which does not empty the disk's write cache.
+//! One round serves every writer that arrived while the previous one ran, so the flush rate
+//! stays near the disk's fsync rate while throughput grows with concurrency. (Flushing per
+//! request instead makes sled's concurrent flushes collapse to a handful per second.)
+//!
+//! sled would store values over 128 KiB as separate, unsynced blob files; no record comes
+//! near that size (payloads live in the payload log), so the `db` file is all there is to sync.
 
 use std::fs::File;
 use std::path::Path;
@@ -20,11 +22,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+use super::payload_log::PayloadLog;
 use super::StoreError;
 
-/// Values at least this large may become sled blob files, which need a directory sync.
-/// sled puts items larger than a quarter of its 512 KiB segment into blobs; we stay well
-/// under that so a page holding a large value is covered too.
+/// Payloads at least this large are copied on a blocking thread, not an async worker.
 pub const LARGE_WRITE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +44,8 @@ struct Tickets {
 struct Shared {
     tickets: Mutex<Tickets>,
     wake: Condvar,
-    large_write: AtomicBool,
+    /// Whether the flusher is asleep on `wake` (writers skip the wake-up syscall otherwise).
+    sleeping: AtomicBool,
     flushed: watch::Sender<Flushed>,
 }
 
@@ -55,9 +57,12 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the flusher thread for `db`, whose files live in `dir`.
-    pub fn start(db: sled::Db, dir: &Path) -> Result<GroupCommit, StoreError> {
+    pub fn start(
+        db: sled::Db,
+        payloads: Arc<PayloadLog>,
+        dir: &Path,
+    ) -> Result<GroupCommit, StoreError> {
         let db_file = File::open(dir.join("db"))?;
-        let dir_file = File::open(dir)?;
         let (tx, _) = watch::channel(Flushed {
             seq: 0,
             failed: false,
@@ -68,13 +73,13 @@ impl GroupCommit {
                 stop: false,
             }),
             wake: Condvar::new(),
-            large_write: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
             flushed: tx,
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("waybill-flusher".into())
-            .spawn(move || flush_loop(&worker, &db, &db_file, &dir_file))?;
+            .spawn(move || flush_loop(&worker, &db, &db_file, &payloads))?;
         Ok(GroupCommit {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -82,11 +87,7 @@ impl GroupCommit {
     }
 
     /// Waits until every write this task made before calling is on disk.
-    /// `large` says whether one of those writes was at least [`LARGE_WRITE_BYTES`].
-    pub async fn durable(&self, large: bool) -> Result<(), StoreError> {
-        if large {
-            self.shared.large_write.store(true, Ordering::SeqCst);
-        }
+    pub async fn durable(&self) -> Result<(), StoreError> {
         let ticket = {
             let mut t = self.shared.tickets.lock().map_err(|_| StoreError::Closed)?;
             if t.stop {
@@ -95,7 +96,9 @@ impl GroupCommit {
             t.issued += 1;
             t.issued
         };
-        self.shared.wake.notify_one();
+        if self.shared.sleeping.load(Ordering::SeqCst) {
+            self.shared.wake.notify_one();
+        }
         let mut rx = self.shared.flushed.subscribe();
         let state = rx
             .wait_for(|f| f.seq >= ticket || f.failed)
@@ -125,26 +128,34 @@ impl GroupCommit {
     }
 }
 
-fn flush_loop(shared: &Shared, db: &sled::Db, db_file: &File, dir_file: &File) {
+fn flush_loop(shared: &Shared, db: &sled::Db, db_file: &File, payloads: &PayloadLog) {
     let mut covered = 0u64;
+    let (mut flushes, mut busy) = (0u64, std::time::Duration::ZERO);
     loop {
         let target = {
             let Ok(mut t) = shared.tickets.lock() else {
                 return;
             };
             while t.issued == covered && !t.stop {
+                // Set under the lock a writer takes to issue its ticket, so a writer either
+                // sees `sleeping` and wakes us, or issued its ticket before we looked.
+                shared.sleeping.store(true, Ordering::SeqCst);
                 t = match shared.wake.wait(t) {
                     Ok(t) => t,
                     Err(_) => return,
                 };
+                shared.sleeping.store(false, Ordering::SeqCst);
             }
             if t.issued == covered && t.stop {
                 break;
             }
             t.issued
         };
-        let large = shared.large_write.swap(false, Ordering::SeqCst);
-        match flush_once(db, db_file, dir_file, large) {
+        let started = std::time::Instant::now();
+        let result = flush_once(db, db_file, payloads);
+        flushes += 1;
+        busy += started.elapsed();
+        match result {
             Ok(()) => {
                 covered = target;
                 shared.flushed.send_replace(Flushed {
@@ -167,28 +178,20 @@ fn flush_loop(shared: &Shared, db: &sled::Db, db_file: &File, dir_file: &File) {
             }
         }
     }
+    tracing::info!(
+        flushes,
+        writes = covered,
+        avg_flush_us = busy.as_micros() as u64 / flushes.max(1),
+        "group commit statistics"
+    );
     // A last flush at shutdown covers writes that never asked to wait (lease updates).
-    if let Err(e) = flush_once(db, db_file, dir_file, true) {
+    if let Err(e) = flush_once(db, db_file, payloads) {
         tracing::error!(error = %e, "final store flush failed");
     }
 }
 
-fn flush_once(db: &sled::Db, db_file: &File, dir_file: &File, large: bool) -> std::io::Result<()> {
+fn flush_once(db: &sled::Db, db_file: &File, payloads: &PayloadLog) -> std::io::Result<()> {
+    payloads.sync()?;
     db.flush().map_err(std::io::Error::other)?;
-    if large {
-        syncfs(dir_file)
-    } else {
-        db_file.sync_data()
-    }
-}
-
-fn syncfs(dir: &File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `dir` is an open file descriptor for the whole call; syncfs only reads it.
-    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    db_file.sync_data()
 }

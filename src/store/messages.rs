@@ -2,18 +2,20 @@
 //! acknowledgement. Every multi-tree change here is one sled transaction, and every
 //! acknowledged change waits for the group commit before it returns.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
-use sled::transaction::{ConflictableTransactionError as Abort, TransactionalTree};
+use sled::transaction::ConflictableTransactionError as Abort;
 use sled::Transactional;
 use uuid::Uuid;
 
 use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
+    trailing_id,
 };
 use super::flusher::LARGE_WRITE_BYTES;
-use super::records::{MessageRec, RequestRec, TransmissionRec};
+use super::records::{
+    new_message_id, split_transmission_uuid, MessageRec, RequestRec, TransmissionRec,
+    TransmissionState,
+};
 use super::{Store, StoreError};
 use crate::model::{Env, Status};
 
@@ -25,7 +27,7 @@ pub struct NewMessage {
     pub external_reference: Option<String>,
     pub content_type: String,
     pub payload: Bytes,
-    /// Who gets a transmission; never empty.
+    /// Who gets a transmission; 1 to [`super::records::MAX_RECEIVERS`] partners.
     pub receivers: Vec<String>,
 }
 
@@ -64,9 +66,9 @@ fn abort(e: StoreError) -> Abort<StoreError> {
 }
 
 impl Store {
-    /// Stores one intake call: the request, its messages, payloads, one transmission per
-    /// receiver and the queue entries, all in one transaction, then waits until it is on
-    /// disk. Either everything is stored or nothing.
+    /// Stores one intake call: payloads in the payload log, then the request, its messages
+    /// (with their transmissions) and the queue entries in one transaction; then waits
+    /// until all of it is on disk. Either everything is stored or nothing is visible.
     pub async fn accept(
         &self,
         env: Env,
@@ -77,25 +79,21 @@ impl Store {
     ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
         let request_id = Uuid::now_v7();
         let mut messages = Vec::with_capacity(new.len());
-        let mut rows: Vec<(MessageRec, Bytes, Vec<TransmissionRec>)> =
-            Vec::with_capacity(new.len());
-        let mut large = false;
         for m in new {
-            let id = Uuid::now_v7();
-            let txs: Vec<TransmissionRec> = m
+            let payload = if m.payload.len() >= LARGE_WRITE_BYTES {
+                // Copying megabytes is not work for an async worker thread.
+                let log = std::sync::Arc::clone(&self.payload_log);
+                tokio::task::spawn_blocking(move || log.append(&m.payload))
+                    .await
+                    .map_err(|_| StoreError::Closed)??
+            } else {
+                self.payload_log.append(&m.payload)?
+            };
+            let transmissions = m
                 .receivers
-                .iter()
-                .map(|r| TransmissionRec {
-                    uuid: Uuid::now_v7(),
-                    message_id: id,
-                    env,
-                    sender: sender.to_owned(),
-                    receiver: r.clone(),
-                    doctype: m.doctype.clone(),
-                    version: m.version.clone(),
-                    external_reference: m.external_reference.clone(),
-                    content_type: m.content_type.clone(),
-                    received_at: now,
+                .into_iter()
+                .map(|receiver| TransmissionState {
+                    receiver,
                     status: Status::Queued,
                     attempts: 0,
                     lease_until: None,
@@ -104,9 +102,8 @@ impl Store {
                     last_error: None,
                 })
                 .collect();
-            large |= m.payload.len() >= LARGE_WRITE_BYTES;
-            let msg = MessageRec {
-                id,
+            messages.push(MessageRec {
+                id: new_message_id(),
                 request_id,
                 env,
                 sender: sender.to_owned(),
@@ -114,16 +111,14 @@ impl Store {
                 version: m.version,
                 external_reference: m.external_reference,
                 content_type: m.content_type,
-                payload_len: m.payload.len() as u64,
+                payload,
                 received_at: now,
                 status: Status::Queued,
                 history: vec![(now, Status::Queued)],
                 errors: Vec::new(),
-                transmissions: txs.iter().map(|t| (t.uuid, t.receiver.clone())).collect(),
                 processed_at: None,
-            };
-            messages.push(msg.clone());
-            rows.push((msg, m.payload, txs));
+                transmissions,
+            });
         }
         let request = RequestRec {
             id: request_id,
@@ -136,47 +131,33 @@ impl Store {
 
         // Encode before the transaction: its closure runs under sled's global write lock
         // and may run more than once.
-        let mut writes_msg = Vec::new();
-        let mut writes_tx = Vec::new();
-        for (msg, payload, txs) in &rows {
-            writes_msg.push((env_id(env, msg.id), encode(msg)?, payload));
-            for t in txs {
-                writes_tx.push((
-                    env_id(env, t.uuid),
-                    encode(t)?,
-                    partner_id(env, &t.receiver, t.uuid),
-                    pending_value(0, &t.doctype),
+        let mut writes = Vec::with_capacity(messages.len());
+        let mut queue = Vec::with_capacity(messages.len());
+        for m in &messages {
+            writes.push((env_id(env, m.id), encode(m)?));
+            for (uuid, receiver) in m.transmission_refs() {
+                queue.push((
+                    partner_id(env, receiver, uuid),
+                    pending_value(0, &m.doctype),
                 ));
             }
         }
+        let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
-        let request_key = env_id(env, request_id);
-        let sender_key = partner_id(env, sender, request_id);
 
-        (
-            &self.messages,
-            &self.payloads,
-            &self.transmissions,
-            &self.receiver_pending,
-            &self.requests,
-            &self.sender_requests,
-        )
-            .transaction(
-                |(messages, payloads, transmissions, pending, requests, by_sender)| {
-                    for (key, value, payload) in &writes_msg {
-                        messages.insert(key, value.as_slice())?;
-                        payloads.insert(key, payload.as_ref())?;
-                    }
-                    for (key, value, pkey, pvalue) in &writes_tx {
-                        transmissions.insert(key, value.as_slice())?;
-                        pending.insert(pkey.as_slice(), pvalue.as_slice())?;
-                    }
-                    requests.insert(&request_key, request_value.as_slice())?;
-                    by_sender.insert(sender_key.as_slice(), &[] as &[u8])?;
-                    TxResult::Ok(())
-                },
-            )?;
-        self.durable_large(large).await?;
+        (&self.messages, &self.receiver_pending, &self.requests).transaction(
+            |(msgs, pending, requests)| {
+                for (key, value) in &writes {
+                    msgs.insert(key, value.as_slice())?;
+                }
+                for (key, value) in &queue {
+                    pending.insert(key.as_slice(), value.as_slice())?;
+                }
+                requests.insert(request_key.as_slice(), request_value.as_slice())?;
+                TxResult::Ok(())
+            },
+        )?;
+        self.durable().await?;
         Ok((request, messages))
     }
 
@@ -189,11 +170,8 @@ impl Store {
     }
 
     /// A message's payload bytes.
-    pub fn payload(&self, env: Env, message_id: Uuid) -> Result<Option<Bytes>, StoreError> {
-        Ok(self
-            .payloads
-            .get(env_id(env, message_id))?
-            .map(|v| Bytes::copy_from_slice(&v)))
+    pub fn payload(&self, message: &MessageRec) -> Result<Bytes, StoreError> {
+        self.payload_log.read(&message.payload)
     }
 
     /// A transmission, if it exists in `env`.
@@ -202,16 +180,21 @@ impl Store {
         env: Env,
         uuid: Uuid,
     ) -> Result<Option<TransmissionRec>, StoreError> {
-        self.transmissions
-            .get(env_id(env, uuid))?
-            .map(|v| decode(&v))
-            .transpose()
+        let Some((id, index)) = split_transmission_uuid(uuid) else {
+            return Ok(None);
+        };
+        Ok(self.message(env, id)?.and_then(|m| m.transmission(index)))
     }
 
-    /// An intake request, if it exists in `env`.
-    pub fn request(&self, env: Env, id: Uuid) -> Result<Option<RequestRec>, StoreError> {
+    /// One of `sender`'s intake requests.
+    pub fn request(
+        &self,
+        env: Env,
+        sender: &str,
+        id: Uuid,
+    ) -> Result<Option<RequestRec>, StoreError> {
         self.requests
-            .get(env_id(env, id))?
+            .get(partner_id(env, sender, id))?
             .map(|v| decode(&v))
             .transpose()
     }
@@ -219,8 +202,8 @@ impl Store {
     /// Hands out up to `filter.limit` of the receiver's pending transmissions, oldest
     /// first, skipping those under an unexpired lease. Each handed-out item counts a
     /// delivery; with a lease it is held back from other polls until the lease expires or
-    /// it is acknowledged. The claim is checked and written in one transaction, so two
-    /// concurrent polls never lease the same item.
+    /// it is acknowledged. The claim is checked and written in one transaction (which sled
+    /// runs under its global write lock), so two concurrent polls never lease the same item.
     pub async fn claim(
         &self,
         env: Env,
@@ -258,44 +241,45 @@ impl Store {
         }
 
         let lease_until = (filter.lease_ms > 0).then(|| now + filter.lease_ms);
-        let claimed = (&self.transmissions, &self.receiver_pending, &self.messages).transaction(
-            |(transmissions, pending, messages)| {
-                let mut out = Vec::with_capacity(candidates.len());
-                for (key, scanned) in &candidates {
-                    // Acknowledged or leased by a concurrent poll since the scan: skip.
-                    if pending.get(key)?.as_ref() != Some(scanned) {
-                        continue;
-                    }
-                    let Some(uuid) = super::codec::trailing_id(key) else {
-                        continue;
-                    };
-                    let tkey = env_id(env, uuid);
-                    let Some(raw) = transmissions.get(tkey)? else {
-                        continue;
-                    };
-                    let mut t: TransmissionRec = decode(&raw).map_err(abort)?;
-                    t.attempts = t.attempts.saturating_add(1);
-                    t.lease_until = lease_until;
-                    t.delivered_at.get_or_insert(now);
-                    if matches!(t.status, Status::Queued | Status::Processing) {
-                        t.status = Status::Processed;
-                    }
-                    transmissions.insert(&tkey, encode(&t).map_err(abort)?)?;
-                    if let Some(until) = lease_until {
-                        pending.insert(key, pending_value(until, &t.doctype))?;
-                    }
-                    refresh_message_status(transmissions, messages, env, t.message_id, now, None)?;
-                    out.push(t);
+        let claimed = (&self.messages, &self.receiver_pending).transaction(|(msgs, pending)| {
+            let mut out = Vec::with_capacity(candidates.len());
+            for (key, scanned) in &candidates {
+                // Acknowledged or leased by a concurrent poll since the scan: skip.
+                if pending.get(key)?.as_ref() != Some(scanned) {
+                    continue;
                 }
-                TxResult::Ok(out)
-            },
-        )?;
+                let Some((id, index)) = trailing_id(key).and_then(split_transmission_uuid) else {
+                    continue;
+                };
+                let mkey = env_id(env, id);
+                let Some(raw) = msgs.get(mkey)? else { continue };
+                let mut m: MessageRec = decode(&raw).map_err(abort)?;
+                let Some(t) = m.transmissions.get_mut(index) else {
+                    continue;
+                };
+                t.attempts = t.attempts.saturating_add(1);
+                t.lease_until = lease_until;
+                t.delivered_at.get_or_insert(now);
+                if matches!(t.status, Status::Queued | Status::Processing) {
+                    t.status = Status::Processed;
+                }
+                m.refresh_status(now);
+                msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
+                if let Some(until) = lease_until {
+                    pending.insert(key, pending_value(until, &m.doctype))?;
+                }
+                out.push((m, index));
+            }
+            TxResult::Ok(out)
+        })?;
         self.durable().await?;
 
         let mut items = Vec::with_capacity(claimed.len());
-        for t in claimed {
-            let payload = self.payload(env, t.message_id)?.unwrap_or_default();
-            items.push((t, payload));
+        for (m, index) in claimed {
+            let payload = self.payload(&m)?;
+            if let Some(t) = m.transmission(index) {
+                items.push((t, payload));
+            }
         }
         Ok(Claimed { items, next_expiry })
     }
@@ -312,25 +296,35 @@ impl Store {
         note: Option<String>,
         now: i64,
     ) -> Result<AckOutcome, StoreError> {
-        let tkey = env_id(env, uuid);
+        let Some((id, index)) = split_transmission_uuid(uuid) else {
+            return Ok(AckOutcome::NotFound);
+        };
+        let mkey = env_id(env, id);
         let pkey = partner_id(env, receiver, uuid);
         let wanted = if ok { Status::Complete } else { Status::Failed };
-        let outcome = (&self.transmissions, &self.receiver_pending, &self.messages).transaction(
-            |(transmissions, pending, messages)| {
-                let Some(raw) = transmissions.get(tkey)? else {
+        let (outcome, wrote) =
+            (&self.messages, &self.receiver_pending).transaction(|(msgs, pending)| {
+                let Some(raw) = msgs.get(mkey)? else {
                     return Ok((AckOutcome::NotFound, false));
                 };
-                let mut t: TransmissionRec = decode(&raw).map_err(abort)?;
-                if t.receiver != receiver {
+                let mut m: MessageRec = decode(&raw).map_err(abort)?;
+                let Some(t) = m
+                    .transmissions
+                    .get_mut(index)
+                    .filter(|t| t.receiver == receiver)
+                else {
                     return Ok((AckOutcome::NotFound, false));
-                }
+                };
                 if t.status.is_final() {
                     let same = t.status == wanted;
+                    let view = m
+                        .transmission(index)
+                        .ok_or_else(|| abort(StoreError::Codec("lost transmission".into())))?;
                     return Ok((
                         if same {
-                            AckOutcome::Done(t)
+                            AckOutcome::Done(view)
                         } else {
-                            AckOutcome::Conflict(t)
+                            AckOutcome::Conflict(view)
                         },
                         false,
                     ));
@@ -339,25 +333,20 @@ impl Store {
                 t.acknowledged_at = Some(now);
                 t.lease_until = None;
                 if !ok {
-                    t.last_error = Some(
-                        note.clone()
-                            .unwrap_or_else(|| "reported failed by the receiver".into()),
-                    );
+                    let error = note
+                        .clone()
+                        .unwrap_or_else(|| "reported failed by the receiver".into());
+                    t.last_error = Some(error.clone());
+                    m.errors.push(format!("{receiver}: {error}"));
                 }
-                transmissions.insert(&tkey, encode(&t).map_err(abort)?)?;
+                m.refresh_status(now);
+                msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
                 pending.remove(pkey.as_slice())?;
-                let error = (!ok).then(|| {
-                    format!(
-                        "{}: {}",
-                        t.receiver,
-                        t.last_error.as_deref().unwrap_or_default()
-                    )
-                });
-                refresh_message_status(transmissions, messages, env, t.message_id, now, error)?;
-                Ok((AckOutcome::Done(t), true))
-            },
-        )?;
-        let (outcome, wrote) = outcome;
+                let view = m
+                    .transmission(index)
+                    .ok_or_else(|| abort(StoreError::Codec("lost transmission".into())))?;
+                Ok((AckOutcome::Done(view), true))
+            })?;
         if wrote {
             self.durable().await?;
         }
@@ -365,43 +354,29 @@ impl Store {
     }
 }
 
-/// Recomputes a message's status from its transmissions (read inside the transaction, so
-/// changes made earlier in it count) and records a change in its history.
-fn refresh_message_status(
-    transmissions: &TransactionalTree,
-    messages: &TransactionalTree,
-    env: Env,
-    message_id: Uuid,
-    now: i64,
-    error: Option<String>,
-) -> TxResult<()> {
-    let mkey = env_id(env, message_id);
-    let Some(raw) = messages.get(mkey)? else {
-        return Ok(());
-    };
-    let mut m: MessageRec = decode(&raw).map_err(abort)?;
-    let mut statuses: HashMap<Uuid, Status> = HashMap::with_capacity(m.transmissions.len());
-    for (uuid, _) in &m.transmissions {
-        if let Some(raw) = transmissions.get(env_id(env, *uuid))? {
-            let t: TransmissionRec = decode(&raw).map_err(abort)?;
-            statuses.insert(*uuid, t.status);
+#[cfg(test)]
+mod tests {
+    use super::super::records::{split_transmission_uuid, transmission_uuid};
+    use super::*;
+
+    #[test]
+    fn transmission_uuids_lead_back_to_their_message() {
+        let id = new_message_id();
+        assert_eq!(id.as_bytes()[15], 0);
+        for i in [0usize, 1, 254] {
+            let t = transmission_uuid(id, i);
+            assert_eq!(t.get_version_num(), 7, "still a v7 uuid");
+            assert_eq!(split_transmission_uuid(t), Some((id, i)));
         }
+        assert_eq!(
+            split_transmission_uuid(id),
+            None,
+            "a message id is not a transmission"
+        );
+        let later = new_message_id();
+        assert!(
+            transmission_uuid(later, 0) > transmission_uuid(id, 254),
+            "uuids keep creation order"
+        );
     }
-    let status = Status::of_message(statuses.values().copied());
-    let changed = status != m.status;
-    if !changed && error.is_none() {
-        return Ok(());
-    }
-    if changed {
-        m.status = status;
-        m.history.push((now, status));
-        if matches!(status, Status::Processed) || status.is_final() {
-            m.processed_at.get_or_insert(now);
-        }
-    }
-    if let Some(e) = error {
-        m.errors.push(e);
-    }
-    messages.insert(&mkey, encode(&m).map_err(abort)?)?;
-    Ok(())
 }

@@ -10,17 +10,17 @@
 //! | `api_keys` | key id | [`ApiKeyRec`] |
 //! | `api_key_hash` | SHA-256 of the secret | key id |
 //! | `routes` | route id | [`RouteRec`] |
-//! | `messages` | env ‖ message id | [`MessageRec`] |
-//! | `payloads` | env ‖ message id | payload bytes, as received |
-//! | `transmissions` | env ‖ uuid | [`TransmissionRec`] |
-//! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ uuid | lease expiry ‖ doctype |
-//! | `requests` | env ‖ request id | [`RequestRec`] |
-//! | `sender_requests` | env ‖ sender ‖ 0xFF ‖ request id | empty |
+//! | `messages` | env ‖ message id | [`MessageRec`] with its transmissions |
+//! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ transmission uuid | lease expiry ‖ doctype |
+//! | `requests` | env ‖ sender ‖ 0xFF ‖ request id | [`RequestRec`] |
+//!
+//! Payload bytes live outside sled, in the append-only [`payload_log`].
 
 mod codec;
 pub mod directory;
 mod flusher;
 mod messages;
+pub mod payload_log;
 pub mod records;
 
 use std::path::Path;
@@ -31,6 +31,7 @@ pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
 
 use flusher::GroupCommit;
+use payload_log::PayloadLog;
 
 /// A storage fault. The API answers 503 for all of them and logs the detail.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +65,9 @@ pub struct Store {
     api_key_hash: sled::Tree,
     routes: sled::Tree,
     messages: sled::Tree,
-    payloads: sled::Tree,
-    transmissions: sled::Tree,
     receiver_pending: sled::Tree,
     requests: sled::Tree,
-    sender_requests: sled::Tree,
+    payload_log: Arc<PayloadLog>,
     commit: GroupCommit,
     /// Partners, keys and routes, kept in memory because every request consults them and
     /// they change rarely. Rebuilt from the trees after each change, under `admin_lock`.
@@ -86,20 +85,20 @@ impl Store {
             // Our group commit flushes whenever a writer waits; sled's own timer would
             // only add flushes nobody waits for.
             .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
+        let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
         let store = Store {
             partners: tree("partners")?,
             api_keys: tree("api_keys")?,
             api_key_hash: tree("api_key_hash")?,
             routes: tree("routes")?,
             messages: tree("messages")?,
-            payloads: tree("payloads")?,
-            transmissions: tree("transmissions")?,
             receiver_pending: tree("receiver_pending")?,
             requests: tree("requests")?,
-            sender_requests: tree("sender_requests")?,
-            commit: GroupCommit::start(db.clone(), dir)?,
+            commit: GroupCommit::start(db.clone(), Arc::clone(&payload_log), dir)?,
+            payload_log,
             db,
             directory: RwLock::new(Arc::new(Directory::default())),
             admin_lock: std::sync::Mutex::new(()),
@@ -110,12 +109,7 @@ impl Store {
 
     /// Waits until every write made so far by the caller is on disk.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.commit.durable(false).await
-    }
-
-    /// Like [`Store::durable`], for callers that wrote a value of 64 KiB or more.
-    pub async fn durable_large(&self, large: bool) -> Result<(), StoreError> {
-        self.commit.durable(large).await
+        self.commit.durable().await
     }
 
     /// Whether the store can take writes.

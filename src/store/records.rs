@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::payload_log::PayloadRef;
 use crate::model::{Env, Status};
 
 /// A trading partner. Key: the code.
@@ -46,8 +47,12 @@ pub struct RouteRec {
     pub created_at: i64,
 }
 
-/// One received document. Key: `env ‖ id`. The payload bytes live in `payloads` under
-/// the same key, so scans over messages never drag payloads through the cache.
+/// One received document and its transmissions. Key: `env ‖ id`.
+///
+/// The message id is a v7 UUID whose last byte is 0; transmission `i` has the same UUID
+/// with last byte `i + 1` (see [`transmission_uuid`]). A transmission is always written
+/// with its message (intake, poll, acknowledgement all change both), so it lives inside
+/// the message record: one read and one write instead of two, and no uuid → message index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageRec {
     pub id: Uuid,
@@ -58,21 +63,61 @@ pub struct MessageRec {
     pub version: Option<String>,
     pub external_reference: Option<String>,
     pub content_type: String,
-    pub payload_len: u64,
+    /// Where the payload bytes are (they live outside sled).
+    pub payload: PayloadRef,
     pub received_at: i64,
     pub status: Status,
     /// Every status change: (time, status).
     pub history: Vec<(i64, Status)>,
     pub errors: Vec<String>,
-    /// The message's transmissions: (uuid, receiver).
-    pub transmissions: Vec<(Uuid, String)>,
     /// When the message reached `processed` or a final status.
     pub processed_at: Option<i64>,
+    pub transmissions: Vec<TransmissionState>,
 }
 
-/// The delivery of one message to one receiver. Key: `env ‖ uuid`. It repeats the
-/// message's routing fields so that a poll reads one record per item, not two.
+/// The delivery state of a message to one receiver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransmissionState {
+    pub receiver: String,
+    pub status: Status,
+    /// How many times it was handed out (polls) or attempted (pushes).
+    pub attempts: u32,
+    pub lease_until: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub acknowledged_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Most receivers one message may fan out to (the ordinal must fit the uuid's last byte).
+pub const MAX_RECEIVERS: usize = 255;
+
+/// A fresh message id: a v7 UUID with its last byte cleared for transmission ordinals.
+pub fn new_message_id() -> Uuid {
+    let mut b = *Uuid::now_v7().as_bytes();
+    b[15] = 0;
+    Uuid::from_bytes(b)
+}
+
+/// The uuid of transmission `index` of message `id`.
+pub fn transmission_uuid(id: Uuid, index: usize) -> Uuid {
+    let mut b = *id.as_bytes();
+    b[15] = (index + 1) as u8;
+    Uuid::from_bytes(b)
+}
+
+/// The message and transmission index a transmission uuid belongs to.
+pub fn split_transmission_uuid(uuid: Uuid) -> Option<(Uuid, usize)> {
+    let mut b = *uuid.as_bytes();
+    let ordinal = b[15];
+    if ordinal == 0 {
+        return None;
+    }
+    b[15] = 0;
+    Some((Uuid::from_bytes(b), usize::from(ordinal - 1)))
+}
+
+/// A transmission as the API shows it: its state plus the message fields it carries.
+#[derive(Debug, Clone)]
 pub struct TransmissionRec {
     pub uuid: Uuid,
     pub message_id: Uuid,
@@ -85,7 +130,6 @@ pub struct TransmissionRec {
     pub content_type: String,
     pub received_at: i64,
     pub status: Status,
-    /// How many times it was handed out (polls) or attempted (pushes).
     pub attempts: u32,
     pub lease_until: Option<i64>,
     pub delivered_at: Option<i64>,
@@ -93,7 +137,53 @@ pub struct TransmissionRec {
     pub last_error: Option<String>,
 }
 
-/// One intake call and the messages it carried. Key: `env ‖ id`.
+impl MessageRec {
+    /// Transmission `index` as the API shows it.
+    pub fn transmission(&self, index: usize) -> Option<TransmissionRec> {
+        let t = self.transmissions.get(index)?;
+        Some(TransmissionRec {
+            uuid: transmission_uuid(self.id, index),
+            message_id: self.id,
+            env: self.env,
+            sender: self.sender.clone(),
+            receiver: t.receiver.clone(),
+            doctype: self.doctype.clone(),
+            version: self.version.clone(),
+            external_reference: self.external_reference.clone(),
+            content_type: self.content_type.clone(),
+            received_at: self.received_at,
+            status: t.status,
+            attempts: t.attempts,
+            lease_until: t.lease_until,
+            delivered_at: t.delivered_at,
+            acknowledged_at: t.acknowledged_at,
+            last_error: t.last_error.clone(),
+        })
+    }
+
+    /// (uuid, receiver) of every transmission.
+    pub fn transmission_refs(&self) -> impl Iterator<Item = (Uuid, &str)> + '_ {
+        self.transmissions
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (transmission_uuid(self.id, i), t.receiver.as_str()))
+    }
+
+    /// Recomputes the message status from its transmissions; records a change in the history.
+    pub fn refresh_status(&mut self, now: i64) {
+        let status = Status::of_message(self.transmissions.iter().map(|t| t.status));
+        if status != self.status {
+            self.status = status;
+            self.history.push((now, status));
+            if matches!(status, Status::Processed) || status.is_final() {
+                self.processed_at.get_or_insert(now);
+            }
+        }
+    }
+}
+
+/// One intake call and the messages it carried. Key: `env ‖ sender ‖ 0xFF ‖ id`, so a
+/// sender's requests are one time-ordered range (tracking) and only its own are reachable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestRec {
     pub id: Uuid,

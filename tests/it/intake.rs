@@ -95,6 +95,11 @@ fn api_key_is_accepted_in_every_documented_place() {
         base64::engine::general_purpose::STANDARD.encode("a")
     );
     assert_eq!(items[0]["contentType"], "application/octet-stream");
+    // A key sent as a form field is taken out of the stored payload: the receiver never sees it.
+    let form_item = &items[3];
+    let raw = app.partner_get(&globex, form_item["payloadLocation"].as_str().unwrap());
+    assert_eq!(raw.body, b"item=d");
+    assert!(!String::from_utf8_lossy(&raw.body).contains(&acme));
 }
 
 #[test]
