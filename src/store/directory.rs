@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::codec::{decode, encode};
 use super::records::{ApiKeyRec, PartnerRec, RouteRec};
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, Store, StoreError, Trees};
 use crate::model::Env;
 
 /// Who is calling: the partner and environment of a valid, unrevoked key.
@@ -147,19 +147,19 @@ impl Store {
     /// Rebuilds the in-memory directory from the trees.
     pub(super) fn reload_directory(&self) -> Result<(), StoreError> {
         let mut dir = Directory::default();
-        for item in self.partners.iter() {
+        for item in self.t.partners.iter() {
             let (_, v) = item?;
             let p: PartnerRec = decode(&v)?;
             dir.partners.insert(p.code.clone(), p);
         }
-        for item in self.api_keys.iter() {
+        for item in self.t.api_keys.iter() {
             let (_, v) = item?;
             let k: ApiKeyRec = decode(&v)?;
             if k.revoked_at.is_none() {
                 dir.keys.insert(k.hash, k);
             }
         }
-        for item in self.routes.iter() {
+        for item in self.t.routes.iter() {
             let (_, v) = item?;
             dir.routes.push(decode(&v)?);
         }
@@ -170,25 +170,24 @@ impl Store {
         Ok(())
     }
 
-    /// Runs one configuration change under the admin lock, makes it durable and refreshes
-    /// the directory, so the change holds for the very next request.
-    async fn change<T>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, DirError>,
-    ) -> Result<T, DirError> {
-        let out = {
-            let _guard = self.admin_lock.lock().map_err(|_| StoreError::Closed)?;
-            let out = f(self)?;
-            self.reload_directory()?;
-            out
-        };
-        self.durable().await?;
-        Ok(out)
+    /// Runs one configuration change as a writer job (so it is durable when this returns),
+    /// then refreshes the directory, so the change holds for the very next request.
+    /// Changes are serialized by `admin_lock`, so each sees the one before it.
+    async fn change<T, F>(&self, f: F) -> Result<T, DirError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Trees, &Directory) -> Result<T, DirError> + Send + 'static,
+    {
+        let _guard = self.admin_lock.lock().await;
+        let dir = self.directory();
+        let out = self.writer.write(move |t| Ok(f(t, &dir))).await?;
+        self.reload_directory()?;
+        out
     }
 
     /// Creates a partner; 409 if the code exists.
     pub async fn create_partner(&self, new: NewPartner) -> Result<PartnerRec, DirError> {
-        self.change(|s| {
+        self.change(move |s, _dir| {
             let now = now_ms();
             let rec = PartnerRec {
                 code: new.code,
@@ -222,10 +221,10 @@ impl Store {
         code: &str,
         patch: PartnerPatch,
     ) -> Result<PartnerRec, DirError> {
-        self.change(|s| {
-            let mut rec = s
-                .directory()
-                .partner(code)
+        let code = code.to_owned();
+        self.change(move |s, dir| {
+            let mut rec = dir
+                .partner(&code)
                 .cloned()
                 .ok_or(DirError::NotFound("partner"))?;
             if let Some(name) = patch.name {
@@ -253,9 +252,9 @@ impl Store {
     /// Deletes a partner with its keys (revoked) and routes, in one transaction. Its
     /// messages and transmissions stay, for the record.
     pub async fn delete_partner(&self, code: &str) -> Result<(), DirError> {
-        self.change(|s| {
-            let dir = s.directory();
-            if dir.partner(code).is_none() {
+        let code = code.to_owned();
+        self.change(move |s, dir| {
+            if dir.partner(&code).is_none() {
                 return Err(DirError::NotFound("partner"));
             }
             let now = now_ms();
@@ -299,8 +298,9 @@ impl Store {
         env: Env,
         label: Option<String>,
     ) -> Result<CreatedKey, DirError> {
-        self.change(|s| {
-            if s.directory().partner(partner).is_none() {
+        let partner = partner.to_owned();
+        self.change(move |s, dir| {
+            if dir.partner(&partner).is_none() {
                 return Err(DirError::NotFound("partner"));
             }
             let secret = format!("wb_{}_{}", env.as_str(), random_token(24)?);
@@ -330,7 +330,7 @@ impl Store {
     /// The keys of a partner (revoked ones included), oldest first.
     pub fn list_keys(&self, partner: &str) -> Result<Vec<ApiKeyRec>, StoreError> {
         let mut out = Vec::new();
-        for item in self.api_keys.iter() {
+        for item in self.t.api_keys.iter() {
             let (_, v) = item?;
             let k: ApiKeyRec = decode(&v)?;
             if k.partner == partner {
@@ -342,7 +342,8 @@ impl Store {
 
     /// Revokes a key; it stops working for the next request. Revoking twice is fine.
     pub async fn revoke_key(&self, partner: &str, id: Uuid) -> Result<ApiKeyRec, DirError> {
-        self.change(|s| {
+        let partner = partner.to_owned();
+        self.change(move |s, _dir| {
             let raw = s
                 .api_keys
                 .get(id.as_bytes())?
@@ -374,15 +375,17 @@ impl Store {
         receiver: &str,
         doctype: &str,
     ) -> Result<RouteRec, DirError> {
-        self.change(|s| {
-            let dir = s.directory();
-            if dir.partner(sender).is_none() {
+        let sender = sender.to_owned();
+        let receiver = receiver.to_owned();
+        let doctype = doctype.to_owned();
+        self.change(move |s, dir| {
+            if dir.partner(&sender).is_none() {
                 return Err(DirError::Invalid {
                     field: "sender",
                     message: format!("no partner {sender}"),
                 });
             }
-            if dir.partner(receiver).is_none() {
+            if dir.partner(&receiver).is_none() {
                 return Err(DirError::Invalid {
                     field: "receiver",
                     message: format!("no partner {receiver}"),
@@ -412,7 +415,7 @@ impl Store {
 
     /// Deletes a route.
     pub async fn delete_route(&self, id: Uuid) -> Result<(), DirError> {
-        self.change(|s| {
+        self.change(move |s, _dir| {
             s.routes
                 .remove(id.as_bytes())?
                 .ok_or(DirError::NotFound("route"))?;

@@ -11,11 +11,11 @@ use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
-use super::flusher::LARGE_WRITE_BYTES;
 use super::records::{
     new_message_id, split_transmission_uuid, MessageRec, RequestRec, TransmissionRec,
     TransmissionState,
 };
+use super::writer::LARGE_WRITE_BYTES;
 use super::{Store, StoreError};
 use crate::model::{Env, Status};
 
@@ -67,8 +67,8 @@ fn abort(e: StoreError) -> Abort<StoreError> {
 
 impl Store {
     /// Stores one intake call: payloads in the payload log, then the request, its messages
-    /// (with their transmissions) and the queue entries in one transaction; then waits
-    /// until all of it is on disk. Either everything is stored or nothing is visible.
+    /// (with their transmissions) and the queue entries in one transaction on the writer;
+    /// answers once all of it is on disk. Either everything is stored or nothing is visible.
     pub async fn accept(
         &self,
         env: Env,
@@ -129,8 +129,7 @@ impl Store {
             messages: messages.iter().map(|m| m.id).collect(),
         };
 
-        // Encode before the transaction: its closure runs under sled's global write lock
-        // and may run more than once.
+        // Encode here, off the writer thread, which only copies bytes into sled.
         let mut writes = Vec::with_capacity(messages.len());
         let mut queue = Vec::with_capacity(messages.len());
         for m in &messages {
@@ -145,25 +144,30 @@ impl Store {
         let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
 
-        (&self.messages, &self.receiver_pending, &self.requests).transaction(
-            |(msgs, pending, requests)| {
-                for (key, value) in &writes {
-                    msgs.insert(key, value.as_slice())?;
-                }
-                for (key, value) in &queue {
-                    pending.insert(key.as_slice(), value.as_slice())?;
-                }
-                requests.insert(request_key.as_slice(), request_value.as_slice())?;
-                TxResult::Ok(())
-            },
-        )?;
-        self.durable().await?;
+        self.writer
+            .write(move |t| {
+                (&t.messages, &t.receiver_pending, &t.requests).transaction(
+                    |(msgs, pending, requests)| {
+                        for (key, value) in &writes {
+                            msgs.insert(key, value.as_slice())?;
+                        }
+                        for (key, value) in &queue {
+                            pending.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        requests.insert(request_key.as_slice(), request_value.as_slice())?;
+                        TxResult::Ok(())
+                    },
+                )?;
+                Ok(())
+            })
+            .await?;
         Ok((request, messages))
     }
 
     /// A message, if it exists in `env`.
     pub fn message(&self, env: Env, id: Uuid) -> Result<Option<MessageRec>, StoreError> {
-        self.messages
+        self.t
+            .messages
             .get(env_id(env, id))?
             .map(|v| decode(&v))
             .transpose()
@@ -193,7 +197,8 @@ impl Store {
         sender: &str,
         id: Uuid,
     ) -> Result<Option<RequestRec>, StoreError> {
-        self.requests
+        self.t
+            .requests
             .get(partner_id(env, sender, id))?
             .map(|v| decode(&v))
             .transpose()
@@ -202,8 +207,8 @@ impl Store {
     /// Hands out up to `filter.limit` of the receiver's pending transmissions, oldest
     /// first, skipping those under an unexpired lease. Each handed-out item counts a
     /// delivery; with a lease it is held back from other polls until the lease expires or
-    /// it is acknowledged. The claim is checked and written in one transaction (which sled
-    /// runs under its global write lock), so two concurrent polls never lease the same item.
+    /// it is acknowledged. The scan runs here; the claim re-checks every entry inside the
+    /// writer's transaction, so two concurrent polls never lease the same item.
     pub async fn claim(
         &self,
         env: Env,
@@ -214,6 +219,7 @@ impl Store {
         let mut candidates = Vec::new();
         let mut next_expiry: Option<i64> = None;
         for item in self
+            .t
             .receiver_pending
             .scan_prefix(partner_prefix(env, receiver))
         {
@@ -241,38 +247,46 @@ impl Store {
         }
 
         let lease_until = (filter.lease_ms > 0).then(|| now + filter.lease_ms);
-        let claimed = (&self.messages, &self.receiver_pending).transaction(|(msgs, pending)| {
-            let mut out = Vec::with_capacity(candidates.len());
-            for (key, scanned) in &candidates {
-                // Acknowledged or leased by a concurrent poll since the scan: skip.
-                if pending.get(key)?.as_ref() != Some(scanned) {
-                    continue;
-                }
-                let Some((id, index)) = trailing_id(key).and_then(split_transmission_uuid) else {
-                    continue;
-                };
-                let mkey = env_id(env, id);
-                let Some(raw) = msgs.get(mkey)? else { continue };
-                let mut m: MessageRec = decode(&raw).map_err(abort)?;
-                let Some(t) = m.transmissions.get_mut(index) else {
-                    continue;
-                };
-                t.attempts = t.attempts.saturating_add(1);
-                t.lease_until = lease_until;
-                t.delivered_at.get_or_insert(now);
-                if matches!(t.status, Status::Queued | Status::Processing) {
-                    t.status = Status::Processed;
-                }
-                m.refresh_status(now);
-                msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
-                if let Some(until) = lease_until {
-                    pending.insert(key, pending_value(until, &m.doctype))?;
-                }
-                out.push((m, index));
-            }
-            TxResult::Ok(out)
-        })?;
-        self.durable().await?;
+        let claimed = self
+            .writer
+            .write(move |t| {
+                Ok(
+                    (&t.messages, &t.receiver_pending).transaction(|(msgs, pending)| {
+                        let mut out = Vec::with_capacity(candidates.len());
+                        for (key, scanned) in &candidates {
+                            // Acknowledged or leased by a concurrent poll since the scan: skip.
+                            if pending.get(key)?.as_ref() != Some(scanned) {
+                                continue;
+                            }
+                            let Some((id, index)) =
+                                trailing_id(key).and_then(split_transmission_uuid)
+                            else {
+                                continue;
+                            };
+                            let mkey = env_id(env, id);
+                            let Some(raw) = msgs.get(mkey)? else { continue };
+                            let mut m: MessageRec = decode(&raw).map_err(abort)?;
+                            let Some(tx) = m.transmissions.get_mut(index) else {
+                                continue;
+                            };
+                            tx.attempts = tx.attempts.saturating_add(1);
+                            tx.lease_until = lease_until;
+                            tx.delivered_at.get_or_insert(now);
+                            if matches!(tx.status, Status::Queued | Status::Processing) {
+                                tx.status = Status::Processed;
+                            }
+                            m.refresh_status(now);
+                            msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
+                            if let Some(until) = lease_until {
+                                pending.insert(key, pending_value(until, &m.doctype))?;
+                            }
+                            out.push((m, index));
+                        }
+                        TxResult::Ok(out)
+                    })?,
+                )
+            })
+            .await?;
 
         let mut items = Vec::with_capacity(claimed.len());
         for (m, index) in claimed {
@@ -301,56 +315,52 @@ impl Store {
         };
         let mkey = env_id(env, id);
         let pkey = partner_id(env, receiver, uuid);
+        let receiver = receiver.to_owned();
         let wanted = if ok { Status::Complete } else { Status::Failed };
-        let (outcome, wrote) =
-            (&self.messages, &self.receiver_pending).transaction(|(msgs, pending)| {
-                let Some(raw) = msgs.get(mkey)? else {
-                    return Ok((AckOutcome::NotFound, false));
-                };
-                let mut m: MessageRec = decode(&raw).map_err(abort)?;
-                let Some(t) = m
-                    .transmissions
-                    .get_mut(index)
-                    .filter(|t| t.receiver == receiver)
-                else {
-                    return Ok((AckOutcome::NotFound, false));
-                };
-                if t.status.is_final() {
-                    let same = t.status == wanted;
-                    let view = m
-                        .transmission(index)
-                        .ok_or_else(|| abort(StoreError::Codec("lost transmission".into())))?;
-                    return Ok((
-                        if same {
-                            AckOutcome::Done(view)
-                        } else {
-                            AckOutcome::Conflict(view)
-                        },
-                        false,
-                    ));
-                }
-                t.status = wanted;
-                t.acknowledged_at = Some(now);
-                t.lease_until = None;
-                if !ok {
-                    let error = note
-                        .clone()
-                        .unwrap_or_else(|| "reported failed by the receiver".into());
-                    t.last_error = Some(error.clone());
-                    m.errors.push(format!("{receiver}: {error}"));
-                }
-                m.refresh_status(now);
-                msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
-                pending.remove(pkey.as_slice())?;
-                let view = m
-                    .transmission(index)
-                    .ok_or_else(|| abort(StoreError::Codec("lost transmission".into())))?;
-                Ok((AckOutcome::Done(view), true))
-            })?;
-        if wrote {
-            self.durable().await?;
-        }
-        Ok(outcome)
+        self.writer
+            .write(move |t| {
+                Ok(
+                    (&t.messages, &t.receiver_pending).transaction(|(msgs, pending)| {
+                        let Some(raw) = msgs.get(mkey)? else {
+                            return Ok(AckOutcome::NotFound);
+                        };
+                        let mut m: MessageRec = decode(&raw).map_err(abort)?;
+                        let Some(tx) = m
+                            .transmissions
+                            .get_mut(index)
+                            .filter(|tx| tx.receiver == receiver)
+                        else {
+                            return Ok(AckOutcome::NotFound);
+                        };
+                        let lost = || abort(StoreError::Codec("lost transmission".into()));
+                        if tx.status.is_final() {
+                            let same = tx.status == wanted;
+                            let view = m.transmission(index).ok_or_else(lost)?;
+                            return Ok(if same {
+                                AckOutcome::Done(view)
+                            } else {
+                                AckOutcome::Conflict(view)
+                            });
+                        }
+                        tx.status = wanted;
+                        tx.acknowledged_at = Some(now);
+                        tx.lease_until = None;
+                        if !ok {
+                            let error = note
+                                .clone()
+                                .unwrap_or_else(|| "reported failed by the receiver".into());
+                            tx.last_error = Some(error.clone());
+                            m.errors.push(format!("{receiver}: {error}"));
+                        }
+                        m.refresh_status(now);
+                        msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
+                        pending.remove(pkey.as_slice())?;
+                        let view = m.transmission(index).ok_or_else(lost)?;
+                        Ok(AckOutcome::Done(view))
+                    })?,
+                )
+            })
+            .await
     }
 }
 

@@ -18,10 +18,10 @@
 
 mod codec;
 pub mod directory;
-mod flusher;
 mod messages;
 pub mod payload_log;
 pub mod records;
+mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -30,8 +30,8 @@ pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
 
-use flusher::GroupCommit;
 use payload_log::PayloadLog;
+use writer::Writer;
 
 /// A storage fault. The API answers 503 for all of them and logs the detail.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +57,8 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
     }
 }
 
-/// The open store. Cheap to share behind an `Arc`.
-pub struct Store {
+/// The sled trees; the writer thread holds them too.
+pub struct Trees {
     db: sled::Db,
     partners: sled::Tree,
     api_keys: sled::Tree,
@@ -67,12 +67,17 @@ pub struct Store {
     messages: sled::Tree,
     receiver_pending: sled::Tree,
     requests: sled::Tree,
+}
+
+/// The open store. Cheap to share behind an `Arc`.
+pub struct Store {
+    t: Arc<Trees>,
     payload_log: Arc<PayloadLog>,
-    commit: GroupCommit,
+    writer: Writer,
     /// Partners, keys and routes, kept in memory because every request consults them and
     /// they change rarely. Rebuilt from the trees after each change, under `admin_lock`.
     directory: RwLock<Arc<Directory>>,
-    admin_lock: std::sync::Mutex<()>,
+    admin_lock: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -82,14 +87,13 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_mb.max(8) * 1024 * 1024)
-            // Our group commit flushes whenever a writer waits; sled's own timer would
-            // only add flushes nobody waits for.
+            // The writer flushes after every group of jobs; sled's own timer would only
+            // add flushes nobody waits for.
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
-        let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
-        let store = Store {
+        let t = Arc::new(Trees {
             partners: tree("partners")?,
             api_keys: tree("api_keys")?,
             api_key_hash: tree("api_key_hash")?,
@@ -97,24 +101,24 @@ impl Store {
             messages: tree("messages")?,
             receiver_pending: tree("receiver_pending")?,
             requests: tree("requests")?,
-            commit: GroupCommit::start(db.clone(), Arc::clone(&payload_log), dir)?,
-            payload_log,
             db,
+        });
+        let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
+        let writer = Writer::start(Arc::clone(&t), Arc::clone(&payload_log), dir)?;
+        let store = Store {
+            t,
+            payload_log,
+            writer,
             directory: RwLock::new(Arc::new(Directory::default())),
-            admin_lock: std::sync::Mutex::new(()),
+            admin_lock: tokio::sync::Mutex::new(()),
         };
         store.reload_directory()?;
         Ok(store)
     }
 
-    /// Waits until every write made so far by the caller is on disk.
-    pub async fn durable(&self) -> Result<(), StoreError> {
-        self.commit.durable().await
-    }
-
     /// Whether the store can take writes.
     pub fn healthy(&self) -> bool {
-        !self.commit.failed()
+        !self.writer.failed()
     }
 
     /// The current partners, keys and routes.
@@ -125,14 +129,14 @@ impl Store {
         }
     }
 
-    /// Makes everything durable and stops the flusher. Called once at shutdown.
+    /// Makes everything durable and stops the writer. Called once at shutdown.
     pub fn close(&self) {
-        self.commit.shutdown();
+        self.writer.shutdown();
     }
 
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.t.db.size_on_disk()?)
     }
 }
 
