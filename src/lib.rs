@@ -33,6 +33,9 @@ use crate::config::Config;
 use crate::model::Env;
 use crate::store::{MessageRec, Store};
 
+/// The notifier each receiver's long polls wait on.
+type Wakeups = HashMap<(Env, String), Arc<Notify>>;
+
 /// Everything a handler or worker needs, passed explicitly (no globals). Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -41,7 +44,7 @@ pub struct AppState {
     pub admin_token_hash: Arc<[u8; 32]>,
     pub limiter: Arc<api_auth::RateLimiter>,
     /// Long polls waiting per (environment, receiver).
-    wakeups: Arc<Mutex<HashMap<(Env, String), Arc<Notify>>>>,
+    wakeups: Arc<Mutex<Wakeups>>,
     disk_low: Arc<AtomicBool>,
     workers_running: Arc<AtomicBool>,
     /// Turns true when the server begins shutting down; long polls answer at once then.
