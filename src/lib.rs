@@ -145,6 +145,14 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    if config.server.tls_cert.is_some() {
+        // Serving plain HTTP when HTTPS was asked for would expose keys on the wire.
+        return Err(RunError::Other(
+            "server.tls_cert/server.tls_key are set, but this version does not serve HTTPS yet; \
+             remove them and terminate TLS in a reverse proxy"
+                .into(),
+        ));
+    }
     let data_dir = config.server.data_dir.clone();
     let (token, created) = ensure_admin_token(&data_dir).map_err(|source| RunError::Token {
         path: data_dir.join("admin.token").display().to_string(),

@@ -111,16 +111,22 @@ fn batch_is_stored_whole() {
         "messages": [
             {"messageType": "order", "externalReference": "O-1", "payload": {"n": 1}},
             {"messageType": "order", "receiver": "GLOBEX", "externalReference": "O-2", "contentType": "text/csv", "payload": csv},
+            {"messageType": "order", "externalReference": "O-3", "payload": null},
         ]
     });
     let d = app
         .partner_json(&acme, "POST", "/api/v1/requests", &batch)
         .data(202);
     assert_eq!(d["batchReference"], "BATCH-1");
-    assert_eq!(d["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(d["messages"].as_array().unwrap().len(), 3);
     assert_eq!(d["messages"][1]["externalReference"], "O-2");
     let items = app.poll(&globex, "");
-    assert_eq!(items.len(), 2);
+    assert_eq!(items.len(), 3);
+    assert!(
+        items[2]["payload"].is_null(),
+        "JSON null is a payload like any other"
+    );
+    assert_eq!(items[2]["payloadEncoding"], "json");
     assert_eq!(items[0]["payload"], json!({"n": 1}));
     assert_eq!(items[1]["contentType"], "text/csv");
     let raw = app.partner_get(&globex, items[1]["payloadLocation"].as_str().unwrap());
@@ -129,7 +135,7 @@ fn batch_is_stored_whole() {
         .partner_get(&acme, d["trackingLocation"].as_str().unwrap())
         .data(200);
     assert_eq!(summary["batchReference"], "BATCH-1");
-    assert_eq!(summary["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(summary["messages"].as_array().unwrap().len(), 3);
 }
 
 #[test]

@@ -127,7 +127,17 @@ fn a_message_acknowledged_with_202_survives_sigkill() {
         );
         ids.push(r.data(202)["id"].as_str().unwrap().to_owned());
     }
-    // SIGKILL: no shutdown code runs; only what was flushed before each 202 remains.
+    // Lease the first message: the lease is a stored promise and must outlive the process.
+    let leased = send(
+        &agent(),
+        "GET",
+        &format!("{}/api/v1/transmissions?limit=1&lease=600", server.base),
+        &[("X-Api-Key", &globex)],
+        None,
+    )
+    .data(200);
+    assert_eq!(leased[0]["messageId"], ids[0].as_str());
+    // SIGKILL: no shutdown code runs; only what was flushed before each answer remains.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
@@ -148,8 +158,8 @@ fn a_message_acknowledged_with_202_survives_sigkill() {
         .collect();
     assert_eq!(
         got,
-        ids.iter().map(String::as_str).collect::<Vec<_>>(),
-        "every acknowledged message is back, in order"
+        ids[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+        "every acknowledged message is back, in order, and the leased one is still held back"
     );
 }
 
@@ -306,4 +316,18 @@ fn check_config_shows_the_effective_settings_and_refuses_bad_ones() {
 
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn serve_refuses_tls_settings_it_cannot_honour_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("WAYBILL_SERVER__TLS_CERT", "/nonexistent/cert.pem")
+        .env("WAYBILL_SERVER__TLS_KEY", "/nonexistent/key.pem")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "must not fall back to plain HTTP");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTPS"));
 }
