@@ -364,6 +364,7 @@ mod tests {
         assert_eq!(c.delivery.disable_after_hours, 120);
         assert_eq!(c.limits.partner_rps, 0);
         assert_eq!(c.store.min_free_mb, 512);
+        assert_eq!(c.store.cache_mb, 24);
         assert_eq!(c.log.format, LogFormat::Text);
         assert!(c.outbound.allow.is_empty());
         assert!(c.server.tls_cert.is_none());

@@ -81,18 +81,18 @@ fn view(t: &TransmissionRec, payload: Option<&Bytes>) -> Value {
         "uuid": t.uuid,
         "messageId": t.message_id,
         "sender": t.sender,
-        "receiver": t.receiver,
+        "receiver": t.state.receiver,
         "doctype": t.doctype,
         "version": t.version,
         "externalReference": t.external_reference,
         "contentType": t.content_type,
         "receivedAt": rfc3339(t.received_at),
-        "status": t.status,
-        "deliveryCount": t.attempts,
-        "leaseUntil": t.lease_until.map(rfc3339),
-        "deliveredAt": t.delivered_at.map(rfc3339),
-        "acknowledgedAt": t.acknowledged_at.map(rfc3339),
-        "lastError": t.last_error,
+        "status": t.state.status,
+        "deliveryCount": t.state.attempts,
+        "leaseUntil": t.state.lease_until.map(rfc3339),
+        "deliveredAt": t.state.delivered_at.map(rfc3339),
+        "acknowledgedAt": t.state.acknowledged_at.map(rfc3339),
+        "lastError": t.state.last_error,
         "payloadLocation": payload_location(t.uuid),
     });
     if let (Some(bytes), Some(obj)) = (payload, v.as_object_mut()) {
@@ -179,7 +179,7 @@ fn visible(state: &AppState, ctx: &Ctx, id: &str) -> Result<TransmissionRec, Api
     state
         .store
         .transmission(principal.env, uuid)?
-        .filter(|t| t.receiver == principal.partner || t.sender == principal.partner)
+        .filter(|t| t.state.receiver == principal.partner || t.sender == principal.partner)
         .ok_or_else(|| ApiError::not_found("transmission"))
 }
 
@@ -253,7 +253,7 @@ async fn acknowledge(
         AckOutcome::Conflict(t) => Err(ApiError::conflict(format!(
             "transmission {} was already acknowledged as {}",
             t.uuid,
-            t.status.as_str()
+            t.state.status.as_str()
         ))),
         AckOutcome::NotFound => {
             // The sender may see the transmission but only its receiver may acknowledge it.

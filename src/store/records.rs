@@ -123,41 +123,29 @@ pub struct TransmissionRec {
     pub message_id: Uuid,
     pub env: Env,
     pub sender: String,
-    pub receiver: String,
     pub doctype: String,
     pub version: Option<String>,
     pub external_reference: Option<String>,
     pub content_type: String,
     pub received_at: i64,
-    pub status: Status,
-    pub attempts: u32,
-    pub lease_until: Option<i64>,
-    pub delivered_at: Option<i64>,
-    pub acknowledged_at: Option<i64>,
-    pub last_error: Option<String>,
+    pub state: TransmissionState,
 }
 
 impl MessageRec {
     /// Transmission `index` as the API shows it.
     pub fn transmission(&self, index: usize) -> Option<TransmissionRec> {
-        let t = self.transmissions.get(index)?;
+        let state = self.transmissions.get(index)?.clone();
         Some(TransmissionRec {
             uuid: transmission_uuid(self.id, index),
             message_id: self.id,
             env: self.env,
             sender: self.sender.clone(),
-            receiver: t.receiver.clone(),
             doctype: self.doctype.clone(),
             version: self.version.clone(),
             external_reference: self.external_reference.clone(),
             content_type: self.content_type.clone(),
             received_at: self.received_at,
-            status: t.status,
-            attempts: t.attempts,
-            lease_until: t.lease_until,
-            delivered_at: t.delivered_at,
-            acknowledged_at: t.acknowledged_at,
-            last_error: t.last_error.clone(),
+            state,
         })
     }
 

@@ -61,6 +61,12 @@ fn start(dir: &Path) -> Server {
 }
 
 impl Server {
+    /// The status of a poll made with `key`: 200 while the key works, 401 once it does not.
+    fn poll_status(&self, key: &str) -> u16 {
+        let url = format!("{}/api/v1/transmissions", self.base);
+        send(&agent(), "GET", &url, &[("X-Api-Key", key)], None).status
+    }
+
     fn admin(&self, method: &str, path: &str, body: Value) -> Value {
         let auth = format!("Bearer {}", self.token);
         let bytes = serde_json::to_vec(&body).unwrap();
@@ -256,14 +262,7 @@ fn the_cli_manages_partners_keys_and_routes_on_the_running_server() {
         .trim()
         .to_owned();
     assert!(key.starts_with("wb_test_"));
-    let auth = send(
-        &agent(),
-        "GET",
-        &format!("{}/api/v1/transmissions", server.base),
-        &[("X-Api-Key", &key)],
-        None,
-    );
-    assert_eq!(auth.status, 200);
+    assert_eq!(server.poll_status(&key), 200);
 
     assert!(cli(&server, d, &["route", "add", "ACME", "GLOBEX", "order"]).0);
     let (_, out, _) = cli(&server, d, &["route", "list"]);
@@ -281,14 +280,7 @@ fn the_cli_manages_partners_keys_and_routes_on_the_running_server() {
     assert_eq!(out.lines().count(), 1, "only the header is left: {out}");
 
     assert!(cli(&server, d, &["key", "revoke", "ACME", &id]).0);
-    let auth = send(
-        &agent(),
-        "GET",
-        &format!("{}/api/v1/transmissions", server.base),
-        &[("X-Api-Key", &key)],
-        None,
-    );
-    assert_eq!(auth.status, 401);
+    assert_eq!(server.poll_status(&key), 401);
     assert!(cli(&server, d, &["partner", "remove", "GLOBEX"]).0);
     let (_, out, _) = cli(&server, d, &["partner", "list"]);
     assert!(!out.contains("GLOBEX"), "{out}");
