@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use sled::transaction::ConflictableTransactionError as Abort;
-use sled::Transactional;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::codec::{decode, encode};
 use super::records::{ApiKeyRec, PartnerRec, RouteRec};
-use super::{now_ms, Store, StoreError, Trees};
+use super::writer::{Table, Tx};
+use super::{now_ms, Store, StoreError};
 use crate::model::Env;
 
 /// Who is calling: the partner and environment of a valid, unrevoked key.
@@ -176,7 +175,7 @@ impl Store {
     async fn change<T, F>(&self, f: F) -> Result<T, DirError>
     where
         T: Send + 'static,
-        F: FnOnce(&Trees, &Directory) -> Result<T, DirError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, &Directory) -> Result<T, DirError> + Send + 'static,
     {
         let _guard = self.admin_lock.lock().await;
         let dir = self.directory();
@@ -187,7 +186,13 @@ impl Store {
 
     /// Creates a partner; 409 if the code exists.
     pub async fn create_partner(&self, new: NewPartner) -> Result<PartnerRec, DirError> {
-        self.change(move |s, _dir| {
+        self.change(move |t, _| {
+            if t.get(Table::Partners, new.code.as_bytes())?.is_some() {
+                return Err(DirError::Conflict(format!(
+                    "partner {} already exists",
+                    new.code
+                )));
+            }
             let now = now_ms();
             let rec = PartnerRec {
                 code: new.code,
@@ -199,17 +204,7 @@ impl Store {
                 created_at: now,
                 updated_at: now,
             };
-            let swapped = s.partners.compare_and_swap(
-                rec.code.as_bytes(),
-                None::<&[u8]>,
-                Some(encode(&rec)?),
-            )?;
-            if swapped.is_err() {
-                return Err(DirError::Conflict(format!(
-                    "partner {} already exists",
-                    rec.code
-                )));
-            }
+            t.insert(Table::Partners, rec.code.as_bytes(), encode(&rec)?)?;
             Ok(rec)
         })
         .await
@@ -222,7 +217,7 @@ impl Store {
         patch: PartnerPatch,
     ) -> Result<PartnerRec, DirError> {
         let code = code.to_owned();
-        self.change(move |s, dir| {
+        self.change(move |t, dir| {
             let mut rec = dir
                 .partner(&code)
                 .cloned()
@@ -243,7 +238,7 @@ impl Store {
                 rec.push_params = p;
             }
             rec.updated_at = now_ms();
-            s.partners.insert(code.as_bytes(), encode(&rec)?)?;
+            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
             Ok(rec)
         })
         .await
@@ -253,39 +248,27 @@ impl Store {
     /// messages and transmissions stay, for the record.
     pub async fn delete_partner(&self, code: &str) -> Result<(), DirError> {
         let code = code.to_owned();
-        self.change(move |s, dir| {
+        // Scans cannot run inside the writer's transaction; admin changes are serialized,
+        // so the keys read here are still the partner's keys when the job runs.
+        let keys = self.list_keys(&code)?;
+        self.change(move |t, dir| {
             if dir.partner(&code).is_none() {
                 return Err(DirError::NotFound("partner"));
             }
             let now = now_ms();
-            let mut keys = Vec::new();
-            for item in s.api_keys.iter() {
-                let (_, v) = item?;
-                let mut k: ApiKeyRec = decode(&v)?;
-                if k.partner == code && k.revoked_at.is_none() {
-                    k.revoked_at = Some(now);
-                    keys.push((k.id, k.hash, encode(&k)?));
-                }
+            for mut k in keys.into_iter().filter(|k| k.revoked_at.is_none()) {
+                k.revoked_at = Some(now);
+                t.insert(Table::ApiKeys, k.id.as_bytes(), encode(&k)?)?;
+                t.remove(Table::ApiKeyHash, k.hash)?;
             }
-            let routes: Vec<Uuid> = dir
+            for r in dir
                 .routes()
                 .iter()
                 .filter(|r| r.sender == code || r.receiver == code)
-                .map(|r| r.id)
-                .collect();
-            (&s.partners, &s.api_keys, &s.api_key_hash, &s.routes)
-                .transaction(|(partners, api_keys, hashes, route_tree)| {
-                    partners.remove(code.as_bytes())?;
-                    for (id, hash, rec) in &keys {
-                        api_keys.insert(id.as_bytes(), rec.as_slice())?;
-                        hashes.remove(hash.as_slice())?;
-                    }
-                    for id in &routes {
-                        route_tree.remove(id.as_bytes())?;
-                    }
-                    Ok::<_, Abort<StoreError>>(())
-                })
-                .map_err(StoreError::from)?;
+            {
+                t.remove(Table::Routes, r.id.as_bytes())?;
+            }
+            t.remove(Table::Partners, code.as_bytes())?;
             Ok(())
         })
         .await
@@ -299,14 +282,14 @@ impl Store {
         label: Option<String>,
     ) -> Result<CreatedKey, DirError> {
         let partner = partner.to_owned();
-        self.change(move |s, dir| {
+        let secret = format!("wb_{}_{}", env.as_str(), random_token(24)?);
+        self.change(move |t, dir| {
             if dir.partner(&partner).is_none() {
                 return Err(DirError::NotFound("partner"));
             }
-            let secret = format!("wb_{}_{}", env.as_str(), random_token(24)?);
             let record = ApiKeyRec {
                 id: Uuid::now_v7(),
-                partner: partner.to_owned(),
+                partner,
                 env,
                 label,
                 prefix: secret.chars().take(12).collect(),
@@ -314,14 +297,8 @@ impl Store {
                 created_at: now_ms(),
                 revoked_at: None,
             };
-            let value = encode(&record)?;
-            (&s.api_keys, &s.api_key_hash)
-                .transaction(|(keys, hashes)| {
-                    keys.insert(record.id.as_bytes(), value.as_slice())?;
-                    hashes.insert(record.hash.as_slice(), record.id.as_bytes())?;
-                    Ok::<_, Abort<StoreError>>(())
-                })
-                .map_err(StoreError::from)?;
+            t.insert(Table::ApiKeys, record.id.as_bytes(), encode(&record)?)?;
+            t.insert(Table::ApiKeyHash, record.hash, record.id.as_bytes())?;
             Ok(CreatedKey { record, secret })
         })
         .await
@@ -343,10 +320,9 @@ impl Store {
     /// Revokes a key; it stops working for the next request. Revoking twice is fine.
     pub async fn revoke_key(&self, partner: &str, id: Uuid) -> Result<ApiKeyRec, DirError> {
         let partner = partner.to_owned();
-        self.change(move |s, _dir| {
-            let raw = s
-                .api_keys
-                .get(id.as_bytes())?
+        self.change(move |t, _| {
+            let raw = t
+                .get(Table::ApiKeys, id.as_bytes())?
                 .ok_or(DirError::NotFound("key"))?;
             let mut k: ApiKeyRec = decode(&raw)?;
             if k.partner != partner {
@@ -354,14 +330,8 @@ impl Store {
             }
             if k.revoked_at.is_none() {
                 k.revoked_at = Some(now_ms());
-                let value = encode(&k)?;
-                (&s.api_keys, &s.api_key_hash)
-                    .transaction(|(keys, hashes)| {
-                        keys.insert(k.id.as_bytes(), value.as_slice())?;
-                        hashes.remove(k.hash.as_slice())?;
-                        Ok::<_, Abort<StoreError>>(())
-                    })
-                    .map_err(StoreError::from)?;
+                t.insert(Table::ApiKeys, k.id.as_bytes(), encode(&k)?)?;
+                t.remove(Table::ApiKeyHash, k.hash)?;
             }
             Ok(k)
         })
@@ -375,10 +345,9 @@ impl Store {
         receiver: &str,
         doctype: &str,
     ) -> Result<RouteRec, DirError> {
-        let sender = sender.to_owned();
-        let receiver = receiver.to_owned();
-        let doctype = doctype.to_owned();
-        self.change(move |s, dir| {
+        let (sender, receiver, doctype) =
+            (sender.to_owned(), receiver.to_owned(), doctype.to_owned());
+        self.change(move |t, dir| {
             if dir.partner(&sender).is_none() {
                 return Err(DirError::Invalid {
                     field: "sender",
@@ -402,12 +371,12 @@ impl Store {
             }
             let rec = RouteRec {
                 id: Uuid::now_v7(),
-                sender: sender.to_owned(),
-                receiver: receiver.to_owned(),
-                doctype: doctype.to_owned(),
+                sender,
+                receiver,
+                doctype,
                 created_at: now_ms(),
             };
-            s.routes.insert(rec.id.as_bytes(), encode(&rec)?)?;
+            t.insert(Table::Routes, rec.id.as_bytes(), encode(&rec)?)?;
             Ok(rec)
         })
         .await
@@ -415,10 +384,10 @@ impl Store {
 
     /// Deletes a route.
     pub async fn delete_route(&self, id: Uuid) -> Result<(), DirError> {
-        self.change(move |s, _dir| {
-            s.routes
-                .remove(id.as_bytes())?
+        self.change(move |t, _| {
+            t.get(Table::Routes, id.as_bytes())?
                 .ok_or(DirError::NotFound("route"))?;
+            t.remove(Table::Routes, id.as_bytes())?;
             Ok(())
         })
         .await

@@ -3,8 +3,6 @@
 //! acknowledged change waits for the group commit before it returns.
 
 use bytes::Bytes;
-use sled::transaction::ConflictableTransactionError as Abort;
-use sled::Transactional;
 use uuid::Uuid;
 
 use super::codec::{
@@ -15,7 +13,7 @@ use super::records::{
     new_message_id, split_transmission_uuid, MessageRec, RequestRec, TransmissionRec,
     TransmissionState,
 };
-use super::writer::LARGE_WRITE_BYTES;
+use super::writer::{Table, LARGE_WRITE_BYTES};
 use super::{Store, StoreError};
 use crate::model::{Env, Status};
 
@@ -57,12 +55,6 @@ pub enum AckOutcome {
     Conflict(TransmissionRec),
     /// No such transmission for this receiver.
     NotFound,
-}
-
-type TxResult<T> = Result<T, Abort<StoreError>>;
-
-fn abort(e: StoreError) -> Abort<StoreError> {
-    Abort::Abort(e)
 }
 
 impl Store {
@@ -146,19 +138,13 @@ impl Store {
 
         self.writer
             .write(move |t| {
-                (&t.messages, &t.receiver_pending, &t.requests).transaction(
-                    |(msgs, pending, requests)| {
-                        for (key, value) in &writes {
-                            msgs.insert(key, value.as_slice())?;
-                        }
-                        for (key, value) in &queue {
-                            pending.insert(key.as_slice(), value.as_slice())?;
-                        }
-                        requests.insert(request_key.as_slice(), request_value.as_slice())?;
-                        TxResult::Ok(())
-                    },
-                )?;
-                Ok(())
+                for (key, value) in writes {
+                    t.insert(Table::Messages, key, value)?;
+                }
+                for (key, value) in queue {
+                    t.insert(Table::ReceiverPending, key, value)?;
+                }
+                t.insert(Table::Requests, request_key, request_value)
             })
             .await?;
         Ok((request, messages))
@@ -250,41 +236,50 @@ impl Store {
         let claimed = self
             .writer
             .write(move |t| {
-                Ok(
-                    (&t.messages, &t.receiver_pending).transaction(|(msgs, pending)| {
-                        let mut out = Vec::with_capacity(candidates.len());
-                        for (key, scanned) in &candidates {
-                            // Acknowledged or leased by a concurrent poll since the scan: skip.
-                            if pending.get(key)?.as_ref() != Some(scanned) {
-                                continue;
-                            }
-                            let Some((id, index)) =
-                                trailing_id(key).and_then(split_transmission_uuid)
-                            else {
-                                continue;
-                            };
-                            let mkey = env_id(env, id);
-                            let Some(raw) = msgs.get(mkey)? else { continue };
-                            let mut m: MessageRec = decode(&raw).map_err(abort)?;
-                            let Some(tx) = m.transmissions.get_mut(index) else {
-                                continue;
-                            };
-                            tx.attempts = tx.attempts.saturating_add(1);
-                            tx.lease_until = lease_until;
-                            tx.delivered_at.get_or_insert(now);
-                            if matches!(tx.status, Status::Queued | Status::Processing) {
-                                tx.status = Status::Processed;
-                            }
-                            m.refresh_status(now);
-                            msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
-                            if let Some(until) = lease_until {
-                                pending.insert(key, pending_value(until, &m.doctype))?;
-                            }
-                            out.push((m, index));
+                let mut out = Vec::with_capacity(candidates.len());
+                for (key, scanned) in candidates {
+                    // Acknowledged or leased by a concurrent poll since the scan: skip.
+                    if t.get(Table::ReceiverPending, &key)?.as_ref() != Some(&scanned) {
+                        continue;
+                    }
+                    let Some((id, index)) = trailing_id(&key).and_then(split_transmission_uuid)
+                    else {
+                        continue;
+                    };
+                    let mkey = env_id(env, id);
+                    let Some(raw) = t.get(Table::Messages, mkey)? else {
+                        continue;
+                    };
+                    let mut m: MessageRec = match decode(&raw) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // Left in the queue, where it does not block the items behind it.
+                            tracing::error!(error = %e, message = %id, "unreadable message record");
+                            continue;
                         }
-                        TxResult::Ok(out)
-                    })?,
-                )
+                    };
+                    let Some(tx) = m.transmissions.get_mut(index) else {
+                        continue;
+                    };
+                    tx.attempts = tx.attempts.saturating_add(1);
+                    tx.lease_until = lease_until;
+                    tx.delivered_at.get_or_insert(now);
+                    if matches!(tx.status, Status::Queued | Status::Processing) {
+                        tx.status = Status::Processed;
+                    }
+                    m.refresh_status(now);
+                    let record = encode(&m)?;
+                    t.insert(Table::Messages, mkey, record)?;
+                    if let Some(until) = lease_until {
+                        t.insert(
+                            Table::ReceiverPending,
+                            &key,
+                            pending_value(until, &m.doctype),
+                        )?;
+                    }
+                    out.push((m, index));
+                }
+                Ok(out)
             })
             .await?;
 
@@ -319,46 +314,41 @@ impl Store {
         let wanted = if ok { Status::Complete } else { Status::Failed };
         self.writer
             .write(move |t| {
-                Ok(
-                    (&t.messages, &t.receiver_pending).transaction(|(msgs, pending)| {
-                        let Some(raw) = msgs.get(mkey)? else {
-                            return Ok(AckOutcome::NotFound);
-                        };
-                        let mut m: MessageRec = decode(&raw).map_err(abort)?;
-                        let Some(tx) = m
-                            .transmissions
-                            .get_mut(index)
-                            .filter(|tx| tx.receiver == receiver)
-                        else {
-                            return Ok(AckOutcome::NotFound);
-                        };
-                        let lost = || abort(StoreError::Codec("lost transmission".into()));
-                        if tx.status.is_final() {
-                            let same = tx.status == wanted;
-                            let view = m.transmission(index).ok_or_else(lost)?;
-                            return Ok(if same {
-                                AckOutcome::Done(view)
-                            } else {
-                                AckOutcome::Conflict(view)
-                            });
-                        }
-                        tx.status = wanted;
-                        tx.acknowledged_at = Some(now);
-                        tx.lease_until = None;
-                        if !ok {
-                            let error = note
-                                .clone()
-                                .unwrap_or_else(|| "reported failed by the receiver".into());
-                            tx.last_error = Some(error.clone());
-                            m.errors.push(format!("{receiver}: {error}"));
-                        }
-                        m.refresh_status(now);
-                        msgs.insert(&mkey, encode(&m).map_err(abort)?)?;
-                        pending.remove(pkey.as_slice())?;
-                        let view = m.transmission(index).ok_or_else(lost)?;
-                        Ok(AckOutcome::Done(view))
-                    })?,
-                )
+                let Some(raw) = t.get(Table::Messages, mkey)? else {
+                    return Ok(AckOutcome::NotFound);
+                };
+                let mut m: MessageRec = decode(&raw)?;
+                let Some(tx) = m
+                    .transmissions
+                    .get_mut(index)
+                    .filter(|tx| tx.receiver == receiver)
+                else {
+                    return Ok(AckOutcome::NotFound);
+                };
+                let lost = || StoreError::Codec("lost transmission".into());
+                if tx.status.is_final() {
+                    let same = tx.status == wanted;
+                    let view = m.transmission(index).ok_or_else(lost)?;
+                    return Ok(if same {
+                        AckOutcome::Done(view)
+                    } else {
+                        AckOutcome::Conflict(view)
+                    });
+                }
+                tx.status = wanted;
+                tx.acknowledged_at = Some(now);
+                tx.lease_until = None;
+                if !ok {
+                    let error = note.unwrap_or_else(|| "reported failed by the receiver".into());
+                    tx.last_error = Some(error.clone());
+                    m.errors.push(format!("{receiver}: {error}"));
+                }
+                m.refresh_status(now);
+                let view = m.transmission(index).ok_or_else(lost)?;
+                let record = encode(&m)?;
+                t.insert(Table::Messages, mkey, record)?;
+                t.remove(Table::ReceiverPending, &pkey)?;
+                Ok(AckOutcome::Done(view))
             })
             .await
     }

@@ -48,15 +48,6 @@ pub enum StoreError {
     Closed,
 }
 
-impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
-    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
-        match e {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
-
 /// The sled trees; the writer thread holds them too.
 pub struct Trees {
     db: sled::Db,
