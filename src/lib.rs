@@ -42,18 +42,13 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub admin_token_hash: Arc<[u8; 32]>,
-    pub limiter: Arc<api_auth::RateLimiter>,
+    pub limiter: Arc<api::RateLimiter>,
     /// Long polls waiting per (environment, receiver).
     wakeups: Arc<Mutex<Wakeups>>,
     disk_low: Arc<AtomicBool>,
     workers_running: Arc<AtomicBool>,
     /// Turns true when the server begins shutting down; long polls answer at once then.
     pub shutdown: watch::Receiver<bool>,
-}
-
-// The rate limiter lives with authentication; re-exported under a stable path for the state.
-mod api_auth {
-    pub use crate::api::RateLimiter;
 }
 
 impl AppState {

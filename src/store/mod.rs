@@ -124,11 +124,6 @@ impl Store {
     pub fn close(&self) {
         self.writer.shutdown();
     }
-
-    /// Bytes sled uses on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.t.db.size_on_disk()?)
-    }
 }
 
 /// Current time in unix milliseconds.
