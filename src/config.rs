@@ -16,7 +16,8 @@ pub const DEFAULT_TOML: &str = include_str!("config.default.toml");
 
 /// Keys that have no default (so they are absent from [`DEFAULT_TOML`]) but may still be
 /// set from the environment; they are strings.
-const OPTIONAL_STRING_KEYS: &[&str] = &["server.tls_cert", "server.tls_key"];
+const OPTIONAL_STRING_KEYS: &[&str] =
+    &["server.tls_cert", "server.tls_key", "server.redirect_http"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,9 @@ pub struct ServerConfig {
     /// PEM private key for `tls_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// With HTTPS on, a second address where plain HTTP is answered with a redirect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_http: Option<SocketAddr>,
 }
 
 /// `[outbound]`: which otherwise-refused addresses outbound calls may reach.
@@ -226,6 +230,9 @@ impl Config {
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls_cert and server.tls_key must be set together");
+        }
+        if self.server.redirect_http.is_some() && self.server.tls_cert.is_none() {
+            return bad("server.redirect_http needs HTTPS (server.tls_cert and server.tls_key)");
         }
         if self.delivery.retry_schedule.is_empty() {
             return bad("delivery.retry_schedule needs at least one entry");

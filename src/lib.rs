@@ -7,6 +7,8 @@
 //! - [`api`]: the HTTP routes (warp filters), one module per resource.
 //! - [`worker`]: background loops owned by [`run`] (disk space watch).
 //! - [`cli`]: the admin subcommands, which call a running server with the admin token.
+//! - [`server`]: the accept loop that serves the routes over HTTP or HTTPS.
+//! - [`tls`]: certificates (PEM files, reload on SIGHUP, self-signed for trying out).
 //! - [`net`]: address ranges.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests start the real server on
@@ -18,7 +20,9 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod net;
+pub mod server;
 pub mod store;
+pub mod tls;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -96,6 +100,8 @@ pub enum RunError {
         path: String,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(tls::TlsError),
     #[error("{0}")]
     Other(String),
 }
@@ -140,14 +146,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    if config.server.tls_cert.is_some() {
-        // Serving plain HTTP when HTTPS was asked for would expose keys on the wire.
-        return Err(RunError::Other(
-            "server.tls_cert/server.tls_key are set, but this version does not serve HTTPS yet; \
-             remove them and terminate TLS in a reverse proxy"
-                .into(),
-        ));
-    }
+    let certs = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::CertStore::open(cert, key).map_err(RunError::Tls)?,
+        )),
+        _ => None,
+    };
+    let tls_config = certs
+        .as_ref()
+        .map(tls::CertStore::server_config)
+        .transpose()
+        .map_err(RunError::Tls)?;
     let data_dir = config.server.data_dir.clone();
     let (token, created) = ensure_admin_token(&data_dir).map_err(|source| RunError::Token {
         path: data_dir.join("admin.token").display().to_string(),
@@ -181,22 +190,45 @@ pub async fn run(
         shutdown: stop_rx,
     };
 
-    let workers = worker::spawn_all(state.clone(), Arc::clone(&state.disk_low));
+    let mut workers = worker::spawn_all(state.clone(), Arc::clone(&state.disk_low));
+    if let Some(certs) = &certs {
+        workers.push(tokio::spawn(reload_on_sighup(Arc::clone(certs))));
+    }
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunError::Other(format!("listener: {e}")))?;
+    if let Some(redirect) = state.config.server.redirect_http {
+        let plain = tokio::net::TcpListener::bind(redirect).await.map_err(|e| {
+            RunError::Other(format!("cannot listen on {redirect} for redirects: {e}"))
+        })?;
+        let mut stopping = state.shutdown.clone();
+        let until_stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let routes = api::redirect_to_https(addr.port());
+        workers.push(tokio::spawn(server::serve(
+            routes,
+            plain,
+            None,
+            until_stopped,
+        )));
+        tracing::info!(%redirect, "redirecting plain HTTP to HTTPS");
+    }
     state.workers_running.store(true, Ordering::Relaxed);
 
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, data_dir = %state.config.server.data_dir.display(), "waybill serving");
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, data_dir = %state.config.server.data_dir.display(), "waybill serving");
     let routes = api::routes(state.clone());
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
     };
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(signal)
-        .run()
-        .await;
+    server::serve(routes, listener, tls_config, signal).await;
 
     state.workers_running.store(false, Ordering::Relaxed);
     for w in workers {
@@ -208,4 +240,21 @@ pub async fn run(
         .map_err(|e| RunError::Other(format!("store close task failed: {e}")))?;
     tracing::info!("store flushed; stopped");
     Ok(())
+}
+
+/// Re-reads the certificate files on every SIGHUP; a bad pair is logged and the old one kept.
+async fn reload_on_sighup(certs: Arc<tls::CertStore>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
+            }
+        }
+    }
 }

@@ -33,6 +33,18 @@ enum Command {
     Serve,
     /// Load and check the configuration, then print the effective settings.
     CheckConfig,
+    /// Prepare optional set-up files.
+    Init {
+        /// Write a self-signed TLS certificate and key (for trying HTTPS out).
+        #[arg(long)]
+        self_signed: bool,
+        /// Host names or IP addresses the certificate is for (repeat for several).
+        #[arg(long = "host", default_value = "localhost")]
+        hosts: Vec<String>,
+        /// Where to write cert.pem and key.pem (default: `<data dir>/tls`).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Manage partners on the running server.
     #[command(subcommand)]
     Partner(cli::PartnerCmd),
@@ -71,9 +83,45 @@ fn main() -> ExitCode {
             eprintln!("configuration OK");
             ExitCode::SUCCESS
         }
+        Command::Init {
+            self_signed,
+            hosts,
+            out_dir,
+        } => init(&config, self_signed, &hosts, out_dir),
         Command::Partner(c) => admin(AdminCommand::Partner(c)),
         Command::Key(c) => admin(AdminCommand::Key(c)),
         Command::Route(c) => admin(AdminCommand::Route(c)),
+    }
+}
+
+fn init(
+    config: &Config,
+    self_signed: bool,
+    hosts: &[String],
+    out_dir: Option<PathBuf>,
+) -> ExitCode {
+    if !self_signed {
+        eprintln!(
+            "waybill: nothing to do; `waybill init --self-signed --host NAME` writes a certificate"
+        );
+        return ExitCode::from(2);
+    }
+    let dir = out_dir.unwrap_or_else(|| config.server.data_dir.join("tls"));
+    match waybill::tls::write_self_signed(&dir, hosts) {
+        Ok((cert, key)) => {
+            println!("wrote a self-signed certificate for {}:", hosts.join(", "));
+            println!("  {}", cert.display());
+            println!("  {}", key.display());
+            println!("serve HTTPS with it by setting, in the [server] section of the config file:");
+            println!("  tls_cert = {:?}", cert.display().to_string());
+            println!("  tls_key = {:?}", key.display().to_string());
+            println!("or WAYBILL_SERVER__TLS_CERT and WAYBILL_SERVER__TLS_KEY. Clients must trust cert.pem.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("waybill: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

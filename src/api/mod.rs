@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::AppState;
 
 pub use auth::{hash_admin_token, RateLimiter};
+pub use system::redirect_to_https;
 
 /// Every route of the appliance, with the envelope applied to errors.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod errors;
+mod https;
 mod intake;
 mod openapi;
 mod process;
@@ -71,6 +72,11 @@ pub fn spawn_app() -> TestApp {
 
 /// Starts the server with the test defaults (loopback allowed outbound), adjusted by `tweak`.
 pub fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on("http", agent(), tweak)
+}
+
+/// Starts the server as [`spawn_app_with`] does, spoken to as `scheme://localhost` with `agent`.
+pub fn spawn_app_on(scheme: &str, agent: ureq::Agent, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let overrides = Overrides {
         data_dir: Some(dir.path().to_owned()),
@@ -94,9 +100,9 @@ pub fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     }));
     let mut app = TestApp {
         addr,
-        base: format!("http://{addr}"),
+        base: format!("{scheme}://localhost:{}", addr.port()),
         token: String::new(),
-        agent: agent(),
+        agent,
         dir,
         runtime: Some(runtime),
         stop: Some(stop),

@@ -309,17 +309,3 @@ fn check_config_shows_the_effective_settings_and_refuses_bad_ones() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
-
-#[test]
-fn serve_refuses_tls_settings_it_cannot_honour_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("WAYBILL_SERVER__TLS_CERT", "/nonexistent/cert.pem")
-        .env("WAYBILL_SERVER__TLS_KEY", "/nonexistent/key.pem")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "must not fall back to plain HTTP");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTPS"));
-}
