@@ -18,9 +18,12 @@ pub enum PartnerCmd {
         /// Display name (defaults to the code).
         #[arg(long)]
         name: Option<String>,
-        /// URL transmissions are pushed to.
+        /// URL live transmissions are pushed to.
         #[arg(long)]
         push_url: Option<String>,
+        /// URL test-environment transmissions are pushed to.
+        #[arg(long)]
+        test_push_url: Option<String>,
     },
     /// List partners.
     List,
@@ -54,6 +57,9 @@ pub enum RouteCmd {
         sender: String,
         receiver: String,
         doctype: String,
+        /// Live traffic only; test messages may not use this route.
+        #[arg(long)]
+        live_only: bool,
     },
     /// List routes.
     List,
@@ -116,10 +122,14 @@ pub fn run(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
             code,
             name,
             push_url,
+            test_push_url,
         }) => {
             let mut body = json!({"code": code, "name": name.unwrap_or_else(|| code.clone())});
             if let Some(url) = push_url {
                 body["pushUrl"] = Value::String(url);
+            }
+            if let Some(url) = test_push_url {
+                body["testPushUrl"] = Value::String(url);
             }
             let p = client.call("POST", "/admin/api/partners", Some(body))?;
             println!("created partner {}", p["code"].as_str().unwrap_or_default());
@@ -185,20 +195,23 @@ pub fn run(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
             sender,
             receiver,
             doctype,
+            live_only,
         }) => {
-            let r = client.call(
-                "POST",
-                "/admin/api/routes",
-                Some(json!({"sender": sender, "receiver": receiver, "doctype": doctype})),
-            )?;
+            let body = json!({"sender": sender, "receiver": receiver, "doctype": doctype, "liveOnly": live_only});
+            let r = client.call("POST", "/admin/api/routes", Some(body))?;
             println!("created route {}", r["id"].as_str().unwrap_or_default());
         }
         AdminCommand::Route(RouteCmd::List) => {
             let list = client.call("GET", "/admin/api/routes", None)?;
             println!("{:<38} {:<20} {:<20} DOCTYPE", "ID", "SENDER", "RECEIVER");
             for r in list.as_array().into_iter().flatten() {
+                let live_only = if r["liveOnly"] == true {
+                    " (live only)"
+                } else {
+                    ""
+                };
                 println!(
-                    "{:<38} {:<20} {:<20} {}",
+                    "{:<38} {:<20} {:<20} {}{live_only}",
                     r["id"].as_str().unwrap_or_default(),
                     r["sender"].as_str().unwrap_or_default(),
                     r["receiver"].as_str().unwrap_or_default(),

@@ -136,6 +136,7 @@ fn partner_view(p: &PartnerRec) -> Value {
         "name": p.name,
         "active": p.active,
         "pushUrl": p.push_url,
+        "testPushUrl": p.test_push_url,
         "pushHeaders": map(&p.push_headers),
         "pushParams": map(&p.push_params),
         "createdAt": rfc3339(p.created_at),
@@ -162,6 +163,7 @@ fn route_view(r: &RouteRec) -> Value {
         "sender": r.sender,
         "receiver": r.receiver,
         "doctype": r.doctype,
+        "liveOnly": r.live_only,
         "createdAt": rfc3339(r.created_at),
     })
 }
@@ -223,6 +225,7 @@ struct CreatePartner {
     code: Option<String>,
     name: Option<String>,
     push_url: Option<String>,
+    test_push_url: Option<String>,
     push_headers: Option<BTreeMap<String, String>>,
     push_params: Option<BTreeMap<String, String>>,
 }
@@ -240,6 +243,10 @@ async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<R
         .push_url
         .map(|u| parse_push_url(&u).field("pushUrl"))
         .transpose()?;
+    let test_push_url = req
+        .test_push_url
+        .map(|u| parse_push_url(&u).field("testPushUrl"))
+        .transpose()?;
     let push_headers = parse_pairs(req.push_headers.unwrap_or_default(), "pushHeaders", true)?;
     let push_params = parse_pairs(req.push_params.unwrap_or_default(), "pushParams", false)?;
     let rec = state
@@ -248,6 +255,7 @@ async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<R
             code,
             name,
             push_url,
+            test_push_url,
             push_headers,
             push_params,
         })
@@ -312,6 +320,12 @@ async fn patch_partner(
                 })?)
             }
             "pushUrl" if v.is_null() => patch.push_url = Some(None),
+            "testPushUrl" if v.is_null() => patch.test_push_url = Some(None),
+            "testPushUrl" => {
+                patch.test_push_url = Some(Some(
+                    parse_push_url(&str_of("testPushUrl", v)?).field("testPushUrl")?,
+                ))
+            }
             "pushUrl" => {
                 patch.push_url = Some(Some(
                     parse_push_url(&str_of("pushUrl", v)?).field("pushUrl")?,
@@ -397,10 +411,12 @@ async fn revoke_key(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct CreateRoute {
     sender: Option<String>,
     receiver: Option<String>,
     doctype: Option<String>,
+    live_only: Option<bool>,
 }
 
 async fn create_route(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
@@ -426,7 +442,7 @@ async fn create_route(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Res
     }
     let rec = state
         .store
-        .create_route(&sender, &receiver, &doctype)
+        .create_route(&sender, &receiver, &doctype, req.live_only.unwrap_or(false))
         .await?;
     Ok(ok(StatusCode::CREATED, route_view(&rec)))
 }

@@ -51,6 +51,7 @@ async fn create(
     let external_reference = opt_param(&ctx, "externalReference", |v| parse_short_text(v, 256))?;
     let receivers = resolve_receivers(
         &state,
+        principal.env,
         &principal.partner,
         ctx.param("receiver").filter(|r| !r.is_empty()),
         &doctype,

@@ -14,7 +14,7 @@ use super::{
     with_state, BodyStream, Ctx,
 };
 use crate::error::{ApiError, InvalidExt};
-use crate::model::{parse_doctype, parse_partner_code, parse_short_text};
+use crate::model::{parse_doctype, parse_partner_code, parse_short_text, Env};
 use crate::store::records::MAX_RECEIVERS;
 use crate::store::{MessageRec, NewMessage, Principal};
 use crate::AppState;
@@ -72,6 +72,7 @@ pub(super) fn opt_param(
 /// routes name for this sender and doctype. 403 when no route allows the delivery.
 pub(super) fn resolve_receivers(
     state: &AppState,
+    env: Env,
     sender: &str,
     receiver: Option<&str>,
     doctype: &str,
@@ -81,14 +82,14 @@ pub(super) fn resolve_receivers(
     match receiver {
         Some(r) => {
             let r = parse_partner_code(r).field(field)?;
-            if dir.allows(sender, &r, doctype) {
+            if dir.allows(env, sender, &r, doctype) {
                 Ok(vec![r])
             } else {
                 Err(no_route(sender, Some(&r), doctype, field))
             }
         }
         None => {
-            let all = dir.receivers(sender, doctype);
+            let all = dir.receivers(env, sender, doctype);
             if all.is_empty() {
                 return Err(no_route(sender, None, doctype, field));
             }
@@ -162,6 +163,7 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
     let external_reference = opt_param(&ctx, "externalReference", |v| parse_short_text(v, 256))?;
     let receivers = resolve_receivers(
         &state,
+        principal.env,
         &sender,
         ctx.param("receiver").filter(|r| !r.is_empty()),
         &doctype,
@@ -231,6 +233,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
 /// the whole batch a 422 that names it (`messages[3].messageType`).
 fn validate_batch(
     state: &AppState,
+    env: Env,
     sender: &str,
     body: BatchBody,
 ) -> Result<(Option<String>, Vec<NewMessage>), ApiError> {
@@ -296,6 +299,7 @@ fn validate_batch(
         };
         let receivers = resolve_receivers(
             state,
+            env,
             sender,
             m.receiver.as_deref().filter(|r| !r.is_empty()),
             &doctype,
@@ -318,7 +322,8 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
     check_disk(&state)?;
     let parsed: BatchBody = parse_json(&ctx, &bytes)?;
-    let (batch_reference, messages) = validate_batch(&state, &principal.partner, parsed)?;
+    let (batch_reference, messages) =
+        validate_batch(&state, principal.env, &principal.partner, parsed)?;
     let (request, messages) = state
         .store
         .accept(

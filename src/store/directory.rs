@@ -68,11 +68,11 @@ impl Directory {
     }
 
     /// The active receivers that routes allow `sender` to send `doctype` to.
-    pub fn receivers(&self, sender: &str, doctype: &str) -> Vec<String> {
+    pub fn receivers(&self, env: Env, sender: &str, doctype: &str) -> Vec<String> {
         let mut out: Vec<String> = self
             .routes
             .iter()
-            .filter(|r| r.sender == sender && (r.doctype == "*" || r.doctype == doctype))
+            .filter(|r| r.applies(env, sender, doctype))
             .filter(|r| self.partners.get(&r.receiver).is_some_and(|p| p.active))
             .map(|r| r.receiver.clone())
             .collect();
@@ -82,13 +82,21 @@ impl Directory {
     }
 
     /// Whether a route lets `sender` send `doctype` to `receiver` (and the receiver is active).
-    pub fn allows(&self, sender: &str, receiver: &str, doctype: &str) -> bool {
+    pub fn allows(&self, env: Env, sender: &str, receiver: &str, doctype: &str) -> bool {
         self.partners.get(receiver).is_some_and(|p| p.active)
-            && self.routes.iter().any(|r| {
-                r.sender == sender
-                    && r.receiver == receiver
-                    && (r.doctype == "*" || r.doctype == doctype)
-            })
+            && self
+                .routes
+                .iter()
+                .any(|r| r.receiver == receiver && r.applies(env, sender, doctype))
+    }
+}
+
+impl RouteRec {
+    /// Whether this route carries `sender`'s `doctype` in `env`.
+    fn applies(&self, env: Env, sender: &str, doctype: &str) -> bool {
+        self.sender == sender
+            && (self.doctype == "*" || self.doctype == doctype)
+            && !(self.live_only && env == Env::Test)
     }
 }
 
@@ -120,6 +128,7 @@ pub struct NewPartner {
     pub code: String,
     pub name: String,
     pub push_url: Option<String>,
+    pub test_push_url: Option<String>,
     pub push_headers: Vec<(String, String)>,
     pub push_params: Vec<(String, String)>,
 }
@@ -131,6 +140,8 @@ pub struct PartnerPatch {
     pub active: Option<bool>,
     /// `Some(None)` removes the push URL.
     pub push_url: Option<Option<String>>,
+    /// `Some(None)` removes the test push URL.
+    pub test_push_url: Option<Option<String>>,
     pub push_headers: Option<Vec<(String, String)>>,
     pub push_params: Option<Vec<(String, String)>>,
 }
@@ -199,6 +210,7 @@ impl Store {
                 name: new.name,
                 active: true,
                 push_url: new.push_url,
+                test_push_url: new.test_push_url,
                 push_headers: new.push_headers,
                 push_params: new.push_params,
                 created_at: now,
@@ -230,6 +242,9 @@ impl Store {
             }
             if let Some(url) = patch.push_url {
                 rec.push_url = url;
+            }
+            if let Some(url) = patch.test_push_url {
+                rec.test_push_url = url;
             }
             if let Some(h) = patch.push_headers {
                 rec.push_headers = h;
@@ -344,6 +359,7 @@ impl Store {
         sender: &str,
         receiver: &str,
         doctype: &str,
+        live_only: bool,
     ) -> Result<RouteRec, DirError> {
         let (sender, receiver, doctype) =
             (sender.to_owned(), receiver.to_owned(), doctype.to_owned());
@@ -374,6 +390,7 @@ impl Store {
                 sender,
                 receiver,
                 doctype,
+                live_only,
                 created_at: now_ms(),
             };
             t.insert(Table::Routes, rec.id.as_bytes(), encode(&rec)?)?;

@@ -15,6 +15,8 @@ pub struct PartnerRec {
     pub name: String,
     pub active: bool,
     pub push_url: Option<String>,
+    /// Where test-environment transmissions are pushed; live and test never share a URL.
+    pub test_push_url: Option<String>,
     pub push_headers: Vec<(String, String)>,
     pub push_params: Vec<(String, String)>,
     pub created_at: i64,
@@ -44,6 +46,8 @@ pub struct RouteRec {
     pub sender: String,
     pub receiver: String,
     pub doctype: String,
+    /// Applies to live traffic only; test messages cannot use it.
+    pub live_only: bool,
     pub created_at: i64,
 }
 
