@@ -16,6 +16,11 @@
 //! generator shares a small machine with the server: every cycle it spends is
 //! a cycle the server does not get, so requests are pre-built and buffers are
 //! reused instead of pulling in a general-purpose client.
+//!
+//! With `--tls` the same client speaks HTTPS (tokio-rustls, HTTP/1.1 over
+//! ALPN) to a server started with a self-signed certificate; the handshake
+//! happens once per keep-alive connection. `--phase compare` measures intake
+//! once plain and once over TLS, each against a fresh server.
 
 use std::fs;
 use std::io;
@@ -26,11 +31,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 const USAGE: &str = "\
 usage: cargo bench --bench load -- [options]
@@ -38,9 +47,15 @@ usage: cargo bench --bench load -- [options]
   --duration SECS       measured time per phase (default 10)
   --connections N       connections for the inbound phase (default 64)
   --phase LIST          comma-separated: inbound, pollack, memory, all
-                        (default inbound,pollack; all adds memory)
+                        (default inbound,pollack; all adds memory), or
+                        compare: inbound plain, then inbound over TLS, each
+                        on a fresh server, and the TLS/plain throughput ratio
   --messages N          messages to store in the memory phase (default 1000000)
-  --server URL          use a running server (http://host:port) instead of starting one
+  --tls                 start the server with a self-signed certificate and
+                        talk HTTPS (HTTP/1.1 over TLS) to it
+  --server URL          use a running server (http://host:port or
+                        https://host:port) instead of starting one
+  --tls-ca FILE         PEM certificate(s) to trust for an https:// --server
   --admin-token TOKEN   admin token for --server (or WAYBILL_ADMIN_TOKEN)
   --threads N           client runtime threads (default 2)
 
@@ -70,6 +85,8 @@ const ACK_LANES: usize = 8;
 const BACKLOG_PER_SECOND: u64 = 20_000;
 const BACKLOG_CAP: u64 = 400_000;
 const PROGRESS_EVERY: u64 = 100_000;
+const TLS_CERT_ENV: &str = "WAYBILL_SERVER__TLS_CERT";
+const TLS_KEY_ENV: &str = "WAYBILL_SERVER__TLS_KEY";
 
 // ---------------------------------------------------------------------------
 // Options
@@ -81,6 +98,11 @@ struct Options {
     pollack: bool,
     memory: bool,
     messages: u64,
+    /// Inbound plain, then inbound over TLS (`--phase compare`).
+    compare: bool,
+    /// Serve (and talk) HTTPS when starting our own server.
+    tls: bool,
+    tls_ca: Option<PathBuf>,
     server: Option<String>,
     admin_token: Option<String>,
     threads: usize,
@@ -94,6 +116,9 @@ fn parse_args() -> Result<Options, String> {
         pollack: true,
         memory: false,
         messages: 1_000_000,
+        compare: false,
+        tls: false,
+        tls_ca: None,
         server: None,
         admin_token: None,
         threads: 2,
@@ -131,6 +156,13 @@ fn parse_args() -> Result<Options, String> {
             }
             "--messages" => o.messages = parse_count(&value("--messages")?, "--messages")? as u64,
             "--threads" => o.threads = parse_count(&value("--threads")?, "--threads")?,
+            "--tls" => {
+                if inline.is_some() {
+                    return Err("--tls takes no value".into());
+                }
+                o.tls = true;
+            }
+            "--tls-ca" => o.tls_ca = Some(PathBuf::from(value("--tls-ca")?)),
             "--server" => o.server = Some(value("--server")?),
             "--admin-token" => o.admin_token = Some(value("--admin-token")?),
             "--phase" => {
@@ -138,8 +170,10 @@ fn parse_args() -> Result<Options, String> {
                 o.inbound = false;
                 o.pollack = false;
                 o.memory = false;
+                o.compare = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
+                        "compare" => o.compare = true,
                         "inbound" => o.inbound = true,
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
@@ -151,12 +185,39 @@ fn parse_args() -> Result<Options, String> {
                         _ => return Err(format!("unknown phase {p:?}")),
                     }
                 }
-                if !(o.inbound || o.pollack || o.memory) {
+                if !(o.inbound || o.pollack || o.memory || o.compare) {
                     return Err("--phase names no phase".into());
+                }
+                if o.compare && (o.inbound || o.pollack || o.memory) {
+                    return Err("--phase compare runs inbound itself; name no other phase".into());
                 }
             }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
+    }
+    if o.compare {
+        // Both runs measure intake; each session below starts its own server.
+        o.inbound = true;
+        if o.server.is_some() {
+            return Err("--phase compare starts its own servers; drop --server".into());
+        }
+    }
+    if o.server.is_some() && o.tls {
+        return Err("--tls starts a server with its own certificate; \
+                    for --server give an https:// URL (and --tls-ca)"
+            .into());
+    }
+    let https_server = o
+        .server
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    if o.tls_ca.is_some() && !https_server {
+        return Err("--tls-ca is only for --server https://...".into());
+    }
+    if https_server && o.tls_ca.is_none() {
+        return Err(
+            "--server https://... needs --tls-ca FILE (the CA or certificate to trust)".into(),
+        );
     }
     Ok(o)
 }
@@ -202,55 +263,138 @@ fn main() {
 
 /// Everything the workers need; shared read-only.
 struct Ctx {
-    addr: SocketAddr,
-    host: String,
+    target: Target,
     sender_key: String,
     receiver_key: String,
 }
 
+/// Where and how to connect: the socket address, the Host header, and the
+/// TLS client setup when the server speaks HTTPS.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    tls: Option<TlsClient>,
+}
+
+impl Target {
+    /// Inserted into the phase lines so plain and TLS runs are told apart.
+    fn label(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https "
+        } else {
+            ""
+        }
+    }
+}
+
+#[derive(Clone)]
+struct TlsClient {
+    connector: TlsConnector,
+    /// SNI and the name the certificate is checked against.
+    name: ServerName<'static>,
+}
+
+impl TlsClient {
+    /// Trusts exactly the certificates in `ca_pem` and offers only HTTP/1.1.
+    fn new(ca_pem: &Path, name: &str) -> Result<TlsClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca_pem)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", ca_pem.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate found", ca_pem.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca_pem.display()))?;
+        }
+        // No process-wide provider is installed, so name one explicitly.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS client setup: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|e| format!("TLS server name {name:?}: {e}"))?;
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
 async fn run(opts: Options) -> Result<(), String> {
+    if !opts.compare {
+        session(&opts, opts.tls).await?;
+        return Ok(());
+    }
+    let plain = session(&opts, false).await?;
+    let tls = session(&opts, true).await?;
+    println!("inbound  {}", plain.line);
+    println!("inbound  {}", tls.line);
+    if plain.rate > 0.0 {
+        println!("tls/plain ratio: {:.0} %", 100.0 * tls.rate / plain.rate);
+    } else {
+        println!("tls/plain ratio: n/a (no plain requests succeeded)");
+    }
+    Ok(())
+}
+
+/// What the inbound phase measured, for `--phase compare`.
+#[derive(Default)]
+struct InboundResult {
+    line: String,
+    rate: f64,
+}
+
+/// One server (ours or external) and the selected phases against it. `tls`
+/// chooses HTTPS for a server we start; an external one goes by its URL.
+async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
     // `server` lives until the end of this function so that any early return
     // still shuts the child down (see Drop for Server).
     let mut server: Option<Server> = None;
-    let (addr, host, admin_token) = match &opts.server {
+    let (target, admin_token) = match &opts.server {
         Some(url) => {
-            let (addr, host) = resolve(url).await?;
+            let target = resolve(url, opts.tls_ca.as_deref()).await?;
             let token = opts
                 .admin_token
                 .clone()
                 .or_else(|| std::env::var("WAYBILL_ADMIN_TOKEN").ok())
                 .ok_or("--server needs --admin-token (or WAYBILL_ADMIN_TOKEN)")?;
-            wait_for_ok(
-                addr,
-                &host,
-                "/healthz",
-                Instant::now() + STARTUP_TIMEOUT,
-                None,
-            )
-            .await?;
+            wait_for_ok(&target, "/healthz", Instant::now() + STARTUP_TIMEOUT, None).await?;
             println!("server   {url} (external)");
-            (addr, host, token)
+            (target, token)
         }
         None => {
-            let s = server.insert(Server::start(server_binary())?);
+            let s = server.insert(Server::start(server_binary(), tls)?);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
-            let host = s.addr.to_string();
-            wait_for_ok(s.addr, &host, "/healthz", deadline, Some(&mut *s)).await?;
+            let target = s.target();
+            wait_for_ok(&target, "/healthz", deadline, Some(&mut *s)).await?;
             let token = s.admin_token(deadline).await?;
             // /healthz only says the listener is up; provisioning is more
             // reliable once the server also reports ready.
-            wait_for_ok(s.addr, &host, "/readyz", deadline, Some(&mut *s)).await?;
+            wait_for_ok(&target, "/readyz", deadline, Some(&mut *s)).await?;
             println!(
-                "server   {} pid {} data {}",
+                "server   {}{} pid {} data {}",
+                if tls { "https://" } else { "" },
                 s.addr,
                 s.pid().unwrap_or(0),
                 s.data_dir.display()
             );
-            (s.addr, host, token)
+            (target, token)
         }
     };
+    if target.tls.is_some() {
+        println!("tls      {}", tls_summary(&target).await?);
+    }
 
-    let ctx = Arc::new(provision(addr, host, &admin_token).await?);
+    let ctx = Arc::new(provision(target, &admin_token).await?);
+    let label = ctx.target.label();
+    let mut result = InboundResult::default();
     // Messages stored for the receiver and not yet acknowledged by us.
     let mut backlog: u64 = 0;
 
@@ -258,13 +402,14 @@ async fn run(opts: Options) -> Result<(), String> {
         let t = run_inbound_timed(&ctx, opts.connections, opts.duration).await;
         backlog += t.created;
         let secs = opts.duration.as_secs_f64();
-        println!(
-            "inbound  {} conns {:.1}s: {} ok, {} err, {:.0} req/s, {}",
+        result.rate = t.ok as f64 / secs;
+        result.line = format!(
+            "{label}{} conns {:.1}s: {} ok, {} err, {:.0} req/s, {}",
             opts.connections,
             secs,
             t.ok,
             t.err,
-            t.ok as f64 / secs,
+            result.rate,
             latency_summary(
                 t.lat,
                 &[
@@ -276,6 +421,7 @@ async fn run(opts: Options) -> Result<(), String> {
                 true
             )
         );
+        println!("inbound  {}", result.line);
         print_first_error(&t.first_err);
         check_alive(&mut server, "inbound")?;
     }
@@ -301,7 +447,7 @@ async fn run(opts: Options) -> Result<(), String> {
         let r = run_pollack(&ctx, opts.duration).await;
         let secs = r.elapsed.as_secs_f64().max(1e-9);
         println!(
-            "pollack  {} pollers x {} ack conns {:.1}s{}: {} acked, {:.0} tx/s, {} polls, poll {}, ack {}, {} err",
+            "pollack  {label}{} pollers x {} ack conns {:.1}s{}: {} acked, {:.0} tx/s, {} polls, poll {}, ack {}, {} err",
             POLLERS,
             ACK_LANES,
             secs,
@@ -326,7 +472,43 @@ async fn run(opts: Options) -> Result<(), String> {
         let status = s.stop().await?;
         println!("server   stopped: {status}");
     }
-    Ok(())
+    Ok(result)
+}
+
+/// Protocol, cipher suite and ALPN of one handshake, and how long handshakes
+/// take (median of a few, TCP connect included): the cost TLS adds once per
+/// keep-alive connection.
+async fn tls_summary(target: &Target) -> Result<String, String> {
+    let mut times = Vec::new();
+    let mut info = String::new();
+    for _ in 0..9 {
+        let started = Instant::now();
+        let c = timeout(REQUEST_TIMEOUT, Conn::connect(target))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        times.push(micros(started.elapsed()));
+        if let Stream::Tls(s) = &c.stream {
+            let (_, session) = s.get_ref();
+            let version = session.protocol_version();
+            let suite = session.negotiated_cipher_suite().map(|cs| cs.suite());
+            info = format!(
+                "{} {}, ALPN {}",
+                version.map_or("?".into(), |v| format!("{v:?}")),
+                suite.map_or("?".into(), |c| format!("{c:?}")),
+                session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_else(|| "none".into())
+            );
+        }
+    }
+    times.sort_unstable();
+    Ok(format!(
+        "{info}, handshake {} (median of {})",
+        fmt_ms(times[times.len() / 2]),
+        times.len()
+    ))
 }
 
 /// A crashed server makes every later number meaningless (all errors), so
@@ -353,23 +535,28 @@ fn server_binary() -> PathBuf {
     PathBuf::from(option_env!("CARGO_BIN_EXE_waybill").unwrap_or("target/release/waybill"))
 }
 
-async fn resolve(url: &str) -> Result<(SocketAddr, String), String> {
-    if url.starts_with("https://") {
-        return Err("--server: only plain http is supported".into());
-    }
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+/// The target for `--server URL`; https:// URLs trust only `tls_ca`.
+async fn resolve(url: &str, tls_ca: Option<&Path>) -> Result<Target, String> {
+    let (rest, https) = match url.split_once("://") {
+        Some(("http", rest)) => (rest, false),
+        Some(("https", rest)) => (rest, true),
+        Some((scheme, _)) => return Err(format!("--server: unsupported scheme {scheme:?}")),
+        None => (url, false),
+    };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() {
         return Err(format!("--server: no host in {url:?}"));
     }
     // "[::1]" ends in "1]", which is not a port, so IPv6 literals work too.
-    let with_port = if authority
+    let (name, with_port) = match authority
         .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        .filter(|(_, p)| p.parse::<u16>().is_ok())
     {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
+        Some((name, _)) => (name, authority.to_string()),
+        None => (
+            authority,
+            format!("{authority}:{}", if https { 443 } else { 80 }),
+        ),
     };
     let mut addrs = tokio::net::lookup_host(&with_port)
         .await
@@ -377,19 +564,30 @@ async fn resolve(url: &str) -> Result<(SocketAddr, String), String> {
     let addr = addrs
         .next()
         .ok_or_else(|| format!("--server: {with_port} resolves to nothing"))?;
-    Ok((addr, authority.to_string()))
+    let tls = match (https, tls_ca) {
+        (false, _) => None,
+        (true, Some(ca)) => {
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            Some(TlsClient::new(ca, name)?)
+        }
+        (true, None) => return Err("--server https://... needs --tls-ca FILE".into()),
+    };
+    Ok(Target {
+        addr,
+        host: authority.to_string(),
+        tls,
+    })
 }
 
 /// Polls `path` until it answers 200. With a server handle it also notices a
 /// child that died, which otherwise would look like a slow start.
 async fn wait_for_ok(
-    addr: SocketAddr,
-    host: &str,
+    target: &Target,
     path: &str,
     deadline: Instant,
     mut server: Option<&mut Server>,
 ) -> Result<(), String> {
-    let req = build_request("GET", path, host, &[], b"");
+    let req = build_request("GET", path, &target.host, &[], b"");
     let mut last: String;
     loop {
         if let Some(s) = server.as_deref_mut() {
@@ -400,9 +598,12 @@ async fn wait_for_ok(
                 ));
             }
         }
-        match one_shot(addr, &req, Duration::from_secs(2)).await {
+        match one_shot(target, &req, Duration::from_secs(2)).await {
             Ok((200, _)) => return Ok(()),
             Ok((status, body)) => last = format!("{path} answered {status}: {}", snippet(&body)),
+            // An untrusted certificate or a wrong name will not go away by
+            // waiting for the server.
+            Err(e) if is_tls_error(&e) => return Err(format!("{path}: TLS: {e}")),
             Err(e) => last = format!("{path}: {e}"),
         }
         if Instant::now() >= deadline {
@@ -413,10 +614,14 @@ async fn wait_for_ok(
     }
 }
 
+fn is_tls_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
 /// Sends one request on a fresh connection; for control traffic, not load.
-async fn one_shot(addr: SocketAddr, req: &[u8], limit: Duration) -> io::Result<(u16, Vec<u8>)> {
+async fn one_shot(target: &Target, req: &[u8], limit: Duration) -> io::Result<(u16, Vec<u8>)> {
     let fut = async {
-        let mut c = Conn::connect(addr).await?;
+        let mut c = Conn::connect(target).await?;
         let status = c.request(req).await?;
         Ok((status, std::mem::take(&mut c.body)))
     };
@@ -427,8 +632,7 @@ async fn one_shot(addr: SocketAddr, req: &[u8], limit: Duration) -> io::Result<(
 }
 
 async fn admin_post(
-    addr: SocketAddr,
-    host: &str,
+    target: &Target,
     token: &str,
     path: &str,
     body: &Value,
@@ -438,27 +642,26 @@ async fn admin_post(
     let req = build_request(
         "POST",
         path,
-        host,
+        &target.host,
         &[
             ("Authorization", &auth),
             ("Content-Type", "application/json"),
         ],
         body.as_bytes(),
     );
-    let (status, resp) = one_shot(addr, &req, REQUEST_TIMEOUT)
+    let (status, resp) = one_shot(target, &req, REQUEST_TIMEOUT)
         .await
         .map_err(|e| format!("POST {path}: {e}"))?;
     let v = serde_json::from_slice(&resp).unwrap_or_else(|_| Value::String(snippet(&resp)));
     Ok((status, v))
 }
 
-async fn provision(addr: SocketAddr, host: String, token: &str) -> Result<Ctx, String> {
+async fn provision(target: Target, token: &str) -> Result<Ctx, String> {
     // Against an external server these may already exist from an earlier run;
     // that is fine as long as the keys can be issued afterwards.
     for (code, name) in [(SENDER, "Acme"), (RECEIVER, "Globex")] {
         let (status, v) = admin_post(
-            addr,
-            &host,
+            &target,
             token,
             "/admin/api/partners",
             &json!({"code": code, "name": name}),
@@ -474,7 +677,7 @@ async fn provision(addr: SocketAddr, host: String, token: &str) -> Result<Ctx, S
     let mut keys = Vec::new();
     for code in [SENDER, RECEIVER] {
         let path = format!("/admin/api/partners/{code}/keys");
-        let (status, v) = admin_post(addr, &host, token, &path, &json!({})).await?;
+        let (status, v) = admin_post(&target, token, &path, &json!({})).await?;
         let key = v
             .get("data")
             .and_then(|d| d.get("key"))
@@ -486,8 +689,7 @@ async fn provision(addr: SocketAddr, host: String, token: &str) -> Result<Ctx, S
         }
     }
     let (status, v) = admin_post(
-        addr,
-        &host,
+        &target,
         token,
         "/admin/api/routes",
         &json!({"sender": SENDER, "receiver": RECEIVER, "doctype": "*"}),
@@ -503,8 +705,7 @@ async fn provision(addr: SocketAddr, host: String, token: &str) -> Result<Ctx, S
     let receiver_key = keys.pop().unwrap_or_default();
     let sender_key = keys.pop().unwrap_or_default();
     Ok(Ctx {
-        addr,
-        host,
+        target,
         sender_key,
         receiver_key,
     })
@@ -518,6 +719,9 @@ struct Server {
     data_dir: PathBuf,
     log_path: PathBuf,
     addr: SocketAddr,
+    /// Self-signed certificate and key the server is started with, and the
+    /// client side that trusts just that certificate; `None` for plain HTTP.
+    tls: Option<(PathBuf, PathBuf, TlsClient)>,
     child: Option<Child>,
     // Declared last: fields drop in order, and the directory must outlive
     // the child that Drop stops first.
@@ -525,7 +729,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: PathBuf) -> Result<Server, String> {
+    fn start(bin: PathBuf, tls: bool) -> Result<Server, String> {
         if !bin.exists() {
             return Err(format!(
                 "server binary {} not found (build it, or set WAYBILL_BIN)",
@@ -540,11 +744,21 @@ impl Server {
         // never sees a file it did not create.
         let data_dir = root.path().join("data");
         fs::create_dir(&data_dir).map_err(|e| format!("create {}: {e}", data_dir.display()))?;
+        let tls = if tls {
+            let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+            let (cert, key) = waybill::tls::write_self_signed(&root.path().join("tls"), &hosts)
+                .map_err(|e| format!("self-signed certificate: {e}"))?;
+            let client = TlsClient::new(&cert, "localhost")?;
+            Some((cert, key, client))
+        } else {
+            None
+        };
         let mut s = Server {
             bin,
             log_path: root.path().join("server.log"),
             data_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls,
             child: None,
             _root: root,
         };
@@ -579,11 +793,38 @@ impl Server {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "warn");
         }
+        // Set or cleared explicitly, so a certificate in the caller's
+        // environment cannot turn a plain run into a TLS one.
+        match &self.tls {
+            Some((cert, key, _)) => {
+                cmd.env(TLS_CERT_ENV, cert).env(TLS_KEY_ENV, key);
+            }
+            None => {
+                cmd.env_remove(TLS_CERT_ENV).env_remove(TLS_KEY_ENV);
+            }
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// How to reach the current process; the port changes on every spawn.
+    fn target(&self) -> Target {
+        match &self.tls {
+            // The name the certificate and SNI use, on the address we bound.
+            Some((_, _, client)) => Target {
+                addr: self.addr,
+                host: format!("localhost:{}", self.addr.port()),
+                tls: Some(client.clone()),
+            },
+            None => Target {
+                addr: self.addr,
+                host: self.addr.to_string(),
+                tls: None,
+            },
+        }
     }
 
     fn pid(&self) -> Option<u32> {
@@ -949,7 +1190,7 @@ async fn inbound_worker(ctx: Arc<Ctx>, id: u64, budget: Arc<Budget>) -> Tally {
     let mut req = build_request(
         "POST",
         INBOUND_PATH,
-        &ctx.host,
+        &ctx.target.host,
         &[
             ("X-Api-Key", &ctx.sender_key),
             ("Content-Type", "application/json"),
@@ -968,7 +1209,7 @@ async fn inbound_worker(ctx: Arc<Ctx>, id: u64, budget: Arc<Budget>) -> Tally {
         );
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match Conn::connect(ctx.addr).await {
+            None => match Conn::connect(&ctx.target).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     t.note_error(budget.counts(Instant::now()), || format!("connect: {e}"));
@@ -1073,12 +1314,12 @@ async fn poller(ctx: Arc<Ctx>, end: Instant) -> PollerOut {
     let poll_req = build_request(
         "GET",
         POLL_PATH,
-        &ctx.host,
+        &ctx.target.host,
         &[("X-Api-Key", &ctx.receiver_key)],
         b"",
     );
     let ack_tail = Arc::new(build_request_tail(
-        &ctx.host,
+        &ctx.target.host,
         &[
             ("X-Api-Key", &ctx.receiver_key),
             ("Content-Type", "application/json"),
@@ -1086,7 +1327,7 @@ async fn poller(ctx: Arc<Ctx>, end: Instant) -> PollerOut {
         ACK_BODY,
     ));
     let mut lanes: Vec<AckLane> = (0..ACK_LANES)
-        .map(|_| AckLane::new(ctx.addr, ack_tail.clone()))
+        .map(|_| AckLane::new(ctx.clone(), ack_tail.clone()))
         .collect();
     let mut polls = Tally::with_capacity(1024);
     let mut conn: Option<Conn> = None;
@@ -1095,7 +1336,7 @@ async fn poller(ctx: Arc<Ctx>, end: Instant) -> PollerOut {
     while Instant::now() < end {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match Conn::connect(ctx.addr).await {
+            None => match Conn::connect(&ctx.target).await {
                 Ok(c) => conn.insert(c),
                 Err(e) => {
                     polls.note_error(true, || format!("poll connect: {e}"));
@@ -1213,7 +1454,7 @@ fn transmission_uuids(body: &[u8]) -> Result<Vec<String>, String> {
 /// One acknowledgement connection; moved into a task per batch and handed
 /// back, so its connection and buffers survive across batches.
 struct AckLane {
-    addr: SocketAddr,
+    ctx: Arc<Ctx>,
     conn: Option<Conn>,
     tail: Arc<Vec<u8>>,
     req: Vec<u8>,
@@ -1222,9 +1463,9 @@ struct AckLane {
 }
 
 impl AckLane {
-    fn new(addr: SocketAddr, tail: Arc<Vec<u8>>) -> AckLane {
+    fn new(ctx: Arc<Ctx>, tail: Arc<Vec<u8>>) -> AckLane {
         AckLane {
-            addr,
+            ctx,
             conn: None,
             tail,
             req: Vec::with_capacity(512),
@@ -1243,7 +1484,7 @@ impl AckLane {
             self.req.extend_from_slice(&self.tail);
             let c = match self.conn.as_mut() {
                 Some(c) => c,
-                None => match Conn::connect(self.addr).await {
+                None => match Conn::connect(&self.ctx.target).await {
                     Ok(c) => self.conn.insert(c),
                     Err(e) => {
                         // The transmission stays leased and is simply not
@@ -1297,8 +1538,9 @@ async fn run_memory(
     let started = Instant::now();
     let t = run_inbound_count(ctx, FILL_CONNECTIONS, messages, Some(started)).await;
     let secs = started.elapsed().as_secs_f64();
+    let label = ctx.target.label();
     println!(
-        "memory   {} stored in {:.1}s ({:.0} msg/s), {} err",
+        "memory   {label}{} stored in {:.1}s ({:.0} msg/s), {} err",
         t.created,
         secs,
         t.created as f64 / secs,
@@ -1307,7 +1549,7 @@ async fn run_memory(
     print_first_error(&t.first_err);
     let Some(server) = server else {
         println!(
-            "memory   {} messages stored, RSS n/a (external server, no restart)",
+            "memory   {label}{} messages stored, RSS n/a (external server, no restart)",
             t.created
         );
         return Ok(());
@@ -1322,10 +1564,8 @@ async fn run_memory(
     println!("memory   server stopped: {status}");
     let spawned = Instant::now();
     server.spawn()?;
-    let host = server.addr.to_string();
     wait_for_ok(
-        server.addr,
-        &host,
+        &server.target(),
         "/readyz",
         spawned + RESTART_TIMEOUT,
         Some(&mut *server),
@@ -1334,7 +1574,7 @@ async fn run_memory(
     let ready = spawned.elapsed();
     let rss_after = server.pid().and_then(rss_bytes);
     println!(
-        "memory   {} messages stored, RSS {}, restart to ready {:.2} s, RSS after restart {}",
+        "memory   {label}{} messages stored, RSS {}, restart to ready {:.2} s, RSS after restart {}",
         t.created,
         fmt_mb(rss),
         ready.as_secs_f64(),
@@ -1467,10 +1707,40 @@ fn parse_hex(s: &[u8]) -> Option<usize> {
     Some(n)
 }
 
+/// Plain TCP or TLS over TCP. An enum rather than a trait object so the plain
+/// path costs one predictable branch, not a virtual call per read and write;
+/// the TLS state is boxed to keep the plain variant small.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                s.write_all(buf).await?;
+                // A TLS write may return with records still buffered inside
+                // rustls when the socket is full; push them out before waiting
+                // for the response.
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+}
+
 /// A keep-alive connection with a reusable read buffer. The decoded body of
 /// the last response is left in `body`.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Start of unread bytes in `buf`. Normally the whole buffer is consumed
     /// per response; anything beyond it is kept rather than silently lost.
@@ -1480,10 +1750,28 @@ struct Conn {
 }
 
 impl Conn {
-    async fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
+    /// Connects and, for TLS, completes the handshake; every request on the
+    /// connection then reuses that session.
+    async fn connect(target: &Target) -> io::Result<Conn> {
+        let tcp = TcpStream::connect(target.addr).await?;
         // Requests are single writes; Nagle would only add delay to them.
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream = match &target.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.name.clone(), tcp);
+                // A server that accepts but never answers must not hang a worker.
+                match timeout(REQUEST_TIMEOUT, handshake).await {
+                    Ok(s) => Stream::Tls(Box::new(s?)),
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "TLS handshake timed out",
+                        ))
+                    }
+                }
+            }
+        };
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(16 * 1024),
