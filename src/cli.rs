@@ -44,7 +44,12 @@ pub enum KeyCmd {
         env: String,
     },
     /// List a partner's keys.
-    List { partner: String },
+    List {
+        partner: String,
+        /// Only keys of this environment (`live` or `test`).
+        #[arg(long)]
+        env: Option<String>,
+    },
     /// Revoke a key; it stops working at once.
     Revoke { partner: String, id: String },
 }
@@ -166,8 +171,13 @@ pub fn run(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
             println!("key:    {}", k["key"].as_str().unwrap_or_default());
             eprintln!("store the key now: it is not shown again");
         }
-        AdminCommand::Key(KeyCmd::List { partner }) => {
-            let list = client.call("GET", &format!("/admin/api/partners/{partner}/keys"), None)?;
+        AdminCommand::Key(KeyCmd::List { partner, env }) => {
+            let filter = env.map(|e| format!("?env={e}")).unwrap_or_default();
+            let list = client.call(
+                "GET",
+                &format!("/admin/api/partners/{partner}/keys{filter}"),
+                None,
+            )?;
             println!(
                 "{:<38} {:<14} {:<6} {:<8} LABEL",
                 "ID", "PREFIX", "ENV", "ACTIVE"

@@ -394,7 +394,20 @@ async fn list_keys(code: String, state: AppState, ctx: Ctx) -> Result<Response, 
     if state.store.directory().partner(&code).is_none() {
         return Err(ApiError::not_found("partner"));
     }
-    let keys: Vec<Value> = state.store.list_keys(&code)?.iter().map(key_view).collect();
+    let env = match ctx.param("env") {
+        None | Some("") => None,
+        Some(e) => Some(
+            Env::parse(e)
+                .ok_or_else(|| ApiError::bad_request("env must be live or test").field("env"))?,
+        ),
+    };
+    let keys: Vec<Value> = state
+        .store
+        .list_keys(&code)?
+        .iter()
+        .filter(|k| env.is_none_or(|e| k.env == e))
+        .map(key_view)
+        .collect();
     Ok(ok(StatusCode::OK, keys))
 }
 

@@ -141,6 +141,17 @@ fn keys_carry_their_environment_and_are_stored_only_as_hashes() {
         Some(json!({"env": "prod"})),
     )
     .error(422, "validation_failed");
+    let only_test = app
+        .admin("GET", "/admin/api/partners/ACME/keys?env=test", None)
+        .data(200);
+    assert_eq!(only_test.as_array().unwrap().len(), 1);
+    assert_eq!(only_test[0]["env"], "test");
+    let all = app
+        .admin("GET", "/admin/api/partners/ACME/keys", None)
+        .data(200);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    app.admin("GET", "/admin/api/partners/ACME/keys?env=prod", None)
+        .error(400, "bad_request");
     app.admin("POST", "/admin/api/partners/NOPE/keys", Some(json!({})))
         .error(404, "not_found");
     app.admin(
