@@ -9,6 +9,7 @@
 //! - [`cli`]: the admin subcommands, which call a running server with the admin token.
 //! - [`server`]: the accept loop that serves the routes over HTTP or HTTPS.
 //! - [`tls`]: certificates (PEM files, reload on SIGHUP, self-signed for trying out).
+//! - [`outbound`]: the HTTP client for calls to partners: signing and the address policy.
 //! - [`net`]: address ranges.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests start the real server on
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod net;
+pub mod outbound;
 pub mod server;
 pub mod store;
 pub mod tls;
