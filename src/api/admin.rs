@@ -105,7 +105,24 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(ctx())
         .then(delete_route)
         .map(finish);
+    let rotate = warp::path!("admin" / "api" / "partners" / String / "signing-secret")
+        .and(warp::post())
+        .and(s())
+        .and(ctx())
+        .and(body())
+        .then(rotate_secret)
+        .map(finish);
+    let attempts = warp::path!("admin" / "api" / "transmissions" / String / "attempts")
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(attempts)
+        .map(finish);
     create_partner
+        .or(rotate)
+        .unify()
+        .or(attempts)
+        .unify()
         .or(list_partners)
         .unify()
         .or(get_partner)
@@ -139,6 +156,12 @@ fn partner_view(p: &PartnerRec) -> Value {
         "testPushUrl": p.test_push_url,
         "pushHeaders": map(&p.push_headers),
         "pushParams": map(&p.push_params),
+        "pushPaused": p.push_paused,
+        "disabledEndpoints": p
+            .disabled_endpoints
+            .iter()
+            .map(|(env, at, reason)| json!({"env": env, "at": rfc3339(*at), "reason": reason}))
+            .collect::<Vec<_>>(),
         "createdAt": rfc3339(p.created_at),
         "updatedAt": rfc3339(p.updated_at),
     })
@@ -260,7 +283,19 @@ async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<R
             push_params,
         })
         .await?;
-    Ok(ok(StatusCode::CREATED, partner_view(&rec)))
+    // The signing secrets are shown here and by a rotation, never in listings.
+    let mut view = partner_view(&rec);
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert(
+            "signingSecret".into(),
+            Value::String(rec.signing.current.clone()),
+        );
+        obj.insert(
+            "testSigningSecret".into(),
+            Value::String(rec.test_signing.current.clone()),
+        );
+    }
+    Ok(ok(StatusCode::CREATED, view))
 }
 
 async fn list_partners(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
@@ -321,6 +356,18 @@ async fn patch_partner(
             }
             "pushUrl" if v.is_null() => patch.push_url = Some(None),
             "testPushUrl" if v.is_null() => patch.test_push_url = Some(None),
+            "pushPaused" => {
+                patch.push_paused = Some(v.as_bool().ok_or_else(|| {
+                    ApiError::bad_request("pushPaused must be true or false").field("pushPaused")
+                })?)
+            }
+            "enableEndpoints" => {
+                let envs = serde_json::from_value::<Vec<Env>>(v.clone()).map_err(|_| {
+                    ApiError::bad_request("enableEndpoints must be a list of \"live\"/\"test\"")
+                        .field("enableEndpoints")
+                })?;
+                patch.enable_endpoints = Some(envs);
+            }
             "testPushUrl" => {
                 patch.test_push_url = Some(Some(
                     parse_push_url(&str_of("testPushUrl", v)?).field("testPushUrl")?,
@@ -477,4 +524,81 @@ async fn delete_route(id: String, state: AppState, ctx: Ctx) -> Result<Response,
     let id = parse_id(&id, "route")?;
     state.store.delete_route(id).await?;
     Ok(ok(StatusCode::OK, json!({"id": id, "deleted": true})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Rotate {
+    env: Option<Env>,
+    overlap_hours: Option<u32>,
+}
+
+/// Replaces a push endpoint's signing secret; the old one keeps signing beside the new one
+/// for `overlapHours` (default 24).
+async fn rotate_secret(
+    code: String,
+    state: AppState,
+    ctx: Ctx,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
+    auth::admin(&state, &ctx)?;
+    let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Rotate::default()
+    } else {
+        parse_json(&ctx, &bytes)?
+    };
+    let env = req.env.unwrap_or(Env::Live);
+    let hours = req.overlap_hours.unwrap_or(24);
+    if hours > 24 * 30 {
+        return Err(ApiError::invalid(
+            "overlapHours",
+            "overlapHours is at most 720",
+        ));
+    }
+    let rec = state
+        .store
+        .rotate_signing_secret(&code, env, i64::from(hours) * 3_600_000)
+        .await?;
+    let secrets = rec.signing_for(env);
+    Ok(ok(
+        StatusCode::OK,
+        json!({
+            "code": rec.code,
+            "env": env,
+            "signingSecret": secrets.current,
+            "previousValidUntil": secrets.previous.as_ref().map(|(_, until)| rfc3339(*until)),
+        }),
+    ))
+}
+
+/// Every push attempt of a transmission (`?env=test` for test traffic).
+async fn attempts(uuid: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let env = match ctx.param("env") {
+        None | Some("") => Env::Live,
+        Some(e) => Env::parse(e)
+            .ok_or_else(|| ApiError::bad_request("env must be live or test").field("env"))?,
+    };
+    let uuid = parse_id(&uuid, "transmission")?;
+    if state.store.transmission(env, uuid)?.is_none() {
+        return Err(ApiError::not_found("transmission"));
+    }
+    let list: Vec<Value> = state
+        .store
+        .attempts(env, uuid)?
+        .into_iter()
+        .map(|(n, a)| {
+            json!({
+                "attempt": n,
+                "at": rfc3339(a.at),
+                "url": a.url,
+                "status": a.status,
+                "latencyMs": a.latency_ms,
+                "response": a.response,
+                "error": a.error,
+            })
+        })
+        .collect();
+    Ok(ok(StatusCode::OK, list))
 }

@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::codec::{decode, encode};
-use super::records::{ApiKeyRec, PartnerRec, RouteRec};
+use super::records::{ApiKeyRec, PartnerRec, RouteRec, SigningSecrets};
 use super::writer::{Table, Tx};
 use super::{now_ms, Store, StoreError};
 use crate::model::Env;
@@ -142,6 +142,9 @@ pub struct PartnerPatch {
     pub push_url: Option<Option<String>>,
     /// `Some(None)` removes the test push URL.
     pub test_push_url: Option<Option<String>>,
+    pub push_paused: Option<bool>,
+    /// Turns these environments' disabled push endpoints back on.
+    pub enable_endpoints: Option<Vec<Env>>,
     pub push_headers: Option<Vec<(String, String)>>,
     pub push_params: Option<Vec<(String, String)>>,
 }
@@ -197,6 +200,15 @@ impl Store {
 
     /// Creates a partner; 409 if the code exists.
     pub async fn create_partner(&self, new: NewPartner) -> Result<PartnerRec, DirError> {
+        let secret = || {
+            crate::outbound::sign::new_secret()
+                .map(|current| SigningSecrets {
+                    current,
+                    previous: None,
+                })
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+        };
+        let (signing, test_signing) = (secret()?, secret()?);
         self.change(move |t, _| {
             if t.get(Table::Partners, new.code.as_bytes())?.is_some() {
                 return Err(DirError::Conflict(format!(
@@ -213,6 +225,10 @@ impl Store {
                 test_push_url: new.test_push_url,
                 push_headers: new.push_headers,
                 push_params: new.push_params,
+                signing,
+                test_signing,
+                push_paused: false,
+                disabled_endpoints: Vec::new(),
                 created_at: now,
                 updated_at: now,
             };
@@ -252,9 +268,71 @@ impl Store {
             if let Some(p) = patch.push_params {
                 rec.push_params = p;
             }
+            if let Some(paused) = patch.push_paused {
+                rec.push_paused = paused;
+            }
+            if let Some(envs) = patch.enable_endpoints {
+                rec.disabled_endpoints.retain(|(e, _, _)| !envs.contains(e));
+            }
             rec.updated_at = now_ms();
             t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
             Ok(rec)
+        })
+        .await
+        // Resuming or re-enabling releases held pushes: let the worker look now.
+        .inspect(|_| self.deliveries_ready.notify_one())
+    }
+
+    /// Replaces the signing secret of `env`'s push endpoint. The old secret keeps signing
+    /// (beside the new one) for `overlap_ms`, so receivers can switch without a gap.
+    pub async fn rotate_signing_secret(
+        &self,
+        code: &str,
+        env: Env,
+        overlap_ms: i64,
+    ) -> Result<PartnerRec, DirError> {
+        let code = code.to_owned();
+        let fresh = crate::outbound::sign::new_secret()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        self.change(move |t, dir| {
+            let mut rec = dir
+                .partner(&code)
+                .cloned()
+                .ok_or(DirError::NotFound("partner"))?;
+            let now = now_ms();
+            let secrets = match env {
+                Env::Live => &mut rec.signing,
+                Env::Test => &mut rec.test_signing,
+            };
+            let old = std::mem::replace(&mut secrets.current, fresh);
+            secrets.previous = (overlap_ms > 0).then(|| (old, now + overlap_ms));
+            rec.updated_at = now;
+            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Turns off `env`'s push endpoint of a partner (a 410 answer, or failing too long).
+    pub async fn disable_endpoint(
+        &self,
+        code: &str,
+        env: Env,
+        reason: String,
+    ) -> Result<(), DirError> {
+        let code = code.to_owned();
+        self.change(move |t, dir| {
+            let mut rec = dir
+                .partner(&code)
+                .cloned()
+                .ok_or(DirError::NotFound("partner"))?;
+            if rec.disabled_endpoints.iter().any(|(e, _, _)| *e == env) {
+                return Ok(());
+            }
+            tracing::warn!(partner = %code, env = env.as_str(), %reason, "push endpoint disabled");
+            rec.disabled_endpoints.push((env, now_ms(), reason));
+            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
+            Ok(())
         })
         .await
     }

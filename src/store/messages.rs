@@ -9,8 +9,9 @@ use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
+use super::deliveries::delivery_key;
 use super::records::{
-    new_message_id, split_transmission_uuid, MessageRec, RequestRec, TransmissionRec,
+    new_message_id, split_transmission_uuid, DeliveryRec, MessageRec, RequestRec, TransmissionRec,
     TransmissionState,
 };
 use super::writer::{Table, LARGE_WRITE_BYTES};
@@ -122,17 +123,37 @@ impl Store {
         };
 
         // Encode here, off the writer thread, which only copies bytes into sled.
+        // A receiver with a push URL for this environment gets its transmission pushed
+        // (a delivery due now); the others find it in their poll queue.
+        let dir = self.directory();
         let mut writes = Vec::with_capacity(messages.len());
         let mut queue = Vec::with_capacity(messages.len());
+        let mut deliveries = Vec::new();
         for m in &messages {
             writes.push((env_id(env, m.id), encode(m)?));
-            for (uuid, receiver) in m.transmission_refs() {
-                queue.push((
-                    partner_id(env, receiver, uuid),
-                    pending_value(0, &m.doctype),
-                ));
+            for (index, (uuid, receiver)) in m.transmission_refs().enumerate() {
+                if dir
+                    .partner(receiver)
+                    .and_then(|p| p.push_url_for(env))
+                    .is_some()
+                {
+                    let d = DeliveryRec {
+                        id: Uuid::now_v7(),
+                        env,
+                        message_id: m.id,
+                        index: index as u8,
+                        attempt: 0,
+                    };
+                    deliveries.push((delivery_key(now, d.id), encode(&d)?));
+                } else {
+                    queue.push((
+                        partner_id(env, receiver, uuid),
+                        pending_value(0, &m.doctype),
+                    ));
+                }
             }
         }
+        let pushes = !deliveries.is_empty();
         let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
 
@@ -144,9 +165,15 @@ impl Store {
                 for (key, value) in queue {
                     t.insert(Table::ReceiverPending, key, value)?;
                 }
+                for (key, value) in deliveries {
+                    t.insert(Table::Deliveries, key, value)?;
+                }
                 t.insert(Table::Requests, request_key, request_value)
             })
             .await?;
+        if pushes {
+            self.deliveries_ready.notify_one();
+        }
         Ok((request, messages))
     }
 

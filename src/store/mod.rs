@@ -13,10 +13,13 @@
 //! | `messages` | env ‖ message id | [`MessageRec`] with its transmissions |
 //! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ transmission uuid | lease expiry ‖ doctype |
 //! | `requests` | env ‖ sender ‖ 0xFF ‖ request id | [`RequestRec`] |
+//! | `deliveries` | due (u64 BE ms) ‖ delivery id | [`DeliveryRec`] |
+//! | `attempts` | env ‖ transmission uuid ‖ attempt (u32 BE) | [`AttemptRec`] |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
 
 mod codec;
+mod deliveries;
 pub mod directory;
 mod messages;
 pub mod payload_log;
@@ -26,6 +29,7 @@ mod writer;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+pub use deliveries::{Due, Leased, Next};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
@@ -58,6 +62,8 @@ pub struct Trees {
     messages: sled::Tree,
     receiver_pending: sled::Tree,
     requests: sled::Tree,
+    deliveries: sled::Tree,
+    attempts: sled::Tree,
 }
 
 /// The open store. Cheap to share behind an `Arc`.
@@ -69,6 +75,8 @@ pub struct Store {
     /// they change rarely. Rebuilt from the trees after each change, under `admin_lock`.
     directory: RwLock<Arc<Directory>>,
     admin_lock: tokio::sync::Mutex<()>,
+    /// Woken when a push is queued, so the delivery worker need not poll.
+    pub deliveries_ready: tokio::sync::Notify,
 }
 
 impl Store {
@@ -92,6 +100,8 @@ impl Store {
             messages: tree("messages")?,
             receiver_pending: tree("receiver_pending")?,
             requests: tree("requests")?,
+            deliveries: tree("deliveries")?,
+            attempts: tree("attempts")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -102,6 +112,7 @@ impl Store {
             writer,
             directory: RwLock::new(Arc::new(Directory::default())),
             admin_lock: tokio::sync::Mutex::new(()),
+            deliveries_ready: tokio::sync::Notify::new(),
         };
         store.reload_directory()?;
         Ok(store)

@@ -19,8 +19,96 @@ pub struct PartnerRec {
     pub test_push_url: Option<String>,
     pub push_headers: Vec<(String, String)>,
     pub push_params: Vec<(String, String)>,
+    /// Secrets that sign live pushes.
+    pub signing: SigningSecrets,
+    /// Secrets that sign test pushes.
+    pub test_signing: SigningSecrets,
+    /// While true, pushes wait in the queue; nothing is lost.
+    pub push_paused: bool,
+    /// Push endpoints turned off (a 410 answer, or no success for too long): environment,
+    /// when, and why. Their transmissions wait until an admin turns them back on.
+    pub disabled_endpoints: Vec<(Env, i64, String)>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl PartnerRec {
+    /// The push URL for `env`, if pushes go there.
+    pub fn push_url_for(&self, env: Env) -> Option<&str> {
+        match env {
+            Env::Live => self.push_url.as_deref(),
+            Env::Test => self.test_push_url.as_deref(),
+        }
+    }
+
+    /// Why pushes to `env` are held back, if they are.
+    pub fn push_held(&self, env: Env) -> Option<String> {
+        if !self.active {
+            return Some("the partner is inactive".into());
+        }
+        if self.push_paused {
+            return Some("push is paused".into());
+        }
+        self.disabled_endpoints
+            .iter()
+            .find(|(e, _, _)| *e == env)
+            .map(|(_, _, why)| format!("endpoint disabled: {why}"))
+    }
+
+    /// The signing secrets of `env`.
+    pub fn signing_for(&self, env: Env) -> &SigningSecrets {
+        match env {
+            Env::Live => &self.signing,
+            Env::Test => &self.test_signing,
+        }
+    }
+}
+
+/// A push endpoint's signing secret and, during a rotation, the one it replaces with the
+/// time (unix ms) until which that one still signs too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SigningSecrets {
+    pub current: String,
+    pub previous: Option<(String, i64)>,
+}
+
+impl SigningSecrets {
+    /// The secrets that sign at `now`: the current one, and the previous while it overlaps.
+    pub fn active(&self, now: i64) -> Vec<&str> {
+        let mut out = vec![self.current.as_str()];
+        if let Some((old, until)) = &self.previous {
+            if *until > now {
+                out.push(old.as_str());
+            }
+        }
+        out
+    }
+}
+
+/// One push waiting for its next attempt. Key: `due (u64 BE ms) ‖ id`, so the queue is
+/// read in due order. An attempt under way has its entry moved to a lease expiry, so a
+/// crash mid-attempt makes it due again instead of losing it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRec {
+    /// Stable across retries: the `webhook-id` receivers use to drop duplicates.
+    pub id: Uuid,
+    pub env: Env,
+    pub message_id: Uuid,
+    pub index: u8,
+    /// Attempts made so far.
+    pub attempt: u32,
+}
+
+/// One attempt of a push. Key: `env ‖ transmission uuid ‖ attempt number (u32 BE)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRec {
+    pub at: i64,
+    pub url: String,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    /// The first KiB of the answer.
+    pub response: String,
+    pub error: Option<String>,
 }
 
 /// An API key. Key: its id. Only the SHA-256 of the secret is stored; the secret has

@@ -60,9 +60,13 @@ pub enum Table {
     Messages,
     ReceiverPending,
     Requests,
+    Deliveries,
+    Attempts,
 }
 
 type Views = (
+    TransactionalTree,
+    TransactionalTree,
     TransactionalTree,
     TransactionalTree,
     TransactionalTree,
@@ -92,6 +96,8 @@ impl Tx<'_> {
             Table::Messages => &v.4,
             Table::ReceiverPending => &v.5,
             Table::Requests => &v.6,
+            Table::Deliveries => &v.7,
+            Table::Attempts => &v.8,
         }
     }
 
@@ -280,6 +286,8 @@ fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
         &trees.messages,
         &trees.receiver_pending,
         &trees.requests,
+        &trees.deliveries,
+        &trees.attempts,
     )
         .transaction(|views| {
             let Some(group) = pending.borrow_mut().take() else {

@@ -1,5 +1,8 @@
 //! Background loops owned by [`crate::run`]: each is spawned here, runs until the server
-//! stops, and is aborted (they hold no state that an abort could lose).
+//! stops, and is aborted (they hold no state that an abort could lose: push attempts
+//! under way are leased in the store and retried after a restart).
+
+pub mod delivery;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,7 +14,10 @@ use crate::AppState;
 
 /// Starts every worker.
 pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(watch_disk(state, disk_low))]
+    vec![
+        tokio::spawn(delivery::run(state.clone())),
+        tokio::spawn(watch_disk(state, disk_low)),
+    ]
 }
 
 /// Keeps `disk_low` true while free space in the data directory is under

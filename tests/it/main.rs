@@ -8,6 +8,8 @@ mod https;
 mod intake;
 mod openapi;
 mod process;
+mod push;
+mod receiver;
 mod transmissions;
 
 use std::net::SocketAddr;
