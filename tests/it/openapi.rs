@@ -42,6 +42,8 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/admin/api/routes"),
     ("get", "/admin/api/routes"),
     ("delete", "/admin/api/routes/{id}"),
+    ("post", "/admin/api/partners/{code}/signing-secret"),
+    ("get", "/admin/api/transmissions/{uuid}/attempts"),
 ];
 
 /// The document as the server serves it.
