@@ -237,6 +237,9 @@ impl Config {
         if self.delivery.retry_schedule.is_empty() {
             return bad("delivery.retry_schedule needs at least one entry");
         }
+        if self.delivery.disable_after_hours == 0 {
+            return bad("delivery.disable_after_hours must be greater than 0");
+        }
         if self.delivery.timeout_seconds == 0 {
             return bad("delivery.timeout_seconds must be greater than 0");
         }

@@ -118,7 +118,23 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(ctx())
         .then(attempts)
         .map(finish);
+    let redeliver = warp::path!("admin" / "api" / "transmissions" / String / "redeliver")
+        .and(warp::post())
+        .and(s())
+        .and(ctx())
+        .then(redeliver)
+        .map(finish);
+    let redeliver_failed = warp::path!("admin" / "api" / "partners" / String / "redeliver-failed")
+        .and(warp::post())
+        .and(s())
+        .and(ctx())
+        .then(redeliver_failed)
+        .map(finish);
     create_partner
+        .or(redeliver)
+        .unify()
+        .or(redeliver_failed)
+        .unify()
         .or(rotate)
         .unify()
         .or(attempts)
@@ -572,14 +588,65 @@ async fn rotate_secret(
     ))
 }
 
+/// The `env` query parameter of admin calls; live when absent.
+fn env_param(ctx: &Ctx) -> Result<Env, ApiError> {
+    match ctx.param("env") {
+        None | Some("") => Ok(Env::Live),
+        Some(e) => Env::parse(e)
+            .ok_or_else(|| ApiError::bad_request("env must be live or test").field("env")),
+    }
+}
+
+/// Sends a failed transmission again (`?env=test` for test traffic): as a new push when
+/// its receiver has a push URL, else back into its poll queue.
+async fn redeliver(uuid: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let env = env_param(&ctx)?;
+    let uuid = parse_id(&uuid, "transmission")?;
+    let t = state
+        .store
+        .transmission(env, uuid)?
+        .ok_or_else(|| ApiError::not_found("transmission"))?;
+    if t.state.status != crate::model::Status::Failed {
+        return Err(ApiError::conflict(format!(
+            "only failed transmissions are redelivered; this one is {}",
+            t.state.status.as_str()
+        )));
+    }
+    let target = crate::store::records::split_transmission_uuid(uuid)
+        .ok_or_else(|| ApiError::not_found("transmission"))?;
+    let n = state
+        .store
+        .redeliver(env, vec![target], crate::store::now_ms())
+        .await?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({"uuid": uuid, "env": env, "requeued": n}),
+    ))
+}
+
+/// Sends every failed transmission to a partner again (`?env=test` for test traffic).
+async fn redeliver_failed(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let env = env_param(&ctx)?;
+    if state.store.directory().partner(&code).is_none() {
+        return Err(ApiError::not_found("partner"));
+    }
+    let targets = state.store.failed_transmissions(env, &code)?;
+    let n = state
+        .store
+        .redeliver(env, targets, crate::store::now_ms())
+        .await?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({"code": code, "env": env, "requeued": n}),
+    ))
+}
+
 /// Every push attempt of a transmission (`?env=test` for test traffic).
 async fn attempts(uuid: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
-    let env = match ctx.param("env") {
-        None | Some("") => Env::Live,
-        Some(e) => Env::parse(e)
-            .ok_or_else(|| ApiError::bad_request("env must be live or test").field("env"))?,
-    };
+    let env = env_param(&ctx)?;
     let uuid = parse_id(&uuid, "transmission")?;
     if state.store.transmission(env, uuid)?.is_none() {
         return Err(ApiError::not_found("transmission"));

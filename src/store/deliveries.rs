@@ -215,3 +215,84 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// The `(message id, index)` of every failed transmission to `receiver` in `env`.
+    /// A scan of the environment's messages: an admin action, not a hot path.
+    pub fn failed_transmissions(
+        &self,
+        env: Env,
+        receiver: &str,
+    ) -> Result<Vec<(Uuid, usize)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.t.messages.scan_prefix([env.byte()]) {
+            let (_, value) = item?;
+            let m: MessageRec = decode(&value)?;
+            for (i, tx) in m.transmissions.iter().enumerate() {
+                if tx.receiver == receiver && tx.status == Status::Failed {
+                    out.push((m.id, i));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends failed transmissions again: each goes back to `queued`, as a new push when its
+    /// receiver has a push URL for `env`, else into its poll queue. Transmissions that are
+    /// not failed are left alone. Returns how many were requeued.
+    pub async fn redeliver(
+        &self,
+        env: Env,
+        targets: Vec<(Uuid, usize)>,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let dir = self.directory();
+        let count = self
+            .writer
+            .write(move |t| {
+                let mut count = 0;
+                for (id, index) in targets {
+                    let mkey = env_id(env, id);
+                    let Some(raw) = t.get(Table::Messages, mkey)? else {
+                        continue;
+                    };
+                    let mut m: MessageRec = decode(&raw)?;
+                    let doctype = m.doctype.clone();
+                    let Some(tx) = m.transmissions.get_mut(index) else {
+                        continue;
+                    };
+                    if tx.status != Status::Failed {
+                        continue;
+                    }
+                    tx.status = Status::Queued;
+                    let uuid = transmission_uuid(id, index);
+                    if dir
+                        .partner(&tx.receiver)
+                        .and_then(|p| p.push_url_for(env))
+                        .is_some()
+                    {
+                        let d = DeliveryRec {
+                            id: Uuid::now_v7(),
+                            env,
+                            message_id: id,
+                            index: index as u8,
+                            attempt: 0,
+                        };
+                        t.insert(Table::Deliveries, delivery_key(now, d.id), encode(&d)?)?;
+                    } else {
+                        let pkey = partner_id(env, &tx.receiver, uuid);
+                        t.insert(Table::ReceiverPending, pkey, pending_value(0, &doctype))?;
+                    }
+                    m.refresh_status(now);
+                    t.insert(Table::Messages, mkey, encode(&m)?)?;
+                    count += 1;
+                }
+                Ok(count)
+            })
+            .await?;
+        if count > 0 {
+            self.deliveries_ready.notify_one();
+        }
+        Ok(count)
+    }
+}

@@ -31,7 +31,9 @@ pub async fn run(state: AppState) {
         state.config.outbound_allow(),
     );
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    let lease_ms = (state.config.delivery.timeout_seconds as i64 + 30) * 1000;
+    // The client gives up after the timeout; the margin covers the bookkeeping after it.
+    let lease_ms = (state.config.delivery.timeout_seconds as i64 + 5) * 1000;
+    let health = Arc::new(Health::default());
     loop {
         let now = now_ms();
         let wake = state.store.deliveries_ready.notified();
@@ -67,9 +69,9 @@ pub async fn run(state: AppState) {
             let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
                 return;
             };
-            let (state, agent) = (state.clone(), agent.clone());
+            let (state, agent, health) = (state.clone(), agent.clone(), Arc::clone(&health));
             tokio::spawn(async move {
-                deliver(&state, &agent, lease).await;
+                deliver(&state, &agent, &health, lease).await;
                 drop(permit);
             });
         }
@@ -77,7 +79,7 @@ pub async fn run(state: AppState) {
 }
 
 /// One attempt and its bookkeeping.
-async fn deliver(state: &AppState, agent: &ureq::Agent, lease: Leased) {
+async fn deliver(state: &AppState, agent: &ureq::Agent, health: &Health, lease: Leased) {
     let d = lease.delivery.clone();
     let now = now_ms();
     let span = tracing::info_span!("push", delivery = %d.id, attempt = d.attempt + 1);
@@ -116,7 +118,7 @@ async fn deliver(state: &AppState, agent: &ureq::Agent, lease: Leased) {
             let agent = agent.clone();
             let result = tokio::task::spawn_blocking(move || request.send(&agent)).await;
             let Ok(outcome) = result else { return };
-            let next = decide(state, p, d.env, d.attempt, &outcome).await;
+            let next = decide(state, health, p, d.env, d.attempt, &outcome).await;
             (Some(outcome.record), next)
         }
     };
@@ -132,14 +134,34 @@ async fn deliver(state: &AppState, agent: &ureq::Agent, lease: Leased) {
 /// What an attempt's outcome means for the delivery.
 async fn decide(
     state: &AppState,
+    health: &Health,
     partner: &PartnerRec,
     env: Env,
     before: u32,
     outcome: &Outcome,
 ) -> Next {
     let status = outcome.record.status;
+    let endpoint = (partner.code.clone(), env);
     if status.is_some_and(|s| (200..300).contains(&s)) {
+        health.succeeded(&endpoint);
         return Next::Delivered;
+    }
+    let limit_ms = state
+        .config
+        .delivery
+        .disable_after_hours
+        .saturating_mul(3_600_000) as i64;
+    if health.failing_for(endpoint, now_ms()) >= limit_ms {
+        let hours = state.config.delivery.disable_after_hours;
+        let reason = format!("no successful push for {hours} hours");
+        if let Err(e) = state
+            .store
+            .disable_endpoint(&partner.code, env, reason)
+            .await
+        {
+            tracing::error!(error = ?e, "cannot disable the endpoint");
+        }
+        return Next::HoldUntil(now_ms() + HOLD_MS);
     }
     if status == Some(410) {
         // The receiver says the endpoint is gone: stop pushing there until an admin
@@ -309,6 +331,30 @@ impl Request {
                     retry_after_secs: None,
                 }
             }
+        }
+    }
+}
+
+/// Since when each push endpoint has been failing without a single success, for
+/// `delivery.disable_after_hours`. Kept in memory: after a restart the clock starts again,
+/// which can only delay a disable, never cause a wrong one.
+#[derive(Default)]
+struct Health {
+    failing_since: std::sync::Mutex<std::collections::HashMap<(String, Env), i64>>,
+}
+
+impl Health {
+    fn succeeded(&self, endpoint: &(String, Env)) {
+        if let Ok(mut m) = self.failing_since.lock() {
+            m.remove(endpoint);
+        }
+    }
+
+    /// Records a failure and returns how long (ms) the endpoint has been failing.
+    fn failing_for(&self, endpoint: (String, Env), now: i64) -> i64 {
+        match self.failing_since.lock() {
+            Ok(mut m) => now - *m.entry(endpoint).or_insert(now),
+            Err(_) => 0,
         }
     }
 }

@@ -44,6 +44,8 @@ const SERVED: &[(&str, &str)] = &[
     ("delete", "/admin/api/routes/{id}"),
     ("post", "/admin/api/partners/{code}/signing-secret"),
     ("get", "/admin/api/transmissions/{uuid}/attempts"),
+    ("post", "/admin/api/transmissions/{uuid}/redeliver"),
+    ("post", "/admin/api/partners/{code}/redeliver-failed"),
 ];
 
 /// The document as the server serves it.

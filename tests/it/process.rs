@@ -309,3 +309,98 @@ fn check_config_shows_the_effective_settings_and_refuses_bad_ones() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn a_push_queued_before_sigkill_is_delivered_after_restart() {
+    use crate::receiver::Receiver;
+    let dir = tempfile::tempdir().unwrap();
+    // The receiver's port is chosen now but nothing listens there until after the crash.
+    let port = free_port();
+    let start_fast = |dir: &Path| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &listen])
+            .env("WAYBILL_OUTBOUND__ALLOW", "127.0.0.0/8")
+            .env(
+                "WAYBILL_DELIVERY__RETRY_SCHEDULE",
+                "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+            )
+            .env("WAYBILL_DELIVERY__TIMEOUT_SECONDS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let base = format!("http://{listen}");
+        let token = wait_for_token(dir);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent()
+            .get(&format!("{base}/readyz"))
+            .call()
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "not ready");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Server {
+            child,
+            base,
+            listen,
+            token,
+        }
+    };
+    let mut server = start_fast(dir.path());
+    server.admin(
+        "POST",
+        "/admin/api/partners",
+        json!({"code": "ACME", "name": "Acme"}),
+    );
+    server.admin(
+        "POST",
+        "/admin/api/partners",
+        json!({"code": "GLOBEX", "name": "Globex", "pushUrl": format!("http://127.0.0.1:{port}/hook")}),
+    );
+    let acme = server.admin("POST", "/admin/api/partners/ACME/keys", json!({}))["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.admin(
+        "POST",
+        "/admin/api/routes",
+        json!({"sender": "ACME", "receiver": "GLOBEX", "doctype": "*"}),
+    );
+    let sent = send(
+        &agent(),
+        "POST",
+        &format!("{}/api/v1/inbound?sender=ACME&doctype=order", server.base),
+        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+        Some(br#"{"survives":"kill -9"}"#),
+    )
+    .data(202);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let receiver = Receiver::start_on(port);
+    let server = start_fast(dir.path());
+    let got = receiver.wait_for(1, 30);
+    assert_eq!(got[0].body, br#"{"survives":"kill -9"}"#);
+    let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = send(
+            &agent(),
+            "GET",
+            &format!("{}/api/v1/transmissions/{uuid}", server.base),
+            &[("X-Api-Key", &acme)],
+            None,
+        )
+        .data(200);
+        if t["status"] == "processed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never marked processed: {t}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

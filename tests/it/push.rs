@@ -339,3 +339,68 @@ fn test_traffic_goes_to_the_test_url_only() {
     assert!(got[0].target.starts_with("/t?"));
     assert!(live.received().is_empty());
 }
+
+#[test]
+fn admins_redeliver_failed_transmissions_one_or_all() {
+    let receiver = Receiver::start(vec![
+        Answer::status(500),
+        Answer::status(500),
+        Answer::status(500),
+    ]);
+    let (app, acme, _) = pushing_to(&receiver, |c| c.delivery.retry_schedule = vec![]);
+    let uuids: Vec<String> = (0..3)
+        .map(|i| {
+            let sent = send(
+                &app,
+                &acme,
+                "application/json",
+                format!("{{\"n\":{i}}}").as_bytes(),
+            );
+            sent["transmissions"][0]["uuid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for u in &uuids {
+        wait_status(&app, &acme, u, "failed");
+    }
+    // The receiver now answers 200 (its script is used up).
+    let one = app
+        .admin(
+            "POST",
+            &format!("/admin/api/transmissions/{}/redeliver", uuids[0]),
+            None,
+        )
+        .data(200);
+    assert_eq!(one["requeued"], 1);
+    wait_status(&app, &acme, &uuids[0], "processed");
+    app.admin(
+        "POST",
+        &format!("/admin/api/transmissions/{}/redeliver", uuids[0]),
+        None,
+    )
+    .error(409, "conflict");
+
+    let all = app
+        .admin("POST", "/admin/api/partners/GLOBEX/redeliver-failed", None)
+        .data(200);
+    assert_eq!(all["requeued"], 2);
+    for u in &uuids[1..] {
+        wait_status(&app, &acme, u, "processed");
+    }
+    assert_eq!(
+        receiver.received().len(),
+        6,
+        "3 failures, then 3 deliveries"
+    );
+    app.admin(
+        "POST",
+        &format!(
+            "/admin/api/transmissions/{}/redeliver",
+            uuid::Uuid::now_v7()
+        ),
+        None,
+    )
+    .error(404, "not_found");
+}

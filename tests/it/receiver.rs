@@ -58,7 +58,21 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(script: Vec<Answer>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        Self::serve_on(
+            TcpListener::bind("127.0.0.1:0").expect("bind receiver"),
+            script,
+        )
+    }
+
+    /// A receiver on a given port, answering 200 to everything.
+    pub fn start_on(port: u16) -> Receiver {
+        Self::serve_on(
+            TcpListener::bind(("127.0.0.1", port)).expect("bind receiver port"),
+            vec![],
+        )
+    }
+
+    fn serve_on(listener: TcpListener, script: Vec<Answer>) -> Receiver {
         let url = format!(
             "http://127.0.0.1:{}",
             listener.local_addr().expect("addr").port()
