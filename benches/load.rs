@@ -9,7 +9,10 @@
 //! * `inbound`: intake throughput and latency of 1 KiB messages,
 //! * `pollack`: how fast a receiver can drain its queue with poll + ack,
 //! * `memory`:  resident memory after storing many messages, and the time a
-//!   restart on that data needs until the server is ready again.
+//!   restart on that data needs until the server is ready again,
+//! * `push`:    push delivery (only when named): the server POSTs every
+//!   transmission to a receiver inside this process; how many deliveries per
+//!   second it reaches, and the intake-to-receiver latency at a fixed rate.
 //!
 //! The HTTP client is deliberately minimal (keep-alive HTTP/1.1, requests with
 //! Content-Length, responses with Content-Length or chunked bodies) because the
@@ -46,11 +49,14 @@ usage: cargo bench --bench load -- [options]
 
   --duration SECS       measured time per phase (default 10)
   --connections N       connections for the inbound phase (default 64)
-  --phase LIST          comma-separated: inbound, pollack, memory, all
-                        (default inbound,pollack; all adds memory), or
-                        compare: inbound plain, then inbound over TLS, each
+  --phase LIST          comma-separated: inbound, pollack, memory, push, all
+                        (default inbound,pollack; all adds memory, not push),
+                        or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio
   --messages N          messages to store in the memory phase (default 1000000)
+                        or to push in the push phase (default 50000)
+  --rate N              messages per second in the push latency run, which
+                        lasts --duration (default 1000)
   --tls                 start the server with a self-signed certificate and
                         talk HTTPS (HTTP/1.1 over TLS) to it
   --server URL          use a running server (http://host:port or
@@ -58,6 +64,10 @@ usage: cargo bench --bench load -- [options]
   --tls-ca FILE         PEM certificate(s) to trust for an https:// --server
   --admin-token TOKEN   admin token for --server (or WAYBILL_ADMIN_TOKEN)
   --threads N           client runtime threads (default 2)
+
+The push phase starts an HTTP receiver on 127.0.0.1 and sets GLOBEX's pushUrl
+to it; a server we start gets WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8, an external
+one must allow loopback targets itself and run on this host.
 
 The server binary is the one cargo built for this package; WAYBILL_BIN overrides it.";
 
@@ -87,6 +97,18 @@ const BACKLOG_CAP: u64 = 400_000;
 const PROGRESS_EVERY: u64 = 100_000;
 const TLS_CERT_ENV: &str = "WAYBILL_SERVER__TLS_CERT";
 const TLS_KEY_ENV: &str = "WAYBILL_SERVER__TLS_KEY";
+const OUTBOUND_ALLOW_ENV: &str = "WAYBILL_OUTBOUND__ALLOW";
+/// Intake width of the push throughput run.
+const PUSH_CONNECTIONS: usize = 64;
+const PUSH_MESSAGES: u64 = 50_000;
+/// How long to wait for deliveries after the last message was sent.
+const PUSH_WAIT: Duration = Duration::from_secs(120);
+const PUSH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Paced senders in the latency run: one per this many messages per second.
+const PACED_PER_CONNECTION: u64 = 125;
+/// What the receiver expects after `/hook`: the server adds these parameters.
+const HOOK_QUERY: &[u8] = b"?sender=ACME&receiver=GLOBEX&doctype=order&version=1";
+const HOOK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
 
 // ---------------------------------------------------------------------------
 // Options
@@ -97,7 +119,11 @@ struct Options {
     inbound: bool,
     pollack: bool,
     memory: bool,
-    messages: u64,
+    push: bool,
+    /// `--messages`; each phase that uses it has its own default.
+    messages: Option<u64>,
+    /// Messages per second in the push latency run.
+    rate: u64,
     /// Inbound plain, then inbound over TLS (`--phase compare`).
     compare: bool,
     /// Serve (and talk) HTTPS when starting our own server.
@@ -115,7 +141,9 @@ fn parse_args() -> Result<Options, String> {
         inbound: true,
         pollack: true,
         memory: false,
-        messages: 1_000_000,
+        push: false,
+        messages: None,
+        rate: 1000,
         compare: false,
         tls: false,
         tls_ca: None,
@@ -154,7 +182,10 @@ fn parse_args() -> Result<Options, String> {
             "--connections" => {
                 o.connections = parse_count(&value("--connections")?, "--connections")?
             }
-            "--messages" => o.messages = parse_count(&value("--messages")?, "--messages")? as u64,
+            "--messages" => {
+                o.messages = Some(parse_count(&value("--messages")?, "--messages")? as u64)
+            }
+            "--rate" => o.rate = parse_count(&value("--rate")?, "--rate")? as u64,
             "--threads" => o.threads = parse_count(&value("--threads")?, "--threads")?,
             "--tls" => {
                 if inline.is_some() {
@@ -170,6 +201,7 @@ fn parse_args() -> Result<Options, String> {
                 o.inbound = false;
                 o.pollack = false;
                 o.memory = false;
+                o.push = false;
                 o.compare = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
@@ -177,6 +209,7 @@ fn parse_args() -> Result<Options, String> {
                         "inbound" => o.inbound = true,
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
+                        "push" => o.push = true,
                         "all" => {
                             o.inbound = true;
                             o.pollack = true;
@@ -185,10 +218,10 @@ fn parse_args() -> Result<Options, String> {
                         _ => return Err(format!("unknown phase {p:?}")),
                     }
                 }
-                if !(o.inbound || o.pollack || o.memory || o.compare) {
+                if !(o.inbound || o.pollack || o.memory || o.push || o.compare) {
                     return Err("--phase names no phase".into());
                 }
-                if o.compare && (o.inbound || o.pollack || o.memory) {
+                if o.compare && (o.inbound || o.pollack || o.memory || o.push) {
                     return Err("--phase compare runs inbound itself; name no other phase".into());
                 }
             }
@@ -370,7 +403,9 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
             (target, token)
         }
         None => {
-            let s = server.insert(Server::start(server_binary(), tls)?);
+            // Only a push run needs loopback targets; other runs keep the
+            // server's default policy.
+            let s = server.insert(Server::start(server_binary(), tls, opts.push)?);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
             let target = s.target();
             wait_for_ok(&target, "/healthz", deadline, Some(&mut *s)).await?;
@@ -464,8 +499,15 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
         check_alive(&mut server, "pollack")?;
     }
 
+    // Before memory: its restart moves the server to a new port, and the
+    // million stored messages would not be what push is about.
+    if opts.push {
+        run_push(&ctx, &admin_token, &mut server, opts).await?;
+        check_alive(&mut server, "push")?;
+    }
+
     if opts.memory {
-        run_memory(&ctx, server.as_mut(), opts.messages).await?;
+        run_memory(&ctx, server.as_mut(), opts.messages.unwrap_or(1_000_000)).await?;
     }
 
     if let Some(s) = server.as_mut() {
@@ -637,21 +679,35 @@ async fn admin_post(
     path: &str,
     body: &Value,
 ) -> Result<(u16, Value), String> {
+    admin_call(target, token, "POST", path, Some(body)).await
+}
+
+/// One admin API call; a JSON body when given, the answer parsed as JSON
+/// (or kept as a string when it is not).
+async fn admin_call(
+    target: &Target,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
     let auth = format!("Bearer {token}");
-    let body = body.to_string();
-    let req = build_request(
-        "POST",
-        path,
-        &target.host,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    );
+    let req = match body {
+        Some(body) => build_request(
+            method,
+            path,
+            &target.host,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        ),
+        None => build_request(method, path, &target.host, &[("Authorization", &auth)], b""),
+    };
     let (status, resp) = one_shot(target, &req, REQUEST_TIMEOUT)
         .await
-        .map_err(|e| format!("POST {path}: {e}"))?;
+        .map_err(|e| format!("{method} {path}: {e}"))?;
     let v = serde_json::from_slice(&resp).unwrap_or_else(|_| Value::String(snippet(&resp)));
     Ok((status, v))
 }
@@ -722,6 +778,9 @@ struct Server {
     /// Self-signed certificate and key the server is started with, and the
     /// client side that trusts just that certificate; `None` for plain HTTP.
     tls: Option<(PathBuf, PathBuf, TlsClient)>,
+    /// Started with WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8 so it may push to
+    /// the receiver in this process.
+    allow_loopback: bool,
     child: Option<Child>,
     // Declared last: fields drop in order, and the directory must outlive
     // the child that Drop stops first.
@@ -729,7 +788,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: PathBuf, tls: bool) -> Result<Server, String> {
+    fn start(bin: PathBuf, tls: bool, allow_loopback: bool) -> Result<Server, String> {
         if !bin.exists() {
             return Err(format!(
                 "server binary {} not found (build it, or set WAYBILL_BIN)",
@@ -759,6 +818,7 @@ impl Server {
             data_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls,
+            allow_loopback,
             child: None,
             _root: root,
         };
@@ -802,6 +862,9 @@ impl Server {
             None => {
                 cmd.env_remove(TLS_CERT_ENV).env_remove(TLS_KEY_ENV);
             }
+        }
+        if self.allow_loopback {
+            cmd.env(OUTBOUND_ALLOW_ENV, "127.0.0.0/8");
         }
         let child = cmd
             .spawn()
@@ -1580,6 +1643,924 @@ async fn run_memory(
         ready.as_secs_f64(),
         fmt_mb(rss_after)
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Push delivery
+
+/// Microseconds since the UNIX epoch: the one clock both the sender (stamped
+/// into the body) and the receiver (arrival) read, as both run in this process.
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Sequence numbers carry the run in their leading digit (1 throughput,
+/// 2 latency), then the sender and its counter, so the receiver can tell the
+/// runs apart without any state shared with the senders.
+const SEQ_RUN: u64 = 1_000_000_000_000_000;
+const SEQ_SENDER: u64 = 10_000_000_000;
+const RUN_THROUGHPUT: u64 = 1;
+const RUN_LATENCY: u64 = 2;
+
+fn push_seq(run: u64, sender: u64, n: u64) -> u64 {
+    run * SEQ_RUN + sender * SEQ_SENDER + n
+}
+
+const SENT_AT_PREFIX: &[u8] = br#"{"sentAtMicros":"#;
+const SEQ_PREFIX: &[u8] = br#","seq":""#;
+
+/// A 1 KiB JSON object that starts with the send time (a 16-digit number,
+/// enough until the year 2286) and a fixed-width sequence string, both
+/// overwritten in place per request and found by the receiver at fixed offsets.
+fn push_body() -> Vec<u8> {
+    let end = br#"","source":"waybill-load","pad":""#;
+    let close = br#""}"#;
+    let mut body = Vec::with_capacity(BODY_SIZE);
+    body.extend_from_slice(SENT_AT_PREFIX);
+    body.resize(body.len() + SEQ_DIGITS, b'1');
+    body.extend_from_slice(SEQ_PREFIX);
+    body.resize(body.len() + SEQ_DIGITS, b'0');
+    body.extend_from_slice(end);
+    body.resize(BODY_SIZE - close.len(), b'x');
+    body.extend_from_slice(close);
+    debug_assert_eq!(body.len(), BODY_SIZE);
+    body
+}
+
+/// Send time and sequence number of a body made by [`push_body`].
+fn parse_push_body(body: &[u8]) -> Option<(u64, u64)> {
+    let sent_at = SENT_AT_PREFIX.len();
+    let seq_at = sent_at + SEQ_DIGITS + SEQ_PREFIX.len();
+    if body.len() < seq_at + SEQ_DIGITS
+        || !body.starts_with(SENT_AT_PREFIX)
+        || &body[sent_at + SEQ_DIGITS..seq_at] != SEQ_PREFIX
+    {
+        return None;
+    }
+    Some((
+        parse_digits(&body[sent_at..sent_at + SEQ_DIGITS])?,
+        parse_digits(&body[seq_at..seq_at + SEQ_DIGITS])?,
+    ))
+}
+
+fn parse_digits(s: &[u8]) -> Option<u64> {
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.wrapping_mul(10).wrapping_add(u64::from(b - b'0')))
+    })
+}
+
+// --- Receiver
+
+/// One delivery as the receiver saw it.
+#[derive(Clone, Copy)]
+struct Arrival {
+    at_us: u64,
+    sent_us: u64,
+    seq: u64,
+    /// Its webhook-id had been seen before.
+    dup_id: bool,
+}
+
+#[derive(Default)]
+struct HookLogInner {
+    arrivals: Vec<Arrival>,
+    ids: std::collections::HashSet<u128>,
+    seqs: std::collections::HashSet<u64>,
+    /// Requests that were not a well-formed push (wrong target, a missing
+    /// webhook header, a body we did not send); answered 200 all the same.
+    anomalies: u64,
+    first_anomaly: Option<String>,
+}
+
+/// What the receiver recorded; shared by its connection tasks.
+#[derive(Default)]
+struct HookLog {
+    inner: std::sync::Mutex<HookLogInner>,
+    /// Distinct sequence numbers seen, per run (index = run digit), so the
+    /// waiting side can watch progress without taking the lock.
+    distinct: [AtomicU64; 3],
+    requests: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl HookLog {
+    fn anomaly(&self, what: impl FnOnce() -> String) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.anomalies += 1;
+        if g.first_anomaly.is_none() {
+            g.first_anomaly = Some(what());
+        }
+    }
+
+    fn record(&self, id: u128, at_us: u64, body: &[u8]) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let parsed = parse_push_body(body);
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let dup_id = !g.ids.insert(id);
+        match parsed {
+            Some((sent_us, seq)) => {
+                if g.seqs.insert(seq) {
+                    if let Some(c) = self.distinct.get((seq / SEQ_RUN) as usize) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                g.arrivals.push(Arrival {
+                    at_us,
+                    sent_us,
+                    seq,
+                    dup_id,
+                });
+            }
+            None => {
+                g.anomalies += 1;
+                if g.first_anomaly.is_none() {
+                    g.first_anomaly = Some(format!("unknown body: {}", snippet(body)));
+                }
+            }
+        }
+    }
+
+    fn distinct(&self, run: u64) -> u64 {
+        self.distinct[run as usize].load(Ordering::Relaxed)
+    }
+
+    /// The arrivals of one run, in arrival order.
+    fn arrivals(&self, run: u64) -> Vec<Arrival> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Arrival> = g
+            .arrivals
+            .iter()
+            .filter(|a| a.seq / SEQ_RUN == run)
+            .copied()
+            .collect();
+        drop(g);
+        v.sort_unstable_by_key(|a| a.at_us);
+        v
+    }
+}
+
+/// The push target: a bare keep-alive HTTP/1.1 server that answers every
+/// request `200` with an empty body and notes what arrived. It runs on the
+/// client runtime, which shares the machine with the server, so it parses
+/// only what it needs and takes one short lock per request.
+struct HookServer {
+    addr: SocketAddr,
+    log: Arc<HookLog>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl HookServer {
+    async fn start() -> Result<HookServer, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("push receiver: bind: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("push receiver: {e}"))?;
+        let log = Arc::new(HookLog::default());
+        let accept = tokio::spawn(accept_hooks(listener, log.clone()));
+        Ok(HookServer { addr, log, accept })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        // Open connections end with the runtime; new ones are refused from here.
+        self.accept.abort();
+    }
+}
+
+async fn accept_hooks(listener: tokio::net::TcpListener, log: Arc<HookLog>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                log.connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_hooks(stream, log.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: let it pass, but say so.
+                log.anomaly(|| format!("accept: {e}"));
+                sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// What the receiver needs from a request head.
+struct HookHead {
+    content_length: usize,
+    close: bool,
+    webhook_id: Option<u128>,
+    /// Why the request is not the push we expect, if it is not.
+    problem: Option<String>,
+}
+
+/// A webhook-id as a number: `msg_` and 32 hex digits as they are, anything
+/// else hashed (distinct ids then collide only by accident).
+fn webhook_key(v: &[u8]) -> u128 {
+    let hex = v.strip_prefix(b"msg_").unwrap_or(v);
+    if hex.len() == 32 {
+        if let Some(n) = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|s| u128::from_str_radix(s, 16).ok())
+        {
+            return n;
+        }
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    (1u128 << 127) | u128::from(h.finish())
+}
+
+fn parse_hook_head(head: &[u8]) -> Result<HookHead, String> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or(b"");
+    let mut parts = request_line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let Some(version) = version.filter(|v| v.starts_with(b"HTTP/1.")) else {
+        return Err(format!(
+            "bad request line {:?}",
+            String::from_utf8_lossy(request_line)
+        ));
+    };
+    let mut h = HookHead {
+        content_length: 0,
+        close: version == b"HTTP/1.0",
+        webhook_id: None,
+        problem: None,
+    };
+    let target = target.unwrap_or(b"");
+    if method != Some(b"POST") || target.strip_prefix(b"/hook") != Some(HOOK_QUERY) {
+        h.problem = Some(format!(
+            "unexpected request {:?}",
+            String::from_utf8_lossy(request_line)
+        ));
+    }
+    let (mut timestamp, mut signature, mut json) = (false, false, false);
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            h.content_length = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("bad content-length")?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Pushes are sent with a length; anything else is not worth
+            // decoding here.
+            return Err("transfer-encoding is not supported by the receiver".into());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if contains_token(value, b"close") {
+                h.close = true;
+            } else if contains_token(value, b"keep-alive") {
+                h.close = false;
+            }
+        } else if name.eq_ignore_ascii_case(b"webhook-id") {
+            h.webhook_id = Some(webhook_key(value));
+        } else if name.eq_ignore_ascii_case(b"webhook-timestamp") {
+            timestamp = !value.is_empty();
+        } else if name.eq_ignore_ascii_case(b"webhook-signature") {
+            signature = !value.is_empty();
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            json = value.eq_ignore_ascii_case(b"application/json");
+        }
+    }
+    if h.problem.is_none() {
+        let missing: Vec<&str> = [
+            (h.webhook_id.is_none(), "webhook-id"),
+            (!timestamp, "webhook-timestamp"),
+            (!signature, "webhook-signature"),
+            (!json, "content-type application/json"),
+        ]
+        .into_iter()
+        .filter_map(|(m, what)| m.then_some(what))
+        .collect();
+        if !missing.is_empty() {
+            h.problem = Some(format!("push without {}", missing.join(", ")));
+        }
+    }
+    Ok(h)
+}
+
+/// One keep-alive connection from the server: requests one after the other,
+/// each answered before the next is read.
+async fn serve_hooks(mut stream: TcpStream, log: Arc<HookLog>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 64 * 1024 {
+                log.anomaly(|| "request head too large".into());
+                return;
+            }
+            if !read_more(&mut stream, &mut buf).await {
+                // The server closing an idle connection is normal; closing in
+                // the middle of a request is not.
+                if !buf.is_empty() {
+                    log.anomaly(|| "connection closed inside a request head".into());
+                }
+                return;
+            }
+        };
+        let head = match parse_hook_head(&buf[..head_end]) {
+            Ok(h) => h,
+            Err(e) => {
+                log.anomaly(|| e);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                return;
+            }
+        };
+        let end = head_end + head.content_length;
+        while buf.len() < end {
+            if !read_more(&mut stream, &mut buf).await {
+                log.anomaly(|| "connection closed inside a request body".into());
+                return;
+            }
+        }
+        let at_us = now_micros();
+        if let Some(problem) = head.problem {
+            log.anomaly(|| problem);
+        }
+        log.record(
+            head.webhook_id.unwrap_or(u128::MAX),
+            at_us,
+            &buf[head_end..end],
+        );
+        // Normally the whole buffer; a pipelined next request stays.
+        buf.drain(..end);
+        if stream.write_all(HOOK_RESPONSE).await.is_err() || head.close {
+            return;
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    if buf.capacity() - buf.len() < 2048 {
+        buf.reserve(4096);
+    }
+    matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+// --- Senders
+
+/// One intake connection sending push bodies: each request gets its send
+/// time and sequence number written in place just before it goes out.
+struct PushSender {
+    target: Target,
+    req: Vec<u8>,
+    sent_at: usize,
+    seq_at: usize,
+    conn: Option<Conn>,
+    tally: Tally,
+    /// Accepted sequence numbers and the transmission each became.
+    accepted: Vec<(u64, Option<Box<str>>)>,
+    /// When the last accepted request was answered (micros since epoch).
+    last_accept_us: u64,
+}
+
+impl PushSender {
+    fn new(ctx: &Ctx) -> PushSender {
+        let body = push_body();
+        let req = build_request(
+            "POST",
+            INBOUND_PATH,
+            &ctx.target.host,
+            &[
+                ("X-Api-Key", &ctx.sender_key),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        );
+        let sent_at = req.len() - BODY_SIZE + SENT_AT_PREFIX.len();
+        PushSender {
+            target: ctx.target.clone(),
+            req,
+            sent_at,
+            seq_at: sent_at + SEQ_DIGITS + SEQ_PREFIX.len(),
+            conn: None,
+            tally: Tally::with_capacity(1024),
+            accepted: Vec::with_capacity(1024),
+            last_accept_us: 0,
+        }
+    }
+
+    /// Sends one message; true when the server accepted it.
+    async fn send(&mut self, seq: u64) -> bool {
+        put_digits(&mut self.req[self.seq_at..self.seq_at + SEQ_DIGITS], seq);
+        let c = match self.conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::connect(&self.target).await {
+                Ok(c) => self.conn.insert(c),
+                Err(e) => {
+                    self.tally.note_error(true, || format!("connect: {e}"));
+                    sleep(Duration::from_millis(50)).await;
+                    return false;
+                }
+            },
+        };
+        let sent_at = self.sent_at;
+        put_digits(&mut self.req[sent_at..sent_at + SEQ_DIGITS], now_micros());
+        let start = Instant::now();
+        let res = timeout(REQUEST_TIMEOUT, c.request(&self.req)).await;
+        self.tally.lat.push(micros(start.elapsed()));
+        match res {
+            Ok(Ok(status)) => {
+                let ok = is_success(status);
+                if ok {
+                    self.tally.ok += 1;
+                    self.last_accept_us = now_micros();
+                    self.accepted.push((seq, transmission_of(&c.body)));
+                } else {
+                    self.tally
+                        .note_error(true, || format!("inbound {status}: {}", snippet(&c.body)));
+                }
+                if !c.keep_alive {
+                    self.conn = None;
+                }
+                ok
+            }
+            Ok(Err(e)) => {
+                self.tally.note_error(true, || format!("inbound: {e}"));
+                self.conn = None;
+                false
+            }
+            Err(_) => {
+                self.tally.note_error(true, || "inbound: timed out".into());
+                self.conn = None;
+                false
+            }
+        }
+    }
+}
+
+/// The transmission uuid in an intake answer: the only `"uuid"` key in it.
+/// Kept so a delivery that never arrives can be looked up afterwards.
+fn transmission_of(body: &[u8]) -> Option<Box<str>> {
+    const KEY: &[u8] = br#""uuid":""#;
+    let at = find(body, KEY)? + KEY.len();
+    let uuid = body.get(at..at + 36)?;
+    std::str::from_utf8(uuid).ok().map(Box::from)
+}
+
+/// What one run of intake produced, merged over its senders.
+struct Sent {
+    tally: Tally,
+    accepted: Vec<(u64, Option<Box<str>>)>,
+    started_us: u64,
+    finished_us: u64,
+    last_accept_us: u64,
+}
+
+impl Sent {
+    fn new(started_us: u64) -> Sent {
+        Sent {
+            tally: Tally::default(),
+            accepted: Vec::new(),
+            started_us,
+            finished_us: started_us,
+            last_accept_us: 0,
+        }
+    }
+
+    fn add(&mut self, s: PushSender) {
+        self.tally.merge(s.tally);
+        self.accepted.extend(s.accepted);
+        self.last_accept_us = self.last_accept_us.max(s.last_accept_us);
+    }
+}
+
+async fn join_senders(mut set: JoinSet<PushSender>, started_us: u64) -> Sent {
+    let mut sent = Sent::new(started_us);
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(s) => sent.add(s),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    sent.finished_us = now_micros();
+    sent
+}
+
+/// As fast as the intake allows until `budget` messages are stored.
+async fn push_count_worker(ctx: Arc<Ctx>, id: u64, budget: Arc<Budget>) -> PushSender {
+    let mut s = PushSender::new(&ctx);
+    let mut n = 0;
+    while budget.take() {
+        n += 1;
+        if !s.send(push_seq(RUN_THROUGHPUT, id, n)).await {
+            budget.give_back();
+        }
+    }
+    s
+}
+
+/// Sender `id` of `senders` takes every `senders`-th slot of a schedule at
+/// `rate` per second, so together they send evenly spaced messages. A sender
+/// that falls behind sends its late slots at once rather than dropping them.
+async fn push_paced_worker(
+    ctx: Arc<Ctx>,
+    id: u64,
+    senders: u64,
+    rate: u64,
+    start: tokio::time::Instant,
+    duration: Duration,
+) -> PushSender {
+    let mut s = PushSender::new(&ctx);
+    let mut k = 0u64;
+    loop {
+        let offset = Duration::from_secs_f64((id + k * senders) as f64 / rate as f64);
+        if offset >= duration {
+            break;
+        }
+        tokio::time::sleep_until(start + offset).await;
+        k += 1;
+        s.send(push_seq(RUN_LATENCY, id, k)).await;
+    }
+    s
+}
+
+// --- The phase
+
+/// How a run's deliveries compare with what was sent.
+struct Delivered {
+    /// Accepted messages that arrived (each counted once).
+    delivered: u64,
+    /// Arrivals whose webhook-id had been seen before.
+    dup_ids: u64,
+    /// Arrivals of a message that had already arrived, under any id.
+    repeats: u64,
+    /// Accepted messages that never arrived.
+    missing: Vec<u64>,
+    /// Arrivals of messages whose intake did not answer 2xx (timed out, say).
+    unexpected: u64,
+    first_us: u64,
+    last_us: u64,
+    /// Send to first arrival, per delivered message.
+    latency: Vec<u32>,
+    /// Longest time without any arrival between the first and the last.
+    max_gap_us: u64,
+    /// The delivered message that took longest, and how long (micros).
+    slowest: Option<(u64, u32)>,
+}
+
+fn compare_deliveries(sent: &Sent, arrivals: &[Arrival]) -> Delivered {
+    let mut pending: std::collections::HashSet<u64> =
+        sent.accepted.iter().map(|(seq, _)| *seq).collect();
+    let mut seen = std::collections::HashSet::with_capacity(arrivals.len());
+    let mut d = Delivered {
+        delivered: 0,
+        dup_ids: 0,
+        repeats: 0,
+        missing: Vec::new(),
+        unexpected: 0,
+        first_us: arrivals.first().map_or(0, |a| a.at_us),
+        last_us: arrivals.last().map_or(0, |a| a.at_us),
+        latency: Vec::with_capacity(arrivals.len()),
+        max_gap_us: 0,
+        slowest: None,
+    };
+    let mut prev = d.first_us;
+    for a in arrivals {
+        d.max_gap_us = d.max_gap_us.max(a.at_us - prev);
+        prev = a.at_us;
+        if a.dup_id {
+            d.dup_ids += 1;
+        }
+        if !seen.insert(a.seq) {
+            d.repeats += 1;
+            continue;
+        }
+        if pending.remove(&a.seq) {
+            d.delivered += 1;
+            let lat = a.at_us.saturating_sub(a.sent_us).min(u32::MAX as u64) as u32;
+            d.latency.push(lat);
+            if d.slowest.is_none_or(|(_, l)| lat > l) {
+                d.slowest = Some((a.seq, lat));
+            }
+        } else {
+            d.unexpected += 1;
+        }
+    }
+    d.missing = pending.into_iter().collect();
+    d.missing.sort_unstable();
+    d
+}
+
+/// Waits until every accepted message of `run` arrived, the server died, or
+/// `PUSH_WAIT` passed since the last send. Returns whether all arrived.
+async fn wait_for_deliveries(
+    log: &HookLog,
+    run: u64,
+    expected: u64,
+    server: &mut Option<Server>,
+    what: &str,
+) -> Result<bool, String> {
+    let started = Instant::now();
+    let mut next_note = started + PUSH_PROGRESS_EVERY;
+    loop {
+        let got = log.distinct(run);
+        if got >= expected {
+            return Ok(true);
+        }
+        check_alive(server, what)?;
+        let now = Instant::now();
+        if now >= started + PUSH_WAIT {
+            println!(
+                "push     {what}: gave up waiting after {} s: {got} of {expected} delivered",
+                PUSH_WAIT.as_secs()
+            );
+            return Ok(false);
+        }
+        if now >= next_note {
+            println!(
+                "push     {what}: {got} of {expected} delivered, waited {:.0} s",
+                (now - started).as_secs_f64()
+            );
+            next_note += PUSH_PROGRESS_EVERY;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn secs_between(from_us: u64, to_us: u64) -> f64 {
+    to_us.saturating_sub(from_us) as f64 / 1e6
+}
+
+/// Duplicates, missing and stray deliveries, and the longest silence.
+fn delivery_checks(d: &Delivered) -> String {
+    let mut s = format!(
+        "{} duplicate webhook-ids, {} missing, longest gap between deliveries {}",
+        d.dup_ids,
+        d.missing.len(),
+        fmt_ms(d.max_gap_us.min(u32::MAX as u64) as u32)
+    );
+    if d.repeats > d.dup_ids {
+        s.push_str(&format!(
+            ", {} messages delivered again under a new webhook-id",
+            d.repeats - d.dup_ids
+        ));
+    }
+    if d.unexpected > 0 {
+        s.push_str(&format!(
+            ", {} deliveries of messages whose intake failed",
+            d.unexpected
+        ));
+    }
+    s
+}
+
+/// Deliveries this much later than their send are looked up in the server's
+/// attempt log: at 1 ms typical, a second is a stall, not a queue.
+const SLOW_DELIVERY_US: u32 = 1_000_000;
+
+/// Missing deliveries, and with `stalls` (a run well under capacity, where
+/// nothing should queue) the slowest one when it took a second or more.
+async fn explain_deliveries(ctx: &Ctx, token: &str, sent: &Sent, d: &Delivered, stalls: bool) {
+    if !d.missing.is_empty() {
+        explain(ctx, token, sent, &d.missing, "missing").await;
+    }
+    let slow = d
+        .slowest
+        .filter(|&(_, lat)| stalls && lat >= SLOW_DELIVERY_US);
+    if let Some((seq, lat)) = slow {
+        explain(
+            ctx,
+            token,
+            sent,
+            &[seq],
+            &format!("slowest ({})", fmt_ms(lat)),
+        )
+        .await;
+    }
+}
+
+/// For a few deliveries, what the server's attempt log says.
+async fn explain(ctx: &Ctx, token: &str, sent: &Sent, seqs: &[u64], what: &str) {
+    let want: std::collections::HashSet<u64> = seqs.iter().take(3).copied().collect();
+    for (seq, uuid) in sent.accepted.iter().filter(|(s, _)| want.contains(s)) {
+        let Some(uuid) = uuid else {
+            println!("         {what} seq {seq}: no transmission uuid in its intake answer");
+            continue;
+        };
+        let path = format!("/admin/api/transmissions/{uuid}/attempts");
+        let line = match admin_call(&ctx.target, token, "GET", &path, None).await {
+            Ok((status, v)) if is_success(status) => {
+                let list = v.get("data").unwrap_or(&v);
+                match list.as_array() {
+                    Some(a) if a.is_empty() => "no attempt yet".to_string(),
+                    Some(a) => format!(
+                        "{} attempts: {}",
+                        a.len(),
+                        a.iter()
+                            .map(|x| snippet(x.to_string().as_bytes()))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    None => snippet(v.to_string().as_bytes()),
+                }
+            }
+            Ok((status, v)) => format!("{status} {}", snippet(v.to_string().as_bytes())),
+            Err(e) => e,
+        };
+        println!("         {what} transmission {uuid}: {line}");
+    }
+}
+
+/// Lines the server logged (at warn and above) since `from` bytes.
+fn new_log_lines(server: &Option<Server>, from: u64) -> Vec<String> {
+    let Some(s) = server else {
+        return Vec::new();
+    };
+    let Ok(text) = fs::read(&s.log_path) else {
+        return Vec::new();
+    };
+    let from = (from as usize).min(text.len());
+    String::from_utf8_lossy(&text[from..])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn set_push_url(ctx: &Ctx, token: &str, url: Option<&str>) -> Result<(), String> {
+    let path = format!("/admin/api/partners/{RECEIVER}");
+    let body = json!({ "pushUrl": url });
+    let (status, v) = admin_call(&ctx.target, token, "PATCH", &path, Some(&body)).await?;
+    if !is_success(status) {
+        return Err(format!("setting {RECEIVER}'s pushUrl failed: {status} {v}"));
+    }
+    Ok(())
+}
+
+async fn run_push(
+    ctx: &Arc<Ctx>,
+    token: &str,
+    server: &mut Option<Server>,
+    opts: &Options,
+) -> Result<(), String> {
+    let hook = HookServer::start().await?;
+    let log_from = server
+        .as_ref()
+        .and_then(|s| fs::metadata(&s.log_path).ok())
+        .map_or(0, |m| m.len());
+    set_push_url(ctx, token, Some(&hook.url())).await?;
+    if server.is_none() {
+        println!(
+            "push     note: the external server must allow 127.0.0.0/8 ({OUTBOUND_ALLOW_ENV}) \
+             and run on this host"
+        );
+    }
+    println!("push     receiver {}, {RECEIVER} pushUrl set", hook.url());
+    let result = push_runs(ctx, token, server, opts, &hook).await;
+    // Leave no push URL to a port that is about to close: later phases (and
+    // an external server) would retry into it.
+    let reset = set_push_url(ctx, token, None).await;
+    let log = &hook.log;
+    let (anomalies, first_anomaly) = {
+        let g = log.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (g.anomalies, g.first_anomaly.clone())
+    };
+    println!(
+        "push     receiver: {} requests on {} connections, {} malformed",
+        log.requests.load(Ordering::Relaxed),
+        log.connections.load(Ordering::Relaxed),
+        anomalies
+    );
+    print_first_error(&first_anomaly);
+    let lines = new_log_lines(server, log_from);
+    if !lines.is_empty() {
+        // A panicking push task leaves its delivery leased, so it arrives
+        // only after the lease: worth counting when stalls show up.
+        let panics = lines.iter().filter(|l| l.contains("panicked at")).count();
+        println!(
+            "push     server logged {} lines ({panics} panics), the first:",
+            lines.len()
+        );
+        for l in lines.iter().take(3) {
+            println!("         {}", snippet(l.as_bytes()));
+        }
+    }
+    result?;
+    reset
+}
+
+async fn push_runs(
+    ctx: &Arc<Ctx>,
+    token: &str,
+    server: &mut Option<Server>,
+    opts: &Options,
+    hook: &HookServer,
+) -> Result<(), String> {
+    let log = &hook.log;
+
+    // Throughput: a burst of N, then however long the deliveries take.
+    let total = opts.messages.unwrap_or(PUSH_MESSAGES);
+    let budget = Arc::new(Budget::Count {
+        issued: AtomicU64::new(0),
+        total,
+        stored: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+        progress: None,
+    });
+    let started_us = now_micros();
+    let mut set = JoinSet::new();
+    for id in 0..PUSH_CONNECTIONS {
+        set.spawn(push_count_worker(ctx.clone(), id as u64, budget.clone()));
+    }
+    let sent = join_senders(set, started_us).await;
+    let accepted = sent.accepted.len() as u64;
+    wait_for_deliveries(log, RUN_THROUGHPUT, accepted, server, "throughput").await?;
+    let d = compare_deliveries(&sent, &log.arrivals(RUN_THROUGHPUT));
+    let intake_secs = secs_between(sent.started_us, sent.finished_us).max(1e-9);
+    let window = secs_between(d.first_us, d.last_us);
+    println!(
+        "push     throughput: {accepted} sent in {intake_secs:.1}s ({:.0}/s), {} delivered in {window:.1}s ({}), last delivery {}",
+        accepted as f64 / intake_secs,
+        d.delivered,
+        if window > 0.0 {
+            format!("{:.0} deliveries/s", d.delivered as f64 / window)
+        } else {
+            "n/a deliveries/s".into()
+        },
+        if d.last_us > 0 {
+            format!(
+                "{:.1} s after the last send",
+                d.last_us as f64 / 1e6 - sent.last_accept_us as f64 / 1e6
+            )
+        } else {
+            "n/a".into()
+        }
+    );
+    println!(
+        "push     throughput: {} intake err, {}, send to delivery {}",
+        sent.tally.err,
+        delivery_checks(&d),
+        latency_summary(d.latency.clone(), &[("p50", 0.50), ("p99", 0.99)], true)
+    );
+    print_first_error(&sent.tally.first_err);
+    explain_deliveries(ctx, token, &sent, &d, false).await;
+    check_alive(server, "push throughput")?;
+
+    // Latency: a steady rate well under the capacity just measured.
+    let rate = opts.rate;
+    let senders = rate.div_ceil(PACED_PER_CONNECTION).clamp(1, 64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let started_us = now_micros() + 50_000;
+    let mut set = JoinSet::new();
+    for id in 0..senders {
+        set.spawn(push_paced_worker(
+            ctx.clone(),
+            id,
+            senders,
+            rate,
+            start,
+            opts.duration,
+        ));
+    }
+    let sent = join_senders(set, started_us).await;
+    let accepted = sent.accepted.len() as u64;
+    wait_for_deliveries(log, RUN_LATENCY, accepted, server, "latency").await?;
+    let d = compare_deliveries(&sent, &log.arrivals(RUN_LATENCY));
+    let secs = opts.duration.as_secs_f64();
+    println!(
+        "push     latency at {rate} msg/s for {secs:.0}s: {} delivered, {}",
+        d.delivered,
+        latency_summary(
+            d.latency.clone(),
+            &[("p50", 0.50), ("p90", 0.90), ("p99", 0.99)],
+            true
+        )
+    );
+    let sent_secs = secs_between(sent.started_us, sent.finished_us).max(1e-9);
+    println!(
+        "push     latency: {accepted} sent over {senders} conns ({:.0}/s), {} intake err, intake {}, {}",
+        accepted as f64 / sent_secs,
+        sent.tally.err,
+        latency_summary(sent.tally.lat.clone(), &[("p50", 0.50), ("p99", 0.99)], false),
+        delivery_checks(&d)
+    );
+    print_first_error(&sent.tally.first_err);
+    explain_deliveries(ctx, token, &sent, &d, true).await;
     Ok(())
 }
 

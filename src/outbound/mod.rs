@@ -19,6 +19,10 @@ pub fn agent(timeout: Duration, allow: Vec<Cidr>) -> ureq::Agent {
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .user_agent(concat!("Waybill/", env!("CARGO_PKG_VERSION")))
+        // Pushes to one receiver run up to 64 at a time; keep that many connections alive
+        // instead of opening a new one for most attempts.
+        .max_idle_connections(256)
+        .max_idle_connections_per_host(crate::worker::delivery::CONCURRENCY)
         .build();
     ureq::Agent::with_parts(
         config,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::model::Env;
 use crate::outbound::{self, sign};
@@ -71,7 +72,13 @@ pub async fn run(state: AppState) {
             };
             let (state, agent, health) = (state.clone(), agent.clone(), Arc::clone(&health));
             tokio::spawn(async move {
-                deliver(&state, &agent, &health, lease).await;
+                // The span is attached to the future, not entered on a thread: an entered
+                // span held across an await corrupts the per-thread span stack.
+                let d = &lease.delivery;
+                let span = tracing::info_span!("push", delivery = %d.id, attempt = d.attempt + 1);
+                deliver(&state, &agent, &health, lease)
+                    .instrument(span)
+                    .await;
                 drop(permit);
             });
         }
@@ -82,8 +89,6 @@ pub async fn run(state: AppState) {
 async fn deliver(state: &AppState, agent: &ureq::Agent, health: &Health, lease: Leased) {
     let d = lease.delivery.clone();
     let now = now_ms();
-    let span = tracing::info_span!("push", delivery = %d.id, attempt = d.attempt + 1);
-    let _enter = span.enter();
     let message = match state.store.message(d.env, d.message_id) {
         Ok(Some(m)) => m,
         Ok(None) => return,
