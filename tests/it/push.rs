@@ -404,3 +404,75 @@ fn admins_redeliver_failed_transmissions_one_or_all() {
     )
     .error(404, "not_found");
 }
+
+#[test]
+fn during_a_secret_rotation_both_secrets_sign() {
+    let receiver = Receiver::start(vec![]);
+    let (app, acme, old) = pushing_to(&receiver, |_| {});
+    let rotated = app
+        .admin(
+            "POST",
+            "/admin/api/partners/GLOBEX/signing-secret",
+            Some(json!({"overlapHours": 1})),
+        )
+        .data(200);
+    let new = rotated["signingSecret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert!(rotated["previousValidUntil"].is_string());
+    send(&app, &acme, "application/json", b"{}");
+    let r = &receiver.wait_for(1, 20)[0];
+    let (id, ts) = (
+        r.header("webhook-id").unwrap(),
+        r.header("webhook-timestamp").unwrap().parse().unwrap(),
+    );
+    let sign = |secret: &str| waybill::outbound::sign::signature(secret, id, ts, &r.body).unwrap();
+    assert_eq!(
+        r.header("webhook-signature").unwrap(),
+        format!("{} {}", sign(&new), sign(&old))
+    );
+
+    // Without an overlap the old secret stops signing at once.
+    let newer = app
+        .admin(
+            "POST",
+            "/admin/api/partners/GLOBEX/signing-secret",
+            Some(json!({"overlapHours": 0})),
+        )
+        .data(200)["signingSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send(&app, &acme, "application/json", b"{}");
+    let r = &receiver.wait_for(2, 20)[1];
+    let (id, ts) = (
+        r.header("webhook-id").unwrap(),
+        r.header("webhook-timestamp").unwrap().parse().unwrap(),
+    );
+    let expected = waybill::outbound::sign::signature(&newer, id, ts, &r.body).unwrap();
+    assert_eq!(r.header("webhook-signature"), Some(expected.as_str()));
+}
+
+#[test]
+fn retry_after_is_honoured_on_429() {
+    let busy = Answer {
+        status: 429,
+        headers: vec![("retry-after".into(), "2".into())],
+        delay: Duration::ZERO,
+    };
+    let receiver = Receiver::start(vec![busy]);
+    let (app, acme, _) = pushing_to(&receiver, |c| c.delivery.retry_schedule = vec![0]);
+    let sent = send(&app, &acme, "application/json", b"{}");
+    wait_status(
+        &app,
+        &acme,
+        sent["transmissions"][0]["uuid"].as_str().unwrap(),
+        "processed",
+    );
+    let got = receiver.received();
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at.duration_since(got[0].at);
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}, before Retry-After"
+    );
+}

@@ -14,6 +14,7 @@ pub struct Received {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    pub at: Instant,
 }
 
 impl Received {
@@ -153,6 +154,7 @@ impl Receiver {
                 target,
                 headers,
                 body,
+                at: Instant::now(),
             });
             let answer = self
                 .script
