@@ -156,22 +156,17 @@ async fn decide(
         .delivery
         .disable_after_hours
         .saturating_mul(3_600_000) as i64;
-    if health.failing_for(endpoint, now_ms()) >= limit_ms {
+    // The receiver says the endpoint is gone (410), or it has failed for too long: stop
+    // pushing there until an admin turns it back on; its transmissions wait.
+    let disable = if status == Some(410) {
+        Some("the endpoint answered 410 Gone".to_owned())
+    } else if health.failing_for(endpoint, now_ms()) >= limit_ms {
         let hours = state.config.delivery.disable_after_hours;
-        let reason = format!("no successful push for {hours} hours");
-        if let Err(e) = state
-            .store
-            .disable_endpoint(&partner.code, env, reason)
-            .await
-        {
-            tracing::error!(error = ?e, "cannot disable the endpoint");
-        }
-        return Next::HoldUntil(now_ms() + HOLD_MS);
-    }
-    if status == Some(410) {
-        // The receiver says the endpoint is gone: stop pushing there until an admin
-        // turns it back on; its transmissions wait.
-        let reason = "the endpoint answered 410 Gone".to_owned();
+        Some(format!("no successful push for {hours} hours"))
+    } else {
+        None
+    };
+    if let Some(reason) = disable {
         if let Err(e) = state
             .store
             .disable_endpoint(&partner.code, env, reason)

@@ -28,12 +28,18 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &Path) -> Server {
+    start_with(dir, &[])
+}
+
+/// Starts the binary on `dir` with extra environment settings and waits until it is ready.
+fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     let listen = format!("127.0.0.1:{}", free_port());
     let child = Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", &listen])
         .env("WAYBILL_OUTBOUND__ALLOW", "127.0.0.0/8")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -316,41 +322,15 @@ fn a_push_queued_before_sigkill_is_delivered_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     // The receiver's port is chosen now but nothing listens there until after the crash.
     let port = free_port();
-    let start_fast = |dir: &Path| {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", &listen])
-            .env("WAYBILL_OUTBOUND__ALLOW", "127.0.0.0/8")
-            .env(
-                "WAYBILL_DELIVERY__RETRY_SCHEDULE",
-                "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
-            )
-            .env("WAYBILL_DELIVERY__TIMEOUT_SECONDS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let base = format!("http://{listen}");
-        let token = wait_for_token(dir);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while agent()
-            .get(&format!("{base}/readyz"))
-            .call()
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "not ready");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Server {
-            child,
-            base,
-            listen,
-            token,
-        }
-    };
+    // Retry every second, and a short attempt timeout so a lease ends soon.
+    let settings = [
+        (
+            "WAYBILL_DELIVERY__RETRY_SCHEDULE",
+            "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+        ),
+        ("WAYBILL_DELIVERY__TIMEOUT_SECONDS", "1"),
+    ];
+    let start_fast = |dir: &Path| start_with(dir, &settings);
     let mut server = start_fast(dir.path());
     server.admin(
         "POST",
