@@ -238,18 +238,33 @@ impl Store {
         .await
     }
 
-    /// Changes a partner.
-    pub async fn update_partner(
-        &self,
-        code: &str,
-        patch: PartnerPatch,
-    ) -> Result<PartnerRec, DirError> {
+    /// Loads a partner, lets `f` change it, stamps `updated_at` and stores it, as one
+    /// configuration change.
+    async fn modify_partner<F>(&self, code: &str, f: F) -> Result<PartnerRec, DirError>
+    where
+        F: FnOnce(&mut PartnerRec) + Send + 'static,
+    {
         let code = code.to_owned();
         self.change(move |t, dir| {
             let mut rec = dir
                 .partner(&code)
                 .cloned()
                 .ok_or(DirError::NotFound("partner"))?;
+            f(&mut rec);
+            rec.updated_at = now_ms();
+            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Changes a partner.
+    pub async fn update_partner(
+        &self,
+        code: &str,
+        patch: PartnerPatch,
+    ) -> Result<PartnerRec, DirError> {
+        self.modify_partner(code, move |rec| {
             if let Some(name) = patch.name {
                 rec.name = name;
             }
@@ -274,9 +289,6 @@ impl Store {
             if let Some(envs) = patch.enable_endpoints {
                 rec.disabled_endpoints.retain(|(e, _, _)| !envs.contains(e));
             }
-            rec.updated_at = now_ms();
-            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
-            Ok(rec)
         })
         .await
         // Resuming or re-enabling releases held pushes: let the worker look now.
@@ -291,24 +303,15 @@ impl Store {
         env: Env,
         overlap_ms: i64,
     ) -> Result<PartnerRec, DirError> {
-        let code = code.to_owned();
         let fresh = crate::outbound::sign::new_secret()
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-        self.change(move |t, dir| {
-            let mut rec = dir
-                .partner(&code)
-                .cloned()
-                .ok_or(DirError::NotFound("partner"))?;
-            let now = now_ms();
+        self.modify_partner(code, move |rec| {
             let secrets = match env {
                 Env::Live => &mut rec.signing,
                 Env::Test => &mut rec.test_signing,
             };
             let old = std::mem::replace(&mut secrets.current, fresh);
-            secrets.previous = (overlap_ms > 0).then(|| (old, now + overlap_ms));
-            rec.updated_at = now;
-            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
-            Ok(rec)
+            secrets.previous = (overlap_ms > 0).then(|| (old, now_ms() + overlap_ms));
         })
         .await
     }
@@ -320,21 +323,21 @@ impl Store {
         env: Env,
         reason: String,
     ) -> Result<(), DirError> {
-        let code = code.to_owned();
-        self.change(move |t, dir| {
-            let mut rec = dir
-                .partner(&code)
-                .cloned()
-                .ok_or(DirError::NotFound("partner"))?;
-            if rec.disabled_endpoints.iter().any(|(e, _, _)| *e == env) {
-                return Ok(());
+        if self
+            .directory()
+            .partner(code)
+            .is_some_and(|p| p.disabled_endpoints.iter().any(|(e, _, _)| *e == env))
+        {
+            return Ok(());
+        }
+        tracing::warn!(partner = %code, env = env.as_str(), %reason, "push endpoint disabled");
+        self.modify_partner(code, move |rec| {
+            if !rec.disabled_endpoints.iter().any(|(e, _, _)| *e == env) {
+                rec.disabled_endpoints.push((env, now_ms(), reason));
             }
-            tracing::warn!(partner = %code, env = env.as_str(), %reason, "push endpoint disabled");
-            rec.disabled_endpoints.push((env, now_ms(), reason));
-            t.insert(Table::Partners, code.as_bytes(), encode(&rec)?)?;
-            Ok(())
         })
         .await
+        .map(|_| ())
     }
 
     /// Deletes a partner with its keys (revoked) and routes, in one transaction. Its

@@ -1,4 +1,4 @@
-//! The store: sled trees, the group-commit flusher and every read and write of records.
+//! The store: sled trees, the writer that group-commits, and every read and write of records.
 //! This module is the only place that names sled or bincode; the rest of the crate sees
 //! records and domain errors.
 //!

@@ -5,7 +5,7 @@
 //! the bytes written). So payloads go to `payloads/NNNNNNNN.seg` files instead, and the
 //! message record holds a [`PayloadRef`] (segment, offset, length, CRC-32).
 //!
-//! Durability: the group-commit flusher syncs every segment written since its last round
+//! Durability: the writer's flush round syncs every segment written since its last round
 //! *before* it flushes sled, so a durable record never points at bytes that are not. Each
 //! process start opens a fresh segment, so bytes reserved by writes that were in flight at
 //! a crash are never overwritten or reused.
@@ -101,7 +101,7 @@ impl PayloadLog {
         })
     }
 
-    /// Writes `bytes` and returns where they are. Not yet durable: the flusher syncs it.
+    /// Writes `bytes` and returns where they are. Not yet durable: the writer's next flush round syncs it.
     pub fn append(&self, bytes: &[u8]) -> Result<PayloadRef, StoreError> {
         let len = u32::try_from(bytes.len())
             .map_err(|_| StoreError::Codec("payload over 4 GiB".into()))?;

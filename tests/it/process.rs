@@ -67,6 +67,37 @@ fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
 }
 
 impl Server {
+    /// Partners ACME and GLOBEX (with `globex` merged into its definition), a key for each
+    /// and a route ACME → GLOBEX for every doctype. Returns (ACME's key, GLOBEX's key).
+    fn acme_to_globex(&self, globex: Value) -> (String, String) {
+        let mut def = json!({"code": "GLOBEX", "name": "Globex"});
+        if let (Some(d), Some(extra)) = (def.as_object_mut(), globex.as_object()) {
+            d.extend(extra.clone());
+        }
+        self.admin(
+            "POST",
+            "/admin/api/partners",
+            json!({"code": "ACME", "name": "Acme"}),
+        );
+        self.admin("POST", "/admin/api/partners", def);
+        self.admin(
+            "POST",
+            "/admin/api/routes",
+            json!({"sender": "ACME", "receiver": "GLOBEX", "doctype": "*"}),
+        );
+        let key = |code: &str| {
+            self.admin(
+                "POST",
+                &format!("/admin/api/partners/{code}/keys"),
+                json!({}),
+            )["data"]["key"]
+                .as_str()
+                .expect("key")
+                .to_owned()
+        };
+        (key("ACME"), key("GLOBEX"))
+    }
+
     /// The status of a poll made with `key`: 200 while the key works, 401 once it does not.
     fn poll_status(&self, key: &str) -> u16 {
         let url = format!("{}/api/v1/transmissions", self.base);
@@ -101,29 +132,7 @@ impl Drop for Server {
 fn a_message_acknowledged_with_202_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
-    server.admin(
-        "POST",
-        "/admin/api/partners",
-        json!({"code": "ACME", "name": "Acme"}),
-    );
-    server.admin(
-        "POST",
-        "/admin/api/partners",
-        json!({"code": "GLOBEX", "name": "Globex"}),
-    );
-    let acme = server.admin("POST", "/admin/api/partners/ACME/keys", json!({}))["data"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let globex = server.admin("POST", "/admin/api/partners/GLOBEX/keys", json!({}))["data"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    server.admin(
-        "POST",
-        "/admin/api/routes",
-        json!({"sender": "ACME", "receiver": "GLOBEX", "doctype": "order"}),
-    );
+    let (acme, globex) = server.acme_to_globex(json!({}));
 
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -332,25 +341,8 @@ fn a_push_queued_before_sigkill_is_delivered_after_restart() {
     ];
     let start_fast = |dir: &Path| start_with(dir, &settings);
     let mut server = start_fast(dir.path());
-    server.admin(
-        "POST",
-        "/admin/api/partners",
-        json!({"code": "ACME", "name": "Acme"}),
-    );
-    server.admin(
-        "POST",
-        "/admin/api/partners",
-        json!({"code": "GLOBEX", "name": "Globex", "pushUrl": format!("http://127.0.0.1:{port}/hook")}),
-    );
-    let acme = server.admin("POST", "/admin/api/partners/ACME/keys", json!({}))["data"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    server.admin(
-        "POST",
-        "/admin/api/routes",
-        json!({"sender": "ACME", "receiver": "GLOBEX", "doctype": "*"}),
-    );
+    let (acme, _) =
+        server.acme_to_globex(json!({"pushUrl": format!("http://127.0.0.1:{port}/hook")}));
     let sent = send(
         &agent(),
         "POST",
