@@ -44,13 +44,17 @@ use tokio::time::{sleep, timeout};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+#[path = "load/push_slow.rs"]
+mod push_slow;
+
 const USAGE: &str = "\
 usage: cargo bench --bench load -- [options]
 
   --duration SECS       measured time per phase (default 10)
   --connections N       connections for the inbound phase (default 64)
-  --phase LIST          comma-separated: inbound, pollack, memory, push, all
-                        (default inbound,pollack; all adds memory, not push),
+  --phase LIST          comma-separated: inbound, pollack, memory, push,
+                        push-slow, all (default inbound,pollack; all adds
+                        memory, not push or push-slow),
                         or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio
   --messages N          messages to store in the memory phase (default 1000000)
@@ -120,6 +124,8 @@ struct Options {
     pollack: bool,
     memory: bool,
     push: bool,
+    /// A healthy receiver's push latency next to a slow one.
+    push_slow: bool,
     /// `--messages`; each phase that uses it has its own default.
     messages: Option<u64>,
     /// Messages per second in the push latency run.
@@ -142,6 +148,7 @@ fn parse_args() -> Result<Options, String> {
         pollack: true,
         memory: false,
         push: false,
+        push_slow: false,
         messages: None,
         rate: 1000,
         compare: false,
@@ -202,6 +209,7 @@ fn parse_args() -> Result<Options, String> {
                 o.pollack = false;
                 o.memory = false;
                 o.push = false;
+                o.push_slow = false;
                 o.compare = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
@@ -210,6 +218,7 @@ fn parse_args() -> Result<Options, String> {
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
                         "push" => o.push = true,
+                        "push-slow" => o.push_slow = true,
                         "all" => {
                             o.inbound = true;
                             o.pollack = true;
@@ -218,10 +227,10 @@ fn parse_args() -> Result<Options, String> {
                         _ => return Err(format!("unknown phase {p:?}")),
                     }
                 }
-                if !(o.inbound || o.pollack || o.memory || o.push || o.compare) {
+                if !(o.inbound || o.pollack || o.memory || o.push || o.push_slow || o.compare) {
                     return Err("--phase names no phase".into());
                 }
-                if o.compare && (o.inbound || o.pollack || o.memory || o.push) {
+                if o.compare && (o.inbound || o.pollack || o.memory || o.push || o.push_slow) {
                     return Err("--phase compare runs inbound itself; name no other phase".into());
                 }
             }
@@ -405,7 +414,8 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
         None => {
             // Only a push run needs loopback targets; other runs keep the
             // server's default policy.
-            let s = server.insert(Server::start(server_binary(), tls, opts.push)?);
+            let pushes = opts.push || opts.push_slow;
+            let s = server.insert(Server::start(server_binary(), tls, pushes)?);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
             let target = s.target();
             wait_for_ok(&target, "/healthz", deadline, Some(&mut *s)).await?;
@@ -504,6 +514,10 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
     if opts.push {
         run_push(&ctx, &admin_token, &mut server, opts).await?;
         check_alive(&mut server, "push")?;
+    }
+    if opts.push_slow {
+        push_slow::run(&ctx, &admin_token, opts.duration).await?;
+        check_alive(&mut server, "push-slow")?;
     }
 
     if opts.memory {

@@ -91,6 +91,12 @@ pub struct DeliveryConfig {
     pub timeout_seconds: u64,
     /// Hours without success after which an endpoint is disabled.
     pub disable_after_hours: u64,
+    /// Outbound calls under way at once, over all endpoints.
+    pub concurrency: usize,
+    /// Outbound calls under way at once to one endpoint, so a slow one cannot take every slot.
+    pub endpoint_concurrency: usize,
+    /// The longest wait a receiver's `Retry-After` can ask for, in seconds.
+    pub max_retry_after_seconds: u64,
 }
 
 /// `[subscriptions]`: event callback batching.
@@ -243,6 +249,12 @@ impl Config {
         if self.delivery.timeout_seconds == 0 {
             return bad("delivery.timeout_seconds must be greater than 0");
         }
+        if !(1..=1024).contains(&self.delivery.concurrency) {
+            return bad("delivery.concurrency must be 1-1024");
+        }
+        if !(1..=self.delivery.concurrency).contains(&self.delivery.endpoint_concurrency) {
+            return bad("delivery.endpoint_concurrency must be 1 to delivery.concurrency");
+        }
         for cidr in &self.outbound.allow {
             if cidr.parse::<Cidr>().is_err() {
                 return Err(ConfigError::Invalid(format!(
@@ -372,6 +384,9 @@ mod tests {
         assert_eq!(c.subscriptions.batch_window_ms, 1000);
         assert_eq!(c.retention.days, 30);
         assert_eq!(c.delivery.disable_after_hours, 120);
+        assert_eq!(c.delivery.concurrency, 64);
+        assert_eq!(c.delivery.endpoint_concurrency, 16);
+        assert_eq!(c.delivery.max_retry_after_seconds, 3600);
         assert_eq!(c.limits.partner_rps, 0);
         assert_eq!(c.store.min_free_mb, 512);
         assert_eq!(c.store.cache_mb, 24);

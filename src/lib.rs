@@ -5,12 +5,13 @@
 //! - [`model`]: domain types and input parsing (environments, partner codes, statuses).
 //! - [`store`]: sled trees, record codecs, group commit. The only module that names sled.
 //! - [`api`]: the HTTP routes (warp filters), one module per resource.
-//! - [`worker`]: background loops owned by [`run`] (disk space watch).
+//! - [`worker`]: background loops owned by [`run`]: the delivery engine, the disk space watch.
 //! - [`cli`]: the admin subcommands, which call a running server with the admin token.
 //! - [`server`]: the accept loop that serves the routes over HTTP or HTTPS.
 //! - [`tls`]: certificates (PEM files, reload on SIGHUP, self-signed for trying out).
 //! - [`outbound`]: the HTTP client for calls to partners: signing and the address policy.
 //! - [`net`]: address ranges.
+//! - [`secrets`]: API keys, tokens and signing secrets, from the OS random source.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests start the real server on
 //! `127.0.0.1:0` exactly as `waybill serve` does.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod model;
 pub mod net;
 pub mod outbound;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -121,10 +123,7 @@ pub fn ensure_admin_token(data_dir: &Path) -> Result<(String, bool), std::io::Er
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let token = format!(
-        "wba_{}",
-        store::directory::random_token(32).map_err(std::io::Error::other)?
-    );
+    let token = format!("wba_{}", secrets::random_token(32)?);
     let tmp = data_dir.join("admin.token.tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -192,7 +191,10 @@ pub async fn run(
         shutdown: stop_rx,
     };
 
-    let mut workers = worker::spawn_all(state.clone(), Arc::clone(&state.disk_low));
+    let worker::Workers {
+        delivery,
+        others: mut workers,
+    } = worker::spawn_all(state.clone(), Arc::clone(&state.disk_low));
     if let Some(certs) = &certs {
         workers.push(tokio::spawn(reload_on_sighup(Arc::clone(certs))));
     }
@@ -233,6 +235,13 @@ pub async fn run(
     server::serve(routes, listener, tls_config, signal).await;
 
     state.workers_running.store(false, Ordering::Relaxed);
+    // The engine stops on the shutdown signal and lets its calls under way end (bounded by
+    // the attempt timeout); the margin covers recording them.
+    let grace = std::time::Duration::from_secs(state.config.delivery.timeout_seconds + 5);
+    let abort = delivery.abort_handle();
+    if tokio::time::timeout(grace, delivery).await.is_err() {
+        abort.abort();
+    }
     for w in workers {
         w.abort();
         let _ = w.await;

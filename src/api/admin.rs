@@ -118,6 +118,18 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(ctx())
         .then(attempts)
         .map(finish);
+    let delivery_attempts = warp::path!("admin" / "api" / "deliveries" / String / "attempts")
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(delivery_attempts)
+        .map(finish);
+    let stats = warp::path!("admin" / "api" / "stats")
+        .and(warp::get())
+        .and(s())
+        .and(ctx())
+        .then(stats)
+        .map(finish);
     let redeliver = warp::path!("admin" / "api" / "transmissions" / String / "redeliver")
         .and(warp::post())
         .and(s())
@@ -138,6 +150,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(rotate)
         .unify()
         .or(attempts)
+        .unify()
+        .or(delivery_attempts)
+        .unify()
+        .or(stats)
         .unify()
         .or(list_partners)
         .unify()
@@ -181,6 +197,37 @@ fn partner_view(p: &PartnerRec) -> Value {
         "createdAt": rfc3339(p.created_at),
         "updatedAt": rfc3339(p.updated_at),
     })
+}
+
+/// A partner with the health of its push endpoints, as the delivery engine last recorded it.
+fn with_health(state: &AppState, p: &PartnerRec) -> Result<Value, ApiError> {
+    let mut v = partner_view(p);
+    let mut health = serde_json::Map::new();
+    for env in [Env::Live, Env::Test] {
+        let target = crate::store::records::Target::Transmission {
+            message_id: uuid::Uuid::nil(),
+            index: 0,
+            receiver: p.code.clone(),
+        };
+        let h = state.store.endpoint_health(&target.endpoint(env))?;
+        health.insert(
+            env.as_str().into(),
+            match h {
+                None => Value::Null,
+                Some(h) => json!({
+                    "lastSuccessAt": h.last_success_at.map(rfc3339),
+                    "failingSince": h.failing_since.map(rfc3339),
+                    "lastFailureAt": h.last_failure_at.map(rfc3339),
+                    "lastError": h.last_error,
+                    "consecutiveFailures": h.consecutive_failures,
+                }),
+            },
+        );
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("endpointHealth".into(), Value::Object(health));
+    }
+    Ok(v)
 }
 
 fn key_view(k: &ApiKeyRec) -> Value {
@@ -317,7 +364,10 @@ async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<R
 async fn list_partners(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
     let dir = state.store.directory();
-    let list: Vec<Value> = dir.partners().into_iter().map(partner_view).collect();
+    let mut list = Vec::new();
+    for p in dir.partners() {
+        list.push(with_health(&state, p)?);
+    }
     Ok(ok(StatusCode::OK, list))
 }
 
@@ -327,7 +377,7 @@ async fn get_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response
     let p = dir
         .partner(&code)
         .ok_or_else(|| ApiError::not_found("partner"))?;
-    let mut v = partner_view(p);
+    let mut v = with_health(&state, p)?;
     let keys: Vec<Value> = state.store.list_keys(&code)?.iter().map(key_view).collect();
     let routes: Vec<Value> = dir
         .routes()
@@ -651,9 +701,32 @@ async fn attempts(uuid: String, state: AppState, ctx: Ctx) -> Result<Response, A
     if state.store.transmission(env, uuid)?.is_none() {
         return Err(ApiError::not_found("transmission"));
     }
+    attempt_list(&state, env, uuid)
+}
+
+/// Every attempt of any delivery, by its id (a push's id is its transmission's uuid).
+/// An id with no attempts answers an empty list.
+async fn delivery_attempts(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let env = env_param(&ctx)?;
+    let id = parse_id(&id, "delivery")?;
+    attempt_list(&state, env, id)
+}
+
+/// How much waits in the outbox.
+async fn stats(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    auth::admin(&state, &ctx)?;
+    let c = state.store.outbox_counts(crate::store::now_ms())?;
+    Ok(ok(
+        StatusCode::OK,
+        json!({"deliveries": {"due": c.due, "scheduled": c.scheduled, "held": c.held}}),
+    ))
+}
+
+fn attempt_list(state: &AppState, env: Env, id: uuid::Uuid) -> Result<Response, ApiError> {
     let list: Vec<Value> = state
         .store
-        .attempts(env, uuid)?
+        .attempts(env, id)?
         .into_iter()
         .map(|(n, a)| {
             json!({

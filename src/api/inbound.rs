@@ -374,6 +374,7 @@ async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, 
                 "messageType": m.doctype,
                 "messageStatus": m.status,
                 "processedTime": m.processed_at.map(rfc3339),
+                "history": m.history.iter().map(|(at, status)| serde_json::json!({"at": rfc3339(*at), "status": status})).collect::<Vec<_>>(),
                 "errors": m.errors.iter().map(|e| serde_json::json!({"errorMessage": e})).collect::<Vec<_>>(),
                 "transmissions": transmission_refs(&m),
             }));

@@ -95,6 +95,8 @@ struct View<'a> {
     delivered_at: Option<String>,
     acknowledged_at: Option<String>,
     last_error: Option<&'a str>,
+    /// When its next push attempt is due; null when none is queued or its endpoint is held.
+    next_attempt_at: Option<String>,
     payload_location: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_encoding: Option<&'static str>,
@@ -150,6 +152,12 @@ fn view<'a>(t: &'a TransmissionRec, payload: Option<&Bytes>) -> View<'a> {
         delivered_at: t.state.delivered_at.map(rfc3339),
         acknowledged_at: t.state.acknowledged_at.map(rfc3339),
         last_error: t.state.last_error.as_deref(),
+        next_attempt_at: t
+            .state
+            .outbox_due
+            .filter(|due| *due != crate::store::records::PARKED)
+            .and_then(|due| i64::try_from(due).ok())
+            .map(rfc3339),
         payload_location: payload_location(t.uuid),
         payload_encoding: payload.as_ref().map(|(e, _)| *e),
         payload: payload.map(|(_, p)| p),

@@ -3,8 +3,11 @@
 //! reaches only addresses the policy allows ([`policy`]), checked against what the name
 //! resolves to at the moment of the call.
 
+pub mod call;
 pub mod policy;
 pub mod sign;
+
+pub use call::{Call, Outcome};
 
 use std::time::Duration;
 
@@ -12,17 +15,21 @@ use crate::net::Cidr;
 
 /// A blocking HTTP client for outbound calls: no redirects followed (a 3xx is an answer,
 /// not a detour to an unchecked address), 4xx/5xx read as answers, one time limit per
-/// call, and every resolved address checked against the policy.
-pub fn agent(timeout: Duration, allow: Vec<Cidr>) -> ureq::Agent {
+/// call, and every resolved address checked against the policy. `per_host` connections to
+/// one host are kept alive: as many as calls to one endpoint may run at once.
+///
+/// No proxy is ever taken from the environment (`HTTP_PROXY` and the like): through a
+/// proxy, the resolver would see only the proxy's name, and the policy would judge the
+/// proxy instead of the target.
+pub fn agent(timeout: Duration, allow: Vec<Cidr>, per_host: usize) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
+        .proxy(None)
         .max_redirects(0)
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .user_agent(concat!("Waybill/", env!("CARGO_PKG_VERSION")))
-        // Pushes to one receiver run up to 64 at a time; keep that many connections alive
-        // instead of opening a new one for most attempts.
-        .max_idle_connections(256)
-        .max_idle_connections_per_host(crate::worker::delivery::CONCURRENCY)
+        .max_idle_connections(per_host.max(256))
+        .max_idle_connections_per_host(per_host)
         .build();
     ureq::Agent::with_parts(
         config,

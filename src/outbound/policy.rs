@@ -56,10 +56,21 @@ fn refusal_v6(ip: Ipv6Addr) -> Option<&'static str> {
         let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
         bits & mask == net & mask
     };
+    // IPv6 forms that carry an IPv4 address: judged by the address inside.
+    let embedded = |at: u32| Ipv4Addr::from((bits >> at) as u32);
     if ip.is_unspecified() {
         Some("an unspecified address")
     } else if ip.is_loopback() {
         Some("a loopback address")
+    } else if within(0, 96) {
+        // IPv4-compatible (::a.b.c.d), deprecated since 2006; nothing public uses it.
+        Some("an IPv4-compatible address")
+    } else if within(0x0064_ff9b << 96, 96) {
+        refusal_v4(embedded(0)).map(|_| "a NAT64 address of a refused IPv4 address")
+    } else if within(0x2002 << 112, 16) {
+        refusal_v4(embedded(80)).map(|_| "a 6to4 address of a refused IPv4 address")
+    } else if within(0xfec0 << 112, 10) {
+        Some("a site-local address")
     } else if within(0xfc00 << 112, 7) {
         Some("a unique local (private) address")
     } else if within(0xfe80 << 112, 10) {
@@ -158,6 +169,17 @@ mod tests {
             "2001:db8::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::8.8.8.8",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::5",
+            "fec0::1",
+            "feff::1",
         ];
         for ip in refused {
             assert!(
@@ -172,6 +194,8 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert_eq!(refusal(ip.parse().unwrap()), None, "{ip} is public");
         }
@@ -193,7 +217,7 @@ mod tests {
             "http://localhost:{}/",
             listener.local_addr().unwrap().port()
         );
-        let strict = super::super::agent(std::time::Duration::from_secs(5), vec![]);
+        let strict = super::super::agent(std::time::Duration::from_secs(5), vec![], 4);
         let err = strict.get(&url).call().unwrap_err().to_string();
         assert!(err.contains("refused") && err.contains("loopback"), "{err}");
 
@@ -208,6 +232,7 @@ mod tests {
         let open = super::super::agent(
             std::time::Duration::from_secs(5),
             vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            4,
         );
         assert_eq!(open.get(&url).call().unwrap().status().as_u16(), 204);
     }

@@ -13,13 +13,6 @@ use sha2::Sha256;
 #[error("a signing secret must be whsec_ followed by base64")]
 pub struct BadSecret;
 
-/// A new secret: `whsec_` + base64 of 32 random bytes.
-pub fn new_secret() -> Result<String, getrandom::Error> {
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key)?;
-    Ok(format!("whsec_{}", STANDARD.encode(key)))
-}
-
 fn key_of(secret: &str) -> Result<Vec<u8>, BadSecret> {
     let encoded = secret.strip_prefix("whsec_").ok_or(BadSecret)?;
     STANDARD.decode(encoded).map_err(|_| BadSecret)
@@ -71,6 +64,7 @@ mod tests {
 
     #[test]
     fn rotation_sends_both_signatures() {
+        let new_secret = crate::secrets::signing_secret;
         let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
         assert!(a.starts_with("whsec_") && key_of(&a).unwrap().len() == 32);
         let both = header(&[&a, &b], "msg_1", 10, b"{}").unwrap();

@@ -11,34 +11,61 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::model::Env;
 
-/// The record format written by this build. Bump it and teach [`decode`] the old layout
-/// when a stored record changes shape.
-pub const RECORD_VERSION: u8 = 1;
+/// A stored record type: what format version this build writes, and how older versions
+/// are read. A record that changes shape bumps its `VERSION` and teaches `upgrade` the old
+/// layout, so a store written by an older build opens with nothing lost.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The format version this build writes.
+    const VERSION: u8 = 1;
+
+    /// Reads `body` written in an older format `version`.
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        let _ = body;
+        Err(StoreError::Codec(format!(
+            "unknown record version {version}"
+        )))
+    }
+}
+
+/// The largest encoded record: well under sled 0.34's blob threshold (128 KiB), above which
+/// a value is written to a separate file that sled's flush does not sync. Every record is
+/// bounded by construction (capped histories, errors and texts); this is the backstop.
+pub const MAX_RECORD_BYTES: usize = 100 * 1024;
 
 /// Separates a variable-length partner code from what follows it in a key. `0xFF` never
 /// occurs in a code (see [`crate::model::parse_partner_code`]), so prefixes never overlap:
 /// `ACME ‖ 0xFF` is not a prefix of `ACMEX ‖ 0xFF`.
 pub const SEP: u8 = 0xFF;
 
-/// Encodes a record as version byte + bincode.
-pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION];
+/// Encodes a record as version byte + bincode. A record over [`MAX_RECORD_BYTES`] is an
+/// error, found before anything is written.
+pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![T::VERSION];
     bincode::serde::encode_into_std_write(record, &mut out, bincode::config::standard())
         .map_err(|e| StoreError::Codec(e.to_string()))?;
+    if out.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::Codec(format!(
+            "a record of {} bytes is over the {MAX_RECORD_BYTES}-byte limit",
+            out.len()
+        )));
+    }
     Ok(out)
 }
 
-/// Decodes a record written by [`encode`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+/// Decodes a record written by [`encode`], by this build or an older one.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => {
-            bincode::serde::decode_from_slice(rest, bincode::config::standard())
-                .map(|(v, _)| v)
-                .map_err(|e| StoreError::Codec(e.to_string()))
-        }
-        Some((v, _)) => Err(StoreError::Codec(format!("unknown record version {v}"))),
+        Some((&v, rest)) if v == T::VERSION => decode_body(rest),
+        Some((&v, rest)) => T::upgrade(v, rest),
         None => Err(StoreError::Codec("empty record".into())),
     }
+}
+
+/// Decodes the bincode body of a record (after its version byte).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Codec(e.to_string()))
 }
 
 /// `env ‖ id`: the key of every environment-scoped entity (messages, payloads,
@@ -108,6 +135,49 @@ mod tests {
         list: Vec<(String, String)>,
     }
 
+    impl Record for Sample {}
+    impl Record for u32 {}
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Grown {
+        name: String,
+        added: u32,
+    }
+
+    impl Record for Grown {
+        const VERSION: u8 = 2;
+        fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+            match version {
+                1 => Ok(Grown {
+                    name: decode_body(body)?,
+                    added: 0,
+                }),
+                v => Err(StoreError::Codec(format!("unknown version {v}"))),
+            }
+        }
+    }
+
+    #[test]
+    fn older_versions_are_upgraded_and_oversized_records_refused() {
+        let mut old = vec![1u8];
+        bincode::serde::encode_into_std_write("x", &mut old, bincode::config::standard()).unwrap();
+        let g: Grown = decode(&old).unwrap();
+        assert_eq!(
+            g,
+            Grown {
+                name: "x".into(),
+                added: 0
+            }
+        );
+        assert_eq!(decode::<Grown>(&encode(&g).unwrap()).unwrap(), g);
+        assert!(decode::<Grown>(&[3, 0]).is_err());
+        let big = Grown {
+            name: "x".repeat(MAX_RECORD_BYTES),
+            added: 1,
+        };
+        assert!(encode(&big).is_err());
+    }
+
     #[test]
     fn records_round_trip_with_a_version_byte() {
         let s = Sample {
@@ -117,7 +187,7 @@ mod tests {
             list: vec![("a".into(), "b".into())],
         };
         let bytes = encode(&s).unwrap();
-        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(bytes[0], Sample::VERSION);
         assert_eq!(decode::<Sample>(&bytes).unwrap(), s);
     }
 
@@ -127,7 +197,7 @@ mod tests {
         bytes[0] = 99;
         assert!(decode::<u32>(&bytes).is_err());
         assert!(decode::<u32>(&[]).is_err());
-        assert!(decode::<Sample>(&[RECORD_VERSION, 0xFF, 0xFF]).is_err());
+        assert!(decode::<Sample>(&[Sample::VERSION, 0xFF, 0xFF]).is_err());
     }
 
     #[test]

@@ -1,209 +1,339 @@
-//! The push queue: deliveries waiting for an attempt, leases for attempts under way, and
-//! the log of every attempt. The delivery worker drives it; see `worker::delivery`.
+//! The outbox: every outbound call waiting for an attempt, one queue per endpoint, and the
+//! log of every attempt. The delivery engine drives it; see `worker::delivery`.
+//!
+//! Key of an outbox entry: `endpoint ‖ 0xFF ‖ due (u64 BE ms) ‖ delivery id`. An endpoint's
+//! entries are one range in due order, so the engine reads each endpoint's queue on its
+//! own and a backlog at one receiver never hides another's work. A parked entry (its
+//! endpoint is paused or disabled) has the due time [`PARKED`]: it sorts after every real
+//! time, is never due, and costs nothing while it waits.
+//!
+//! An attempt under way is not written anywhere: its entry stays at its due time until the
+//! outcome is recorded. The engine, the only reader, knows which entries it holds; after a
+//! crash the entry is simply due again, so a push is retried, never lost.
 
-use sled::IVec;
 use uuid::Uuid;
 
-use super::codec::{decode, encode, env_id, partner_id, pending_value};
-use super::records::{transmission_uuid, AttemptRec, DeliveryRec, MessageRec};
-use super::writer::Table;
+use super::codec::{decode, encode, env_id, partner_id, pending_value, SEP};
+use super::records::{
+    transmission_uuid, AttemptRec, DeliveryRec, EndpointHealthRec, MessageRec, PartnerRec, Target,
+    PARKED,
+};
+use super::transitions::{Event, Transition};
+use super::writer::{Table, Tx};
 use super::{Store, StoreError};
-use crate::model::{Env, Status};
+use crate::model::Env;
 
-/// `due ‖ id`: queue order is due order.
-pub(super) fn delivery_key(due: i64, id: Uuid) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&(due.max(0) as u64).to_be_bytes());
-    k[8..].copy_from_slice(id.as_bytes());
+/// `endpoint ‖ 0xFF ‖ due ‖ id`.
+pub(super) fn outbox_key(endpoint: &[u8], due: u64, id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(endpoint.len() + 25);
+    k.extend_from_slice(endpoint);
+    k.push(SEP);
+    k.extend_from_slice(&due.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
-fn attempt_key(env: Env, uuid: Uuid, attempt: u32) -> [u8; 21] {
+/// The endpoint, due time and id of an outbox key.
+fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u64, Uuid)> {
+    let split = key.len().checked_sub(25)?;
+    let (endpoint, rest) = key.split_at(split);
+    if rest[0] != SEP {
+        return None;
+    }
+    let due = u64::from_be_bytes(rest[1..9].try_into().ok()?);
+    Some((endpoint, due, Uuid::from_slice(&rest[9..]).ok()?))
+}
+
+fn endpoint_prefix(endpoint: &[u8]) -> Vec<u8> {
+    let mut p = endpoint.to_vec();
+    p.push(SEP);
+    p
+}
+
+fn attempt_key(env: Env, id: Uuid, attempt: u32) -> [u8; 21] {
     let mut k = [0u8; 21];
-    k[..17].copy_from_slice(&env_id(env, uuid));
+    k[..17].copy_from_slice(&env_id(env, id));
     k[17..].copy_from_slice(&attempt.to_be_bytes());
     k
 }
 
-/// What happens to a delivery after an attempt (or a decision not to attempt).
-#[derive(Debug, Clone)]
+/// `now` as an outbox due time.
+pub fn due_at(ms: i64) -> u64 {
+    ms.max(0) as u64
+}
+
+/// What happens to a delivery after an attempt, or after a decision not to make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// 2xx: the transmission is `processed`.
+    /// 2xx: done.
     Delivered,
-    /// Try again at this time.
-    RetryAt(i64),
-    /// The last attempt failed: the transmission is `failed` with this error.
+    /// Try again at this due time.
+    RetryAt(u64),
+    /// No more attempts: the target fails with this error.
     Failed(String),
-    /// Not attempted (push paused or endpoint disabled): look again at this time,
-    /// without counting an attempt.
-    HoldUntil(i64),
-    /// The receiver no longer has a push URL: hand the transmission to its poll queue.
+    /// The endpoint is paused or disabled: park it until it is released.
+    Park,
+    /// The receiver has no push URL any more: hand the transmission to its poll queue.
     ToPolling,
+    /// What it would deliver is damaged (a payload that fails its checksum): the target
+    /// fails with `payload_corrupt`, and nothing more is tried.
+    Corrupt(String),
+    /// Nothing left to deliver (the target is gone or already final): remove it.
+    Drop,
 }
 
-/// A delivery that is due, with its key as read.
-pub struct Due {
-    key: IVec,
+/// An outbox entry as read: its key and record.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub key: Vec<u8>,
+    pub due: u64,
     pub delivery: DeliveryRec,
 }
 
-/// A delivery leased for an attempt.
-pub struct Leased {
-    key: [u8; 24],
-    pub delivery: DeliveryRec,
+impl Queued {
+    /// The endpoint this entry is queued for.
+    pub fn endpoint(&self) -> &[u8] {
+        split_outbox_key(&self.key).map_or(&[][..], |(e, _, _)| e)
+    }
+}
+
+/// One endpoint that has entries in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxEndpoint {
+    pub endpoint: Vec<u8>,
+    /// The earliest due time that is not parked.
+    pub first_due: Option<u64>,
+    pub parked: bool,
+}
+
+/// How many entries the outbox holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxCounts {
+    /// Due now (attempts under way included).
+    pub due: u64,
+    /// Waiting for a retry time.
+    pub scheduled: u64,
+    /// Parked behind a paused or disabled endpoint.
+    pub held: u64,
+}
+
+/// Whether `target`'s endpoint holds its deliveries back, judged on the records inside the
+/// writer's transaction (not a directory snapshot that may be a moment old). `None`: the
+/// receiver no longer has a push URL.
+fn held_in_tx(t: &Tx<'_>, env: Env, target: &Target) -> Result<Option<bool>, StoreError> {
+    match target {
+        Target::Transmission { receiver, .. } => {
+            let Some(raw) = t.get(Table::Partners, receiver.as_bytes())? else {
+                return Ok(None);
+            };
+            let p: PartnerRec = decode(&raw)?;
+            if p.push_url_for(env).is_none() {
+                return Ok(None);
+            }
+            Ok(Some(p.push_held(env).is_some()))
+        }
+    }
+}
+
+/// The next free attempt number of a delivery: its own count, moved past any number already
+/// logged (an attempt that finished after the delivery was queued again), so the log only
+/// ever grows.
+fn free_attempt_number(t: &Tx<'_>, d: &DeliveryRec) -> Result<u32, StoreError> {
+    let mut n = d.attempt.saturating_add(1);
+    while t
+        .get(Table::Attempts, attempt_key(d.env, d.id, n))?
+        .is_some()
+    {
+        n = n.saturating_add(1);
+    }
+    Ok(n)
 }
 
 impl Store {
-    /// Up to `limit` deliveries due at `now`, and when the next later one falls due.
-    pub fn due_deliveries(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> Result<(Vec<Due>, Option<i64>), StoreError> {
-        let mut due = Vec::new();
-        for item in self.t.deliveries.iter() {
-            let (key, value) = item?;
-            let at = key
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0) as i64;
-            if at > now {
-                return Ok((due, Some(at)));
-            }
-            due.push(Due {
-                key,
-                delivery: decode(&value)?,
+    /// Every endpoint that has outbox entries, with its earliest due time and whether some
+    /// are parked. One seek per endpoint, not a scan of the queue.
+    pub fn outbox_endpoints(&self) -> Result<Vec<OutboxEndpoint>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor: Vec<u8> = Vec::new();
+        while let Some(item) = self.t.outbox.range(cursor.as_slice()..).next() {
+            let (key, _) = item?;
+            let Some((endpoint, due, _)) = split_outbox_key(&key) else {
+                return Err(StoreError::Codec("bad outbox key".into()));
+            };
+            let prefix = endpoint_prefix(endpoint);
+            let parked = match self.t.outbox.scan_prefix(&prefix).next_back() {
+                Some(last) => split_outbox_key(&last?.0).is_some_and(|(_, d, _)| d == PARKED),
+                None => false,
+            };
+            out.push(OutboxEndpoint {
+                endpoint: endpoint.to_vec(),
+                first_due: (due != PARKED).then_some(due),
+                parked,
             });
-            if due.len() >= limit {
-                break;
-            }
+            // Past every key of this endpoint: codes never contain 0xFF, so nothing of
+            // another endpoint lies between.
+            cursor = prefix;
+            cursor.extend_from_slice(&[0xFF; 25]);
         }
-        Ok((due, None))
+        Ok(out)
     }
 
-    /// Leases due deliveries until `lease_until` (a crash during the attempt makes them
-    /// due again then) and marks their transmissions `processing`.
-    pub async fn lease_deliveries(
+    /// Up to `limit` of `endpoint`'s entries due at `now`, oldest first, leaving out those
+    /// `skip` names (attempts already under way). Also returns the due time of the first
+    /// entry not taken, if there is one that is not parked.
+    pub fn outbox_due(
         &self,
-        due: Vec<Due>,
-        lease_until: i64,
+        endpoint: &[u8],
+        now: u64,
+        limit: usize,
+        skip: impl Fn(&Uuid) -> bool,
+    ) -> Result<(Vec<Queued>, Option<u64>), StoreError> {
+        let mut taken = Vec::new();
+        for item in self.t.outbox.scan_prefix(endpoint_prefix(endpoint)) {
+            let (key, value) = item?;
+            let Some((_, due, id)) = split_outbox_key(&key) else {
+                return Err(StoreError::Codec("bad outbox key".into()));
+            };
+            if due > now || taken.len() >= limit {
+                return Ok((taken, (due != PARKED).then_some(due)));
+            }
+            if skip(&id) {
+                continue;
+            }
+            taken.push(Queued {
+                key: key.to_vec(),
+                due,
+                delivery: decode(&value)?,
+            });
+        }
+        Ok((taken, None))
+    }
+
+    /// How many entries wait, by kind of wait. A scan of the whole outbox: an admin view.
+    pub fn outbox_counts(&self, now: i64) -> Result<OutboxCounts, StoreError> {
+        let now = due_at(now);
+        let mut c = OutboxCounts::default();
+        for item in self.t.outbox.iter().keys() {
+            match split_outbox_key(&item?) {
+                Some((_, PARKED, _)) => c.held += 1,
+                Some((_, due, _)) if due <= now => c.due += 1,
+                _ => c.scheduled += 1,
+            }
+        }
+        Ok(c)
+    }
+
+    /// Records the end of an attempt (or of a decision not to make one): the attempt log,
+    /// the endpoint's health, the target's new state and what happens to the entry next.
+    /// Everything is read and decoded before the first write.
+    pub async fn finish_delivery(
+        &self,
+        queued: Queued,
+        attempt: Option<AttemptRec>,
+        next: Next,
+        health: Option<EndpointHealthRec>,
         now: i64,
-    ) -> Result<Vec<Leased>, StoreError> {
+    ) -> Result<(), StoreError> {
+        let endpoint = queued.endpoint().to_vec();
+        let health = health.map(|h| encode(&h)).transpose()?;
+        let attempt_error = attempt.as_ref().map(AttemptRec::describe);
+        let attempt = attempt.map(|a| encode(&a)).transpose()?;
         self.writer
             .write(move |t| {
-                let mut leased = Vec::with_capacity(due.len());
-                for Due { key, delivery } in due {
-                    // Taken by an earlier scan or an admin action meanwhile: skip.
-                    let Some(current) = t.get(Table::Deliveries, &key)? else {
-                        continue;
-                    };
-                    let value = current.to_vec();
-                    let new_key = delivery_key(lease_until, delivery.id);
-                    t.remove(Table::Deliveries, &key)?;
-                    t.insert(Table::Deliveries, new_key, value)?;
-                    let mkey = env_id(delivery.env, delivery.message_id);
-                    if let Some(raw) = t.get(Table::Messages, mkey)? {
-                        let mut m: MessageRec = decode(&raw)?;
-                        if let Some(tx) = m.transmissions.get_mut(usize::from(delivery.index)) {
-                            if tx.status == Status::Queued {
-                                tx.status = Status::Processing;
-                                m.refresh_status(now);
-                                t.insert(Table::Messages, mkey, encode(&m)?)?;
-                            }
-                        }
-                    }
-                    leased.push(Leased {
-                        key: new_key,
-                        delivery,
-                    });
-                }
-                Ok(leased)
+                finish_job(
+                    t,
+                    queued,
+                    endpoint,
+                    attempt,
+                    attempt_error,
+                    next,
+                    health,
+                    now,
+                )
             })
             .await
     }
 
-    /// Records the end of an attempt (or of a decision not to attempt): the attempt log,
-    /// the transmission's new state, and what happens to the delivery next.
-    pub async fn finish_delivery(
-        &self,
-        leased: Leased,
-        attempt: Option<AttemptRec>,
-        next: Next,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let requeued = matches!(next, Next::RetryAt(_) | Next::HoldUntil(_));
-        let Leased {
-            key,
-            delivery: mut d,
-        } = leased;
+    /// Parks entries whose endpoint holds them back. Each is checked again inside the
+    /// transaction: one whose endpoint was released meanwhile stays due.
+    pub async fn park_deliveries(&self, items: Vec<Queued>, now: i64) -> Result<(), StoreError> {
         self.writer
             .write(move |t| {
-                if t.get(Table::Deliveries, key)?.is_none() {
-                    return Ok(()); // redelivered or removed by an admin meanwhile
+                let mut moves = Vec::with_capacity(items.len());
+                for q in items {
+                    let d = &q.delivery;
+                    if t.get(Table::Outbox, &q.key)?.is_none() {
+                        continue;
+                    }
+                    let due = match held_in_tx(t, d.env, &d.target)? {
+                        Some(true) => PARKED,
+                        _ => continue,
+                    };
+                    let owner = owner_update(t, d, Event::Requeued { due }, now)?;
+                    moves.push((q, due, owner));
                 }
-                t.remove(Table::Deliveries, key)?;
-                let uuid = transmission_uuid(d.message_id, usize::from(d.index));
-                let mkey = env_id(d.env, d.message_id);
-                let Some(raw) = t.get(Table::Messages, mkey)? else {
-                    return Ok(());
-                };
-                let mut m: MessageRec = decode(&raw)?;
-                let Some(tx) = m.transmissions.get_mut(usize::from(d.index)) else {
-                    return Ok(());
-                };
-                if let Some(a) = &attempt {
-                    d.attempt += 1;
-                    tx.attempts = d.attempt;
-                    tx.last_error = a.error.clone().or_else(|| {
-                        a.status
-                            .filter(|s| !(200..300).contains(s))
-                            .map(|s| format!("HTTP {s}"))
-                    });
-                    t.insert(
-                        Table::Attempts,
-                        attempt_key(d.env, uuid, d.attempt),
-                        encode(a)?,
-                    )?;
+                for (q, due, owner) in moves {
+                    let new_key = outbox_key(q.endpoint(), due, q.delivery.id);
+                    t.remove(Table::Outbox, &q.key)?;
+                    t.insert(Table::Outbox, new_key, encode(&q.delivery)?)?;
+                    owner.write(t)?;
                 }
-                match &next {
-                    Next::Delivered => {
-                        tx.status = Status::Processed;
-                        tx.delivered_at = Some(now);
-                        tx.last_error = None;
-                    }
-                    Next::RetryAt(at) | Next::HoldUntil(at) => {
-                        tx.status = Status::Queued;
-                        t.insert(Table::Deliveries, delivery_key(*at, d.id), encode(&d)?)?;
-                    }
-                    Next::Failed(error) => {
-                        tx.status = Status::Failed;
-                        tx.last_error = Some(error.clone());
-                        let receiver = tx.receiver.clone();
-                        m.errors.push(format!("{receiver}: {error}"));
-                    }
-                    Next::ToPolling => {
-                        tx.status = Status::Queued;
-                        let pkey = partner_id(d.env, &tx.receiver, uuid);
-                        t.insert(Table::ReceiverPending, pkey, pending_value(0, &m.doctype))?;
-                    }
-                }
-                m.refresh_status(now);
-                t.insert(Table::Messages, mkey, encode(&m)?)?;
                 Ok(())
             })
-            .await?;
-        if requeued {
-            // The worker may be asleep until a later due time; let it see this one.
-            self.deliveries_ready.notify_one();
-        }
-        Ok(())
+            .await
     }
 
-    /// Every attempt of a transmission, oldest first.
-    pub fn attempts(&self, env: Env, uuid: Uuid) -> Result<Vec<(u32, AttemptRec)>, StoreError> {
+    /// Makes up to `limit` of an endpoint's parked entries due now, if the endpoint no
+    /// longer holds them back. Returns how many were released.
+    pub async fn release_parked(
+        &self,
+        endpoint: &[u8],
+        limit: usize,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut parked = Vec::new();
+        let start = outbox_key(endpoint, PARKED, Uuid::nil());
+        for item in self.t.outbox.range(start..).take(limit) {
+            let (key, value) = item?;
+            match split_outbox_key(&key) {
+                Some((e, PARKED, _)) if e == endpoint => {}
+                _ => break,
+            }
+            parked.push((key.to_vec(), decode::<DeliveryRec>(&value)?));
+        }
+        if parked.is_empty() {
+            return Ok(0);
+        }
+        let due = due_at(now);
+        self.writer
+            .write(move |t| {
+                let mut moves = Vec::with_capacity(parked.len());
+                for (key, d) in parked {
+                    if t.get(Table::Outbox, &key)?.is_none() {
+                        continue;
+                    }
+                    if held_in_tx(t, d.env, &d.target)? == Some(true) {
+                        return Ok(0); // held again meanwhile: leave them all parked
+                    }
+                    let owner = owner_update(t, &d, Event::Requeued { due }, now)?;
+                    moves.push((key, d, owner));
+                }
+                let n = moves.len();
+                for (key, d, owner) in moves {
+                    let new_key = outbox_key(&d.target.endpoint(d.env), due, d.id);
+                    t.remove(Table::Outbox, &key)?;
+                    t.insert(Table::Outbox, new_key, encode(&d)?)?;
+                    owner.write(t)?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    /// Every attempt of a delivery (for a push: of its transmission), oldest first.
+    pub fn attempts(&self, env: Env, id: Uuid) -> Result<Vec<(u32, AttemptRec)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.t.attempts.scan_prefix(env_id(env, uuid)) {
+        for item in self.t.attempts.scan_prefix(env_id(env, id)) {
             let (key, value) = item?;
             let n = key
                 .get(17..21)
@@ -214,85 +344,274 @@ impl Store {
         }
         Ok(out)
     }
-}
 
-impl Store {
-    /// The `(message id, index)` of every failed transmission to `receiver` in `env`.
-    /// A scan of the environment's messages: an admin action, not a hot path.
-    pub fn failed_transmissions(
-        &self,
-        env: Env,
-        receiver: &str,
-    ) -> Result<Vec<(Uuid, usize)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.t.messages.scan_prefix([env.byte()]) {
-            let (_, value) = item?;
-            let m: MessageRec = decode(&value)?;
-            for (i, tx) in m.transmissions.iter().enumerate() {
-                if tx.receiver == receiver && tx.status == Status::Failed {
-                    out.push((m.id, i));
-                }
-            }
-        }
-        Ok(out)
+    /// The highest attempt number logged for a delivery (0 if none).
+    pub(super) fn last_attempt(&self, env: Env, id: Uuid) -> Result<u32, StoreError> {
+        Ok(
+            match self.t.attempts.scan_prefix(env_id(env, id)).next_back() {
+                Some(item) => item?
+                    .0
+                    .get(17..21)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0),
+                None => 0,
+            },
+        )
     }
 
-    /// Sends failed transmissions again: each goes back to `queued`, as a new push when its
-    /// receiver has a push URL for `env`, else into its poll queue. Transmissions that are
-    /// not failed are left alone. Returns how many were requeued.
-    pub async fn redeliver(
+    /// How an endpoint has been doing, as last recorded.
+    pub fn endpoint_health(
         &self,
-        env: Env,
-        targets: Vec<(Uuid, usize)>,
-        now: i64,
-    ) -> Result<usize, StoreError> {
-        let dir = self.directory();
-        let count = self
-            .writer
-            .write(move |t| {
-                let mut count = 0;
-                for (id, index) in targets {
-                    let mkey = env_id(env, id);
-                    let Some(raw) = t.get(Table::Messages, mkey)? else {
-                        continue;
-                    };
-                    let mut m: MessageRec = decode(&raw)?;
-                    let doctype = m.doctype.clone();
-                    let Some(tx) = m.transmissions.get_mut(index) else {
-                        continue;
-                    };
-                    if tx.status != Status::Failed {
-                        continue;
-                    }
-                    tx.status = Status::Queued;
-                    let uuid = transmission_uuid(id, index);
-                    if dir
-                        .partner(&tx.receiver)
-                        .and_then(|p| p.push_url_for(env))
-                        .is_some()
-                    {
-                        let d = DeliveryRec {
-                            id: Uuid::now_v7(),
-                            env,
-                            message_id: id,
-                            index: index as u8,
-                            attempt: 0,
-                        };
-                        t.insert(Table::Deliveries, delivery_key(now, d.id), encode(&d)?)?;
-                    } else {
-                        let pkey = partner_id(env, &tx.receiver, uuid);
-                        t.insert(Table::ReceiverPending, pkey, pending_value(0, &doctype))?;
-                    }
-                    m.refresh_status(now);
-                    t.insert(Table::Messages, mkey, encode(&m)?)?;
-                    count += 1;
-                }
-                Ok(count)
-            })
-            .await?;
-        if count > 0 {
-            self.deliveries_ready.notify_one();
+        endpoint: &[u8],
+    ) -> Result<Option<EndpointHealthRec>, StoreError> {
+        self.t
+            .endpoint_health
+            .get(endpoint)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+}
+
+/// A change to a delivery's owner, decided before any write and written after.
+pub(super) enum OwnerUpdate {
+    /// Nothing to write (the owner is gone, or the event changes nothing).
+    None,
+    /// The message record to store, and a poll queue entry to add.
+    Message {
+        key: [u8; 17],
+        record: Vec<u8>,
+        pending: Option<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+impl OwnerUpdate {
+    pub(super) fn write(self, t: &Tx<'_>) -> Result<(), StoreError> {
+        if let OwnerUpdate::Message {
+            key,
+            record,
+            pending,
+        } = self
+        {
+            t.insert(Table::Messages, key, record)?;
+            if let Some((k, v)) = pending {
+                t.insert(Table::ReceiverPending, k, v)?;
+            }
         }
-        Ok(count)
+        Ok(())
+    }
+}
+
+/// Applies `event` to the delivery's owner, without writing. Returns the update and
+/// whether the owner accepted the event (`Refused`: the delivery has nothing left to do).
+fn owner_event(
+    t: &Tx<'_>,
+    d: &DeliveryRec,
+    event: Event,
+    now: i64,
+) -> Result<(OwnerUpdate, Transition), StoreError> {
+    match &d.target {
+        Target::Transmission {
+            message_id, index, ..
+        } => {
+            let key = env_id(d.env, *message_id);
+            let Some(raw) = t.get(Table::Messages, key)? else {
+                return Ok((OwnerUpdate::None, Transition::Refused));
+            };
+            let mut m: MessageRec = decode(&raw)?;
+            let index = usize::from(*index);
+            let to_polling = event == Event::ToPolling;
+            let outcome = m.apply(index, event, now);
+            if outcome != Transition::Changed {
+                return Ok((OwnerUpdate::None, outcome));
+            }
+            let pending = match (to_polling, m.transmissions.get(index)) {
+                (true, Some(tx)) => Some((
+                    partner_id(d.env, &tx.receiver, transmission_uuid(m.id, index)),
+                    pending_value(0, &m.doctype),
+                )),
+                _ => None,
+            };
+            Ok((
+                OwnerUpdate::Message {
+                    key,
+                    record: encode(&m)?,
+                    pending,
+                },
+                outcome,
+            ))
+        }
+    }
+}
+
+pub(super) fn owner_update(
+    t: &Tx<'_>,
+    d: &DeliveryRec,
+    event: Event,
+    now: i64,
+) -> Result<OwnerUpdate, StoreError> {
+    owner_event(t, d, event, now).map(|(u, _)| u)
+}
+
+/// The writer job of [`Store::finish_delivery`]: reads and decides everything, then writes.
+#[allow(clippy::too_many_arguments)]
+fn finish_job(
+    t: &Tx<'_>,
+    queued: Queued,
+    endpoint: Vec<u8>,
+    attempt: Option<Vec<u8>>,
+    attempt_error: Option<String>,
+    next: Next,
+    health: Option<Vec<u8>>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut d = queued.delivery;
+    let present = t.get(Table::Outbox, &queued.key)?.is_some();
+    let number = match &attempt {
+        Some(_) => Some(free_attempt_number(t, &d)?),
+        None => None,
+    };
+    let attempts_made = number.unwrap_or(d.attempt);
+    // A parked entry whose endpoint was released meanwhile stays due instead.
+    let next = match next {
+        Next::Park => match held_in_tx(t, d.env, &d.target)? {
+            Some(true) => Next::Park,
+            Some(false) => Next::RetryAt(due_at(now)),
+            None => Next::ToPolling,
+        },
+        other => other,
+    };
+    let event = match (&next, attempt_error) {
+        (Next::Delivered, _) => Some(Event::PushDelivered {
+            attempt: attempts_made,
+        }),
+        (Next::RetryAt(due), Some(error)) => Some(Event::PushRetry {
+            attempt: attempts_made,
+            due: *due,
+            error,
+        }),
+        (Next::RetryAt(due), None) => Some(Event::Requeued { due: *due }),
+        (Next::Failed(e), _) => Some(Event::PushFailed {
+            attempt: attempts_made,
+            error: e.clone(),
+        }),
+        (Next::Corrupt(why), _) => Some(Event::Corrupt { error: why.clone() }),
+        (Next::Park, _) => Some(Event::Requeued { due: PARKED }),
+        (Next::ToPolling, _) => Some(Event::ToPolling),
+        (Next::Drop, _) => None,
+    };
+    let (owner, accepted) = match event {
+        Some(e) if present => owner_event(t, &d, e, now)?,
+        _ => (OwnerUpdate::None, Transition::Refused),
+    };
+    let requeue = match next {
+        Next::RetryAt(due) if accepted != Transition::Refused => Some(due),
+        Next::Park if accepted != Transition::Refused => Some(PARKED),
+        _ => None,
+    };
+    if let Some(n) = number {
+        d.attempt = n;
+        d.tries = d.tries.saturating_add(1);
+    }
+    let requeued = requeue
+        .map(|due| encode(&d).map(|v| (due, v)))
+        .transpose()?;
+
+    // Writes only from here on.
+    if let (Some(n), Some(a)) = (number, attempt) {
+        t.insert(Table::Attempts, attempt_key(d.env, d.id, n), a)?;
+    }
+    if let Some(h) = health {
+        t.insert(Table::EndpointHealth, &endpoint, h)?;
+    }
+    if present {
+        t.remove(Table::Outbox, &queued.key)?;
+        if let Some((due, value)) = requeued {
+            t.insert(Table::Outbox, outbox_key(&endpoint, due, d.id), value)?;
+        }
+    }
+    owner.write(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keys_split_back_and_order_by_endpoint_then_due() {
+        let id = Uuid::now_v7();
+        let e = b"p\x00ACME".to_vec();
+        let k = outbox_key(&e, 42, id);
+        assert_eq!(split_outbox_key(&k), Some((&e[..], 42, id)));
+        assert!(outbox_key(&e, 41, id) < k);
+        assert!(k < outbox_key(&e, PARKED, Uuid::nil()), "parked sorts last");
+        let other = outbox_key(b"p\x00ACMEX", 0, id);
+        assert!(!other.starts_with(&endpoint_prefix(&e)));
+        assert_eq!(split_outbox_key(b"short"), None);
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+    use crate::store::codec::Record;
+    use crate::store::records::new_message_id;
+
+    fn attempt() -> AttemptRec {
+        AttemptRec {
+            at: 1,
+            url: "http://x".into(),
+            status: Some(200),
+            latency_ms: 1,
+            response: String::new(),
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_fails_the_job_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let env = Env::Live;
+        let id = new_message_id();
+        let d = DeliveryRec {
+            id: transmission_uuid(id, 0),
+            env,
+            target: Target::Transmission {
+                message_id: id,
+                index: 0,
+                receiver: "GLOBEX".into(),
+            },
+            attempt: 0,
+            tries: 0,
+        };
+        let key = outbox_key(&d.target.endpoint(env), 5, d.id);
+        store.t.outbox.insert(&key, encode(&d).unwrap()).unwrap();
+        // A message record that does not decode.
+        store
+            .t
+            .messages
+            .insert(env_id(env, id), vec![MessageRec::VERSION, 0xFF, 0xFF])
+            .unwrap();
+        let queued = Queued {
+            key: key.clone(),
+            due: 5,
+            delivery: d,
+        };
+        let r = store
+            .finish_delivery(queued, Some(attempt()), Next::Delivered, None, 10)
+            .await;
+        assert!(r.is_err(), "the job reports the bad record");
+        assert!(
+            store.t.outbox.get(&key).unwrap().is_some(),
+            "the delivery is still queued: nothing is lost"
+        );
+        assert_eq!(store.t.attempts.len(), 0, "nothing was written");
+
+        // Redelivery checks every target before its first write.
+        let r = store.redeliver(env, vec![(id, 0)], 10).await;
+        assert!(r.is_err());
+        assert_eq!(store.t.outbox.len(), 1);
+        store.close();
     }
 }

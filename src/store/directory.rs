@@ -201,12 +201,12 @@ impl Store {
     /// Creates a partner; 409 if the code exists.
     pub async fn create_partner(&self, new: NewPartner) -> Result<PartnerRec, DirError> {
         let secret = || {
-            crate::outbound::sign::new_secret()
+            crate::secrets::signing_secret()
                 .map(|current| SigningSecrets {
                     current,
                     previous: None,
                 })
-                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+                .map_err(|e| StoreError::Io(e.into()))
         };
         let (signing, test_signing) = (secret()?, secret()?);
         self.change(move |t, _| {
@@ -292,7 +292,7 @@ impl Store {
         })
         .await
         // Resuming or re-enabling releases held pushes: let the worker look now.
-        .inspect(|_| self.deliveries_ready.notify_one())
+        .inspect(|_| self.outbox.rescan())
     }
 
     /// Replaces the signing secret of `env`'s push endpoint. The old secret keeps signing
@@ -303,8 +303,7 @@ impl Store {
         env: Env,
         overlap_ms: i64,
     ) -> Result<PartnerRec, DirError> {
-        let fresh = crate::outbound::sign::new_secret()
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        let fresh = crate::secrets::signing_secret().map_err(|e| StoreError::Io(e.into()))?;
         self.modify_partner(code, move |rec| {
             let secrets = match env {
                 Env::Live => &mut rec.signing,
@@ -378,7 +377,11 @@ impl Store {
         label: Option<String>,
     ) -> Result<CreatedKey, DirError> {
         let partner = partner.to_owned();
-        let secret = format!("wb_{}_{}", env.as_str(), random_token(24)?);
+        let secret = format!(
+            "wb_{}_{}",
+            env.as_str(),
+            crate::secrets::random_token(24).map_err(|e| StoreError::Io(e.into()))?
+        );
         self.change(move |t, dir| {
             if dir.partner(&partner).is_none() {
                 return Err(DirError::NotFound("partner"));
@@ -490,12 +493,4 @@ impl Store {
         })
         .await
     }
-}
-
-/// `n` random bytes as unpadded base64url.
-pub fn random_token(n: usize) -> Result<String, StoreError> {
-    use base64::Engine;
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
 }

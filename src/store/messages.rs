@@ -9,11 +9,12 @@ use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
-use super::deliveries::delivery_key;
+use super::deliveries::{due_at, outbox_key, Queued};
 use super::records::{
-    new_message_id, split_transmission_uuid, DeliveryRec, MessageRec, RequestRec, TransmissionRec,
-    TransmissionState,
+    clip, new_message_id, split_transmission_uuid, DeliveryRec, MessageRec, RequestRec, Target,
+    TransmissionRec, TransmissionState,
 };
+use super::transitions::{Event, Transition};
 use super::writer::{Table, LARGE_WRITE_BYTES};
 use super::{Store, StoreError};
 use crate::model::{Env, Status};
@@ -93,6 +94,7 @@ impl Store {
                     delivered_at: None,
                     acknowledged_at: None,
                     last_error: None,
+                    outbox_due: None,
                 })
                 .collect();
             messages.push(MessageRec {
@@ -108,7 +110,9 @@ impl Store {
                 received_at: now,
                 status: Status::Queued,
                 history: vec![(now, Status::Queued)],
+                history_dropped: 0,
                 errors: Vec::new(),
+                errors_dropped: 0,
                 processed_at: None,
                 transmissions,
             });
@@ -122,30 +126,46 @@ impl Store {
             messages: messages.iter().map(|m| m.id).collect(),
         };
 
-        // Encode here, off the writer thread, which only copies bytes into sled.
-        // A receiver with a push URL for this environment gets its transmission pushed
-        // (a delivery due now); the others find it in their poll queue.
+        // A receiver with a push URL for this environment gets its transmission pushed (an
+        // outbox entry due now, whose id is the transmission's uuid); the others find it in
+        // their poll queue.
         let dir = self.directory();
-        let mut writes = Vec::with_capacity(messages.len());
-        let mut queue = Vec::with_capacity(messages.len());
+        let due = due_at(now);
         let mut deliveries = Vec::new();
-        for m in &messages {
-            writes.push((env_id(env, m.id), encode(m)?));
-            for (index, (uuid, receiver)) in m.transmission_refs().enumerate() {
+        for m in &mut messages {
+            for (index, tx) in m.transmissions.iter_mut().enumerate() {
                 if dir
-                    .partner(receiver)
+                    .partner(&tx.receiver)
                     .and_then(|p| p.push_url_for(env))
                     .is_some()
                 {
+                    tx.outbox_due = Some(due);
                     let d = DeliveryRec {
-                        id: Uuid::now_v7(),
+                        id: super::records::transmission_uuid(m.id, index),
                         env,
-                        message_id: m.id,
-                        index: index as u8,
+                        target: Target::Transmission {
+                            message_id: m.id,
+                            index: index as u8,
+                            receiver: tx.receiver.clone(),
+                        },
                         attempt: 0,
+                        tries: 0,
                     };
-                    deliveries.push((delivery_key(now, d.id), encode(&d)?));
-                } else {
+                    deliveries.push(Queued {
+                        key: outbox_key(&d.target.endpoint(env), due, d.id),
+                        due,
+                        delivery: d,
+                    });
+                }
+            }
+        }
+        // Encode here, off the writer thread, which only copies bytes into sled.
+        let mut writes = Vec::with_capacity(messages.len());
+        let mut queue = Vec::with_capacity(messages.len());
+        for m in &messages {
+            writes.push((env_id(env, m.id), encode(m)?));
+            for (index, (uuid, receiver)) in m.transmission_refs().enumerate() {
+                if m.transmissions[index].outbox_due.is_none() {
                     queue.push((
                         partner_id(env, receiver, uuid),
                         pending_value(0, &m.doctype),
@@ -153,7 +173,10 @@ impl Store {
                 }
             }
         }
-        let pushes = !deliveries.is_empty();
+        let outbox = deliveries
+            .iter()
+            .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
+            .collect::<Result<Vec<_>, _>>()?;
         let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
 
@@ -165,14 +188,14 @@ impl Store {
                 for (key, value) in queue {
                     t.insert(Table::ReceiverPending, key, value)?;
                 }
-                for (key, value) in deliveries {
-                    t.insert(Table::Deliveries, key, value)?;
+                for (key, value) in outbox {
+                    t.insert(Table::Outbox, key, value)?;
                 }
                 t.insert(Table::Requests, request_key, request_value)
             })
             .await?;
-        if pushes {
-            self.deliveries_ready.notify_one();
+        if !deliveries.is_empty() {
+            self.outbox.offer(deliveries);
         }
         Ok((request, messages))
     }
@@ -285,16 +308,9 @@ impl Store {
                             continue;
                         }
                     };
-                    let Some(tx) = m.transmissions.get_mut(index) else {
+                    if m.apply(index, Event::Claimed { lease_until }, now) != Transition::Changed {
                         continue;
-                    };
-                    tx.attempts = tx.attempts.saturating_add(1);
-                    tx.lease_until = lease_until;
-                    tx.delivered_at.get_or_insert(now);
-                    if matches!(tx.status, Status::Queued | Status::Processing) {
-                        tx.status = Status::Processed;
                     }
-                    m.refresh_status(now);
                     let record = encode(&m)?;
                     t.insert(Table::Messages, mkey, record)?;
                     if let Some(until) = lease_until {
@@ -311,13 +327,76 @@ impl Store {
             .await?;
 
         let mut items = Vec::with_capacity(claimed.len());
+        let mut corrupt = Vec::new();
         for (m, index) in claimed {
-            let payload = self.payload(&m)?;
-            if let Some(t) = m.transmission(index) {
-                items.push((t, payload));
+            match self.payload(&m) {
+                Ok(payload) => {
+                    if let Some(t) = m.transmission(index) {
+                        items.push((t, payload));
+                    }
+                }
+                // A damaged payload fails its own transmission; the queue moves on.
+                Err(StoreError::Corrupt(why)) => corrupt.push((m, index, why)),
+                Err(e) => return Err(e),
             }
         }
+        for (m, index, why) in corrupt {
+            tracing::error!(message = %m.id, %why, "a payload fails its checksum; its transmission is failed");
+            self.fail_corrupt(env, m.id, index, why, now).await?;
+        }
         Ok(Claimed { items, next_expiry })
+    }
+
+    /// Fails transmission `index` of message `id` because its payload is damaged, and takes it
+    /// out of its receiver's queues, so it blocks nothing behind it.
+    pub async fn fail_corrupt(
+        &self,
+        env: Env,
+        id: Uuid,
+        index: usize,
+        why: String,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mkey = env_id(env, id);
+        self.writer
+            .write(move |t| {
+                let Some(raw) = t.get(Table::Messages, mkey)? else {
+                    return Ok(());
+                };
+                let mut m: MessageRec = decode(&raw)?;
+                let Some(tx) = m.transmissions.get(index) else {
+                    return Ok(());
+                };
+                let pkey = partner_id(
+                    env,
+                    &tx.receiver,
+                    m.transmission(index).map_or(id, |t| t.uuid),
+                );
+                let outbox = tx.outbox_due.map(|due| {
+                    let target = Target::Transmission {
+                        message_id: id,
+                        index: index as u8,
+                        receiver: tx.receiver.clone(),
+                    };
+                    outbox_key(
+                        &target.endpoint(env),
+                        due,
+                        super::records::transmission_uuid(id, index),
+                    )
+                });
+                let event = Event::Corrupt { error: why };
+                if m.apply(index, event, now) != Transition::Changed {
+                    return Ok(());
+                }
+                let record = encode(&m)?;
+                t.insert(Table::Messages, mkey, record)?;
+                t.remove(Table::ReceiverPending, pkey)?;
+                if let Some(k) = outbox {
+                    t.remove(Table::Outbox, k)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Records a receiver's verdict on a transmission: `ok` makes it `complete`, otherwise
@@ -338,7 +417,10 @@ impl Store {
         let mkey = env_id(env, id);
         let pkey = partner_id(env, receiver, uuid);
         let receiver = receiver.to_owned();
-        let wanted = if ok { Status::Complete } else { Status::Failed };
+        let event = Event::Acknowledged {
+            ok,
+            note: note.map(clip),
+        };
         self.writer
             .write(move |t| {
                 let Some(raw) = t.get(Table::Messages, mkey)? else {
@@ -347,35 +429,36 @@ impl Store {
                 let mut m: MessageRec = decode(&raw)?;
                 let Some(tx) = m
                     .transmissions
-                    .get_mut(index)
+                    .get(index)
                     .filter(|tx| tx.receiver == receiver)
                 else {
                     return Ok(AckOutcome::NotFound);
                 };
+                // A push still queued for it is cancelled with the acknowledgement.
+                let outbox = tx.outbox_due.map(|due| {
+                    let target = Target::Transmission {
+                        message_id: id,
+                        index: index as u8,
+                        receiver: receiver.clone(),
+                    };
+                    outbox_key(&target.endpoint(env), due, uuid)
+                });
                 let lost = || StoreError::Codec("lost transmission".into());
-                if tx.status.is_final() {
-                    let same = tx.status == wanted;
-                    let view = m.transmission(index).ok_or_else(lost)?;
-                    return Ok(if same {
-                        AckOutcome::Done(view)
-                    } else {
-                        AckOutcome::Conflict(view)
-                    });
-                }
-                tx.status = wanted;
-                tx.acknowledged_at = Some(now);
-                tx.lease_until = None;
-                if !ok {
-                    let error = note.unwrap_or_else(|| "reported failed by the receiver".into());
-                    tx.last_error = Some(error.clone());
-                    m.errors.push(format!("{receiver}: {error}"));
-                }
-                m.refresh_status(now);
+                let outcome = m.apply(index, event, now);
                 let view = m.transmission(index).ok_or_else(lost)?;
-                let record = encode(&m)?;
-                t.insert(Table::Messages, mkey, record)?;
-                t.remove(Table::ReceiverPending, &pkey)?;
-                Ok(AckOutcome::Done(view))
+                match outcome {
+                    Transition::Same => Ok(AckOutcome::Done(view)),
+                    Transition::Refused => Ok(AckOutcome::Conflict(view)),
+                    Transition::Changed => {
+                        let record = encode(&m)?;
+                        t.insert(Table::Messages, mkey, record)?;
+                        t.remove(Table::ReceiverPending, &pkey)?;
+                        if let Some(k) = outbox {
+                            t.remove(Table::Outbox, k)?;
+                        }
+                        Ok(AckOutcome::Done(view))
+                    }
+                }
             })
             .await
     }

@@ -13,8 +13,10 @@
 //! | `messages` | env ‖ message id | [`MessageRec`] with its transmissions |
 //! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ transmission uuid | lease expiry ‖ doctype |
 //! | `requests` | env ‖ sender ‖ 0xFF ‖ request id | [`RequestRec`] |
-//! | `deliveries` | due (u64 BE ms) ‖ delivery id | [`DeliveryRec`] |
-//! | `attempts` | env ‖ transmission uuid ‖ attempt (u32 BE) | [`AttemptRec`] |
+//! | `outbox` | endpoint ‖ 0xFF ‖ due (u64 BE ms) ‖ delivery id | [`DeliveryRec`] |
+//! | `attempts` | env ‖ delivery id ‖ attempt (u32 BE) | [`AttemptRec`] |
+//! | `endpoint_health` | endpoint | [`EndpointHealthRec`] |
+//! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
 
@@ -24,12 +26,14 @@ pub mod directory;
 mod messages;
 pub mod payload_log;
 pub mod records;
+mod requeue;
+pub mod transitions;
 mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-pub use deliveries::{Due, Leased, Next};
+pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
@@ -46,6 +50,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("record encoding: {0}")]
     Codec(String),
+    /// Stored bytes fail their checksum: the data is damaged, not the store.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
     #[error("a flush failed; the store refuses writes")]
     FlushFailed,
     #[error("the store is shutting down")]
@@ -64,6 +71,76 @@ pub struct Trees {
     requests: sled::Tree,
     deliveries: sled::Tree,
     attempts: sled::Tree,
+    outbox: sled::Tree,
+    endpoint_health: sled::Tree,
+}
+
+impl Trees {
+    /// Every tree, in the order of [`writer::Table`].
+    fn all(&self) -> Vec<&sled::Tree> {
+        vec![
+            &self.partners,
+            &self.api_keys,
+            &self.api_key_hash,
+            &self.routes,
+            &self.messages,
+            &self.receiver_pending,
+            &self.requests,
+            &self.deliveries,
+            &self.attempts,
+            &self.outbox,
+            &self.endpoint_health,
+        ]
+    }
+}
+
+/// How the store tells the delivery engine about new outbox entries: new pushes go over a
+/// bounded channel (the engine starts them without reading them back); when that is full,
+/// or when entries appear another way (redelivery, a released endpoint), a rescan is asked
+/// for and the engine reads the outbox itself.
+pub struct OutboxSignal {
+    tx: tokio::sync::mpsc::Sender<Queued>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Queued>>>,
+    rescan: tokio::sync::Notify,
+}
+
+/// New entries handed to the engine directly; more than this wait for a rescan.
+const OUTBOX_CHANNEL: usize = 8192;
+
+impl OutboxSignal {
+    fn new() -> OutboxSignal {
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOX_CHANNEL);
+        OutboxSignal {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            rescan: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Hands new entries to the engine.
+    fn offer(&self, items: Vec<Queued>) {
+        for q in items {
+            if self.tx.try_send(q).is_err() {
+                self.rescan();
+                return;
+            }
+        }
+    }
+
+    /// Asks the engine to read the outbox again.
+    pub fn rescan(&self) {
+        self.rescan.notify_one();
+    }
+
+    /// Waits until a rescan is asked for.
+    pub async fn rescan_asked(&self) {
+        self.rescan.notified().await
+    }
+
+    /// The receiving end of new entries; the one engine takes it once.
+    pub fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<Queued>> {
+        self.rx.lock().ok()?.take()
+    }
 }
 
 /// The open store. Cheap to share behind an `Arc`.
@@ -75,8 +152,8 @@ pub struct Store {
     /// they change rarely. Rebuilt from the trees after each change, under `admin_lock`.
     directory: RwLock<Arc<Directory>>,
     admin_lock: tokio::sync::Mutex<()>,
-    /// Woken when a push is queued, so the delivery worker need not poll.
-    pub deliveries_ready: tokio::sync::Notify,
+    /// Tells the delivery engine about new outbox entries, so it need not poll.
+    pub outbox: OutboxSignal,
 }
 
 impl Store {
@@ -102,6 +179,8 @@ impl Store {
             requests: tree("requests")?,
             deliveries: tree("deliveries")?,
             attempts: tree("attempts")?,
+            outbox: tree("outbox")?,
+            endpoint_health: tree("endpoint_health")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -112,9 +191,13 @@ impl Store {
             writer,
             directory: RwLock::new(Arc::new(Directory::default())),
             admin_lock: tokio::sync::Mutex::new(()),
-            deliveries_ready: tokio::sync::Notify::new(),
+            outbox: OutboxSignal::new(),
         };
         store.reload_directory()?;
+        let moved = store.migrate_legacy_deliveries()?;
+        if moved > 0 {
+            tracing::info!(moved, "moved queued pushes into the outbox");
+        }
         Ok(store)
     }
 

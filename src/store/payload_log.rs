@@ -163,7 +163,7 @@ impl PayloadLog {
         let mut buf = vec![0u8; r.len as usize];
         file.read_exact_at(&mut buf, r.offset)?;
         if crc32(&buf) != r.crc {
-            return Err(StoreError::Codec(format!(
+            return Err(StoreError::Corrupt(format!(
                 "payload in segment {} at {} fails its checksum",
                 r.segment, r.offset
             )));

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::codec::{decode_body, Record};
 use super::payload_log::PayloadRef;
+use super::StoreError;
 use crate::model::{Env, Status};
 
 /// A trading partner. Key: the code.
@@ -85,21 +87,85 @@ impl SigningSecrets {
     }
 }
 
-/// One push waiting for its next attempt. Key: `due (u64 BE ms) ‖ id`, so the queue is
-/// read in due order. An attempt under way has its entry moved to a lease expiry, so a
-/// crash mid-attempt makes it due again instead of losing it.
+/// One outbound call waiting for its next attempt: a push of a transmission today, and
+/// every later kind of outbound call (job webhooks, subscription callbacks) the same way.
+/// Key in `outbox`: `endpoint ‖ 0xFF ‖ due (u64 BE ms) ‖ id`, so each endpoint's queue is
+/// one range in due order (see `store::deliveries`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRec {
-    /// Stable across retries: the `webhook-id` receivers use to drop duplicates.
+    /// Stable across retries and redeliveries: the `webhook-id` receivers use to drop
+    /// duplicates, and the key of the attempt log. A push's id is its transmission's uuid.
+    pub id: Uuid,
+    pub env: Env,
+    pub target: Target,
+    /// Attempts logged so far. Numbering never restarts, so the log only grows.
+    pub attempt: u32,
+    /// Attempts since it was last queued: the position in the retry schedule.
+    pub tries: u32,
+}
+
+impl Record for DeliveryRec {
+    const VERSION: u8 = 2;
+}
+
+/// What a delivery delivers, and so where it goes and whose state its outcome changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// Transmission `index` of message `message_id`, pushed to `receiver`'s push URL.
+    Transmission {
+        message_id: Uuid,
+        index: u8,
+        receiver: String,
+    },
+}
+
+impl Target {
+    /// The endpoint this target is delivered to: what the per-endpoint concurrency cap,
+    /// parking and health are counted by. `kind ‖ env ‖ name`, never containing 0xFF.
+    pub fn endpoint(&self, env: Env) -> Vec<u8> {
+        match self {
+            Target::Transmission { receiver, .. } => {
+                let mut k = Vec::with_capacity(2 + receiver.len());
+                k.push(b'p');
+                k.push(env.byte());
+                k.extend_from_slice(receiver.as_bytes());
+                k
+            }
+        }
+    }
+}
+
+/// The delivery record before kinds existed (format version 1): always a push.
+#[derive(Serialize, Deserialize)]
+pub struct DeliveryRecV1 {
     pub id: Uuid,
     pub env: Env,
     pub message_id: Uuid,
     pub index: u8,
-    /// Attempts made so far.
     pub attempt: u32,
 }
 
-/// One attempt of a push. Key: `env ‖ transmission uuid ‖ attempt number (u32 BE)`.
+impl Record for DeliveryRecV1 {}
+
+/// How one endpoint has been doing, kept across restarts so that
+/// `delivery.disable_after_hours` counts from the first failure even after one. Key in
+/// `endpoint_health`: the endpoint key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointHealthRec {
+    /// The last successful call (written at most once a minute while all is well).
+    pub last_success_at: Option<i64>,
+    /// The first failure since the last success; `None` while healthy.
+    pub failing_since: Option<i64>,
+    pub last_failure_at: Option<i64>,
+    pub last_error: Option<String>,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+}
+
+impl Record for EndpointHealthRec {}
+
+/// One attempt of an outbound call. Key: `env ‖ delivery id ‖ attempt number (u32 BE)`
+/// (a push's delivery id is its transmission uuid).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptRec {
     pub at: i64,
@@ -109,6 +175,19 @@ pub struct AttemptRec {
     /// The first KiB of the answer.
     pub response: String,
     pub error: Option<String>,
+}
+
+impl Record for AttemptRec {}
+
+impl AttemptRec {
+    /// What went wrong in this attempt, in a few words (or `HTTP 200` when nothing did).
+    pub fn describe(&self) -> String {
+        match (&self.error, self.status) {
+            (Some(e), _) => e.clone(),
+            (None, Some(s)) => format!("HTTP {s}"),
+            (None, None) => "no answer".into(),
+        }
+    }
 }
 
 /// An API key. Key: its id. Only the SHA-256 of the secret is stored; the secret has
@@ -126,6 +205,11 @@ pub struct ApiKeyRec {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
+
+impl Record for ApiKeyRec {}
+impl Record for PartnerRec {}
+impl Record for RouteRec {}
+impl Record for RequestRec {}
 
 /// Allows `sender` to send `doctype` (or any, `*`) to `receiver`. Key: its id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,13 +243,35 @@ pub struct MessageRec {
     pub payload: PayloadRef,
     pub received_at: i64,
     pub status: Status,
-    /// Every status change: (time, status).
+    /// Status changes: (time, status). The first and the most recent
+    /// [`HISTORY_KEPT`] are kept; `history_dropped` counts those left out between.
     pub history: Vec<(i64, Status)>,
+    pub history_dropped: u32,
+    /// The most recent [`ERRORS_KEPT`] errors; `errors_dropped` counts older ones.
     pub errors: Vec<String>,
+    pub errors_dropped: u32,
     /// When the message reached `processed` or a final status.
     pub processed_at: Option<i64>,
     pub transmissions: Vec<TransmissionState>,
 }
+
+impl Record for MessageRec {
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            1 => Ok(decode_body::<MessageRecV1>(body)?.into()),
+            v => Err(StoreError::Codec(format!("unknown message version {v}"))),
+        }
+    }
+}
+
+/// Status changes kept besides the first (received) one.
+pub const HISTORY_KEPT: usize = 15;
+/// Errors kept per message.
+pub const ERRORS_KEPT: usize = 20;
+/// The longest error text stored (longer ones are cut at a character boundary).
+pub const ERROR_CHARS: usize = 200;
 
 /// The delivery state of a message to one receiver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +284,88 @@ pub struct TransmissionState {
     pub delivered_at: Option<i64>,
     pub acknowledged_at: Option<i64>,
     pub last_error: Option<String>,
+    /// While a push of it is queued: the due time in the key of its outbox entry
+    /// ([`PARKED`] while its endpoint is paused or disabled), so an acknowledgement or a
+    /// cancellation can remove it.
+    pub outbox_due: Option<u64>,
+}
+
+/// The due time of a parked outbox entry: after every real time, so it is never due.
+pub const PARKED: u64 = u64::MAX;
+
+/// The message record of format version 1 (unbounded history, no outbox position).
+#[derive(Deserialize)]
+struct MessageRecV1 {
+    id: Uuid,
+    request_id: Uuid,
+    env: Env,
+    sender: String,
+    doctype: String,
+    version: Option<String>,
+    external_reference: Option<String>,
+    content_type: String,
+    payload: PayloadRef,
+    received_at: i64,
+    status: Status,
+    history: Vec<(i64, Status)>,
+    errors: Vec<String>,
+    processed_at: Option<i64>,
+    transmissions: Vec<TransmissionStateV1>,
+}
+
+#[derive(Deserialize)]
+struct TransmissionStateV1 {
+    receiver: String,
+    status: Status,
+    attempts: u32,
+    lease_until: Option<i64>,
+    delivered_at: Option<i64>,
+    acknowledged_at: Option<i64>,
+    last_error: Option<String>,
+}
+
+impl From<MessageRecV1> for MessageRec {
+    fn from(m: MessageRecV1) -> Self {
+        let mut out = MessageRec {
+            id: m.id,
+            request_id: m.request_id,
+            env: m.env,
+            sender: m.sender,
+            doctype: m.doctype,
+            version: m.version,
+            external_reference: m.external_reference,
+            content_type: m.content_type,
+            payload: m.payload,
+            received_at: m.received_at,
+            status: m.status,
+            history: Vec::new(),
+            history_dropped: 0,
+            errors: Vec::new(),
+            errors_dropped: 0,
+            processed_at: m.processed_at,
+            transmissions: m
+                .transmissions
+                .into_iter()
+                .map(|t| TransmissionState {
+                    receiver: t.receiver,
+                    status: t.status,
+                    attempts: t.attempts,
+                    lease_until: t.lease_until,
+                    delivered_at: t.delivered_at,
+                    acknowledged_at: t.acknowledged_at,
+                    last_error: t.last_error,
+                    outbox_due: None,
+                })
+                .collect(),
+        };
+        for (at, status) in m.history {
+            out.record_status(at, status);
+        }
+        for e in m.errors {
+            out.record_error(e);
+        }
+        out
+    }
 }
 
 /// Most receivers one message may fan out to (the ordinal must fit the uuid's last byte).
@@ -249,12 +437,31 @@ impl MessageRec {
             .map(|(i, t)| (transmission_uuid(self.id, i), t.receiver.as_str()))
     }
 
+    /// Adds a status change to the history, keeping the first entry and the most recent
+    /// [`HISTORY_KEPT`], so the record stays small however long the message lives.
+    pub fn record_status(&mut self, at: i64, status: Status) {
+        if self.history.len() > HISTORY_KEPT {
+            self.history.remove(1);
+            self.history_dropped = self.history_dropped.saturating_add(1);
+        }
+        self.history.push((at, status));
+    }
+
+    /// Adds an error, keeping the most recent [`ERRORS_KEPT`], each cut to [`ERROR_CHARS`].
+    pub fn record_error(&mut self, error: String) {
+        if self.errors.len() >= ERRORS_KEPT {
+            self.errors.remove(0);
+            self.errors_dropped = self.errors_dropped.saturating_add(1);
+        }
+        self.errors.push(clip(error));
+    }
+
     /// Recomputes the message status from its transmissions; records a change in the history.
     pub fn refresh_status(&mut self, now: i64) {
         let status = Status::of_message(self.transmissions.iter().map(|t| t.status));
         if status != self.status {
             self.status = status;
-            self.history.push((now, status));
+            self.record_status(now, status);
             if matches!(status, Status::Processed) || status.is_final() {
                 self.processed_at.get_or_insert(now);
             }
@@ -272,4 +479,13 @@ pub struct RequestRec {
     pub batch_reference: Option<String>,
     pub received_at: i64,
     pub messages: Vec<Uuid>,
+}
+
+/// `text` cut to at most [`ERROR_CHARS`] characters, marked with an ellipsis when cut.
+pub fn clip(mut text: String) -> String {
+    if let Some((at, _)) = text.char_indices().nth(ERROR_CHARS) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
 }

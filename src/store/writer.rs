@@ -50,7 +50,7 @@ pub const LARGE_WRITE_BYTES: usize = 64 * 1024;
 /// Most jobs in one round, so a flood cannot delay answers without bound.
 const MAX_GROUP: usize = 1024;
 
-/// The trees a job may change, by name.
+/// The trees a job may change, by name. The order is that of [`Trees::all`].
 #[derive(Debug, Clone, Copy)]
 pub enum Table {
     Partners,
@@ -60,21 +60,15 @@ pub enum Table {
     Messages,
     ReceiverPending,
     Requests,
+    /// Pushes queued by an older build; emptied into `Outbox` at open.
     Deliveries,
     Attempts,
+    Outbox,
+    EndpointHealth,
 }
 
-type Views = (
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-);
+/// One transactional view per tree, indexed by `Table as usize`.
+type Views = [TransactionalTree];
 
 /// What a job sees: reads and writes inside the round's transaction. There is
 /// deliberately no way to reach a plain tree from here: a plain read or scan would wait
@@ -87,18 +81,8 @@ pub struct Tx<'a> {
 
 impl Tx<'_> {
     fn tree(&self, table: Table) -> &TransactionalTree {
-        let v = self.views;
-        match table {
-            Table::Partners => &v.0,
-            Table::ApiKeys => &v.1,
-            Table::ApiKeyHash => &v.2,
-            Table::Routes => &v.3,
-            Table::Messages => &v.4,
-            Table::ReceiverPending => &v.5,
-            Table::Requests => &v.6,
-            Table::Deliveries => &v.7,
-            Table::Attempts => &v.8,
-        }
+        // `Trees::all` lists every table in declaration order, so the index is in range.
+        &self.views[table as usize]
     }
 
     fn check<T>(&self, r: Result<T, UnabortableTransactionError>) -> Result<T, StoreError> {
@@ -176,30 +160,56 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
     {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(job, move |r| {
+            let _ = tx.send(r);
+        })?;
+        // A dropped answer means the round failed before its flush.
+        rx.await.map_err(|_| StoreError::FlushFailed)?
+    }
+
+    /// [`Writer::write`] for a thread that is not running async code (opening the store).
+    pub fn write_blocking<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        self.enqueue(job, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().map_err(|_| StoreError::FlushFailed)?
+    }
+
+    /// Queues `job`; `answer` gets its result once the round covering it is flushed.
+    fn enqueue<R, F>(
+        &self,
+        job: F,
+        answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
         if self.failed() {
             return Err(StoreError::FlushFailed);
         }
-        let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |t| {
             let result = job(t);
             Box::new(move |flushed| {
-                let _ = tx.send(if flushed {
+                answer(if flushed {
                     result
                 } else {
                     Err(StoreError::FlushFailed)
-                });
+                })
             })
         });
-        {
-            let queue = self.queue.lock().map_err(|_| StoreError::Closed)?;
-            queue
-                .as_ref()
-                .ok_or(StoreError::Closed)?
-                .send(job)
-                .map_err(|_| StoreError::Closed)?;
-        }
-        // A dropped answer means the round failed before its flush.
-        rx.await.map_err(|_| StoreError::FlushFailed)?
+        let queue = self.queue.lock().map_err(|_| StoreError::Closed)?;
+        queue
+            .as_ref()
+            .ok_or(StoreError::Closed)?
+            .send(job)
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Whether a write has failed (the store then refuses writes).
@@ -278,31 +288,21 @@ fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
     // sled may call a transaction closure again after a conflict; with a single writer
     // there are none, and jobs run once: a second call finds no jobs and aborts.
     let pending = RefCell::new(Some(group));
-    let result = (
-        &trees.partners,
-        &trees.api_keys,
-        &trees.api_key_hash,
-        &trees.routes,
-        &trees.messages,
-        &trees.receiver_pending,
-        &trees.requests,
-        &trees.deliveries,
-        &trees.attempts,
-    )
-        .transaction(|views| {
-            let Some(group) = pending.borrow_mut().take() else {
-                return Err(ConflictableTransactionError::Abort(()));
-            };
-            let tx = Tx {
-                views,
-                poisoned: Cell::new(false),
-            };
-            let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
-            if tx.poisoned.get() {
-                return Err(ConflictableTransactionError::Abort(()));
-            }
-            Ok(done)
-        });
+    let all = trees.all();
+    let result = all[..].transaction(|views| {
+        let Some(group) = pending.borrow_mut().take() else {
+            return Err(ConflictableTransactionError::Abort(()));
+        };
+        let tx = Tx {
+            views: &views[..],
+            poisoned: Cell::new(false),
+        };
+        let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
+        if tx.poisoned.get() {
+            return Err(ConflictableTransactionError::Abort(()));
+        }
+        Ok(done)
+    });
     match result {
         Ok(done) => Some(done),
         Err(e) => {

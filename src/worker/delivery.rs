@@ -1,191 +1,581 @@
-//! Push delivery: sends every queued push to its receiver's URL, signed, and retries on the
-//! configured schedule.
+//! The delivery engine: every outbound call Waybill makes goes through here. It reads each
+//! endpoint's queue in the outbox, starts attempts with a cap per endpoint and one over all
+//! of them, serves endpoints in turn so a slow one cannot starve the others, and records
+//! every outcome with the retry schedule, `Retry-After`, parking and endpoint health that
+//! all kinds of delivery share. What a kind carries and what its outcome does to its owner
+//! live in the kind's module (`push` for transmissions) and in the store's transitions.
 //!
-//! The loop reads the deliveries that are due, leases them (a crash during an attempt
-//! makes them due again when the lease ends: retried, never lost), and runs each attempt
-//! on a blocking thread, at most [`CONCURRENCY`] at a time, since the HTTP client blocks.
-//! It sleeps until the next delivery falls due or intake queues a new one.
+//! Which deliveries are under way is known here only, in memory: their outbox entries stay
+//! at their due time until the outcome is written. A crash forgets the attempts, and the
+//! entries are due again at the next start: retried, never lost, never leased out twice.
+//! The engine takes only what it can start soon (a small buffer per endpoint), so nothing
+//! waits in memory long enough to go stale.
 
-use std::io::Read;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::Instrument;
+use uuid::Uuid;
 
-use crate::model::Env;
-use crate::outbound::{self, sign};
-use crate::store::records::{transmission_uuid, AttemptRec, MessageRec, PartnerRec};
-use crate::store::{now_ms, Leased, Next};
+use super::push::{self, EndpointState, Prepared};
+use crate::outbound::{self, Outcome};
+use crate::store::records::{AttemptRec, DeliveryRec, EndpointHealthRec};
+use crate::store::{due_at, now_ms, Next, Queued};
 use crate::AppState;
 
-/// Attempts under way at once.
-pub const CONCURRENCY: usize = 64;
-/// How long a held (paused or disabled) push waits before it is looked at again.
-const HOLD_MS: i64 = 5_000;
+/// Parked entries released per store write when an endpoint is resumed.
+const RELEASE_CHUNK: usize = 1000;
+/// How often the time of the last success is written while an endpoint stays healthy.
+const SUCCESS_WRITE_MS: i64 = 60_000;
 
-/// Runs until aborted at shutdown. Attempts still under way then are retried after their
-/// lease, on the next start.
-pub async fn run(state: AppState) {
-    let agent = outbound::agent(
-        Duration::from_secs(state.config.delivery.timeout_seconds),
-        state.config.outbound_allow(),
-    );
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    // The client gives up after the timeout; the margin covers the bookkeeping after it.
-    let lease_ms = (state.config.delivery.timeout_seconds as i64 + 5) * 1000;
-    let health = Arc::new(Health::default());
-    loop {
-        let now = now_ms();
-        let wake = state.store.deliveries_ready.notified();
-        tokio::pin!(wake);
-        wake.as_mut().enable();
-        let (due, next) = match state.store.due_deliveries(now, CONCURRENCY * 4) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the push queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if due.is_empty() {
-            let idle = next.map_or(Duration::from_secs(60), |at| {
-                Duration::from_millis((at - now).clamp(1, 60_000) as u64)
-            });
-            tokio::select! {
-                _ = &mut wake => {}
-                _ = tokio::time::sleep(idle) => {}
-            }
-            continue;
-        }
-        let leased = match state.store.lease_deliveries(due, now + lease_ms, now).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot lease pushes");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        for lease in leased {
-            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let (state, agent, health) = (state.clone(), agent.clone(), Arc::clone(&health));
-            tokio::spawn(async move {
-                // The span is attached to the future, not entered on a thread: an entered
-                // span held across an await corrupts the per-thread span stack.
-                let d = &lease.delivery;
-                let span = tracing::info_span!("push", delivery = %d.id, attempt = d.attempt + 1);
-                deliver(&state, &agent, &health, lease)
-                    .instrument(span)
-                    .await;
-                drop(permit);
-            });
-        }
-    }
-}
-
-/// One attempt and its bookkeeping.
-async fn deliver(state: &AppState, agent: &ureq::Agent, health: &Health, lease: Leased) {
-    let d = lease.delivery.clone();
-    let now = now_ms();
-    let message = match state.store.message(d.env, d.message_id) {
-        Ok(Some(m)) => m,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the message to push");
-            return;
-        }
-    };
-    let Some(receiver) = message
-        .transmissions
-        .get(usize::from(d.index))
-        .map(|t| t.receiver.clone())
-    else {
+/// Runs until `stop` turns true, then lets the attempts under way finish (up to the
+/// attempt timeout) and returns. Attempts cut off then are made again after a restart.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(mut intake) = state.store.outbox.take_receiver() else {
+        tracing::error!("the delivery engine is already running");
         return;
     };
-    let partner = state.store.directory().partner(&receiver).cloned();
-    let (attempt, next) = match partner
-        .as_ref()
-        .and_then(|p| p.push_url_for(d.env).map(|u| (p, u.to_owned())))
-    {
-        None => (None, Next::ToPolling),
-        Some((p, _)) if p.push_held(d.env).is_some() => (None, Next::HoldUntil(now + HOLD_MS)),
-        Some((p, url)) => {
-            let payload = match state.store.payload(&message) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the payload to push");
-                    return;
-                }
-            };
-            let request = Request::new(p, &message, d.index, d.env, d.id, &url, payload);
-            let agent = agent.clone();
-            let result = tokio::task::spawn_blocking(move || request.send(&agent)).await;
-            let Ok(outcome) = result else { return };
-            let next = decide(state, health, p, d.env, d.attempt, &outcome).await;
-            (Some(outcome.record), next)
-        }
+    let cfg = &state.config.delivery;
+    let timeout = Duration::from_secs(cfg.timeout_seconds);
+    let (calls_done, mut call_ended) = mpsc::unbounded_channel();
+    let mut engine = Engine {
+        agent: outbound::agent(
+            timeout,
+            state.config.outbound_allow(),
+            cfg.endpoint_concurrency,
+        ),
+        concurrency: cfg.concurrency,
+        endpoint_cap: cfg.endpoint_concurrency,
+        buffer: (cfg.endpoint_concurrency * 4).max(16),
+        health: Arc::new(HealthBook::default()),
+        endpoints: HashMap::new(),
+        turns: VecDeque::new(),
+        owned: HashSet::new(),
+        poisoned: HashSet::new(),
+        running: 0,
+        tasks: JoinSet::new(),
+        task_of: HashMap::new(),
+        calls_done,
+        rescan: true,
+        state: state.clone(),
     };
-    if let Err(e) = state
-        .store
-        .finish_delivery(lease, attempt, next, now_ms())
-        .await
-    {
-        tracing::error!(error = %e, "cannot record a push attempt");
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let now = due_at(now_ms());
+        if std::mem::take(&mut engine.rescan) {
+            engine.rescan_endpoints(now);
+        }
+        engine.release_parked(now).await;
+        engine.refill(now);
+        engine.dispatch();
+        let wake = engine.next_wake(now);
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            Some(done) = engine.tasks.join_next_with_id(), if !engine.tasks.is_empty() => {
+                engine.completed(done);
+            }
+            Some(endpoint) = call_ended.recv() => engine.call_ended(&endpoint),
+            Some(q) = intake.recv() => engine.offer(q),
+            _ = state.store.outbox.rescan_asked() => engine.rescan = true,
+            _ = tokio::time::sleep(wake) => {}
+        }
+    }
+    // Let the calls under way end (each is bounded by the attempt timeout) and record them.
+    let grace = timeout + Duration::from_secs(2);
+    let drained = tokio::time::timeout(grace, async {
+        while engine.tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = engine.tasks.len(),
+            "attempts still under way at shutdown are made again after a restart"
+        );
+        engine.tasks.shutdown().await;
     }
 }
 
-/// What an attempt's outcome means for the delivery.
-async fn decide(
-    state: &AppState,
-    health: &Health,
-    partner: &PartnerRec,
-    env: Env,
-    before: u32,
-    outcome: &Outcome,
-) -> Next {
-    let status = outcome.record.status;
-    let endpoint = (partner.code.clone(), env);
-    if status.is_some_and(|s| (200..300).contains(&s)) {
-        health.succeeded(&endpoint);
-        return Next::Delivered;
+/// One endpoint's state in the engine.
+#[derive(Default)]
+struct Endpoint {
+    /// Entries taken from the outbox, waiting for a free slot.
+    ready: VecDeque<Queued>,
+    /// Calls to it under way.
+    calling: usize,
+    /// The earliest due time of its entries not taken yet (`None`: none known).
+    next_due: Option<u64>,
+    /// Some of its entries are parked.
+    parked: bool,
+    /// Whether it is in `turns`.
+    has_turn: bool,
+}
+
+/// What a finished task reports.
+enum Done {
+    Attempt {
+        id: Uuid,
+        endpoint: Vec<u8>,
+        retry_at: Option<u64>,
+        recorded: bool,
+    },
+    Parked {
+        ids: Vec<Uuid>,
+        endpoint: Vec<u8>,
+        recorded: bool,
+    },
+}
+
+struct Engine {
+    state: AppState,
+    agent: ureq::Agent,
+    concurrency: usize,
+    endpoint_cap: usize,
+    /// Entries taken per endpoint ahead of a free slot.
+    buffer: usize,
+    health: Arc<HealthBook>,
+    endpoints: HashMap<Vec<u8>, Endpoint>,
+    /// Endpoints with ready entries, in the order they get their next turn.
+    turns: VecDeque<Vec<u8>>,
+    /// Deliveries taken from the outbox and not yet recorded.
+    owned: HashSet<Uuid>,
+    /// Deliveries whose outcome could not be recorded: not tried again until a restart, so
+    /// one unreadable record cannot spin the engine.
+    poisoned: HashSet<Uuid>,
+    /// Attempt tasks under way.
+    running: usize,
+    tasks: JoinSet<Done>,
+    /// What each task was doing, for one that panics.
+    task_of: HashMap<tokio::task::Id, (Vec<Uuid>, Vec<u8>)>,
+    calls_done: mpsc::UnboundedSender<Vec<u8>>,
+    rescan: bool,
+}
+
+impl Engine {
+    fn endpoint(&mut self, key: &[u8]) -> &mut Endpoint {
+        self.endpoints.entry(key.to_vec()).or_default()
     }
-    let limit_ms = state
-        .config
-        .delivery
-        .disable_after_hours
-        .saturating_mul(3_600_000) as i64;
-    // The receiver says the endpoint is gone (410), or it has failed for too long: stop
-    // pushing there until an admin turns it back on; its transmissions wait.
-    let disable = if status == Some(410) {
-        Some("the endpoint answered 410 Gone".to_owned())
-    } else if health.failing_for(endpoint, now_ms()) >= limit_ms {
-        let hours = state.config.delivery.disable_after_hours;
-        Some(format!("no successful push for {hours} hours"))
-    } else {
-        None
-    };
-    if let Some(reason) = disable {
-        if let Err(e) = state
+
+    fn give_turn(&mut self, key: &[u8]) {
+        let ep = self.endpoint(key);
+        if !ep.has_turn && !ep.ready.is_empty() {
+            ep.has_turn = true;
+            self.turns.push_back(key.to_vec());
+        }
+    }
+
+    /// Reads which endpoints have entries (at start, and when something was queued that
+    /// the engine was not handed directly).
+    fn rescan_endpoints(&mut self, now: u64) {
+        let found = match self.state.store.outbox_endpoints() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        for e in found {
+            let ep = self.endpoint(&e.endpoint);
+            ep.parked = e.parked;
+            if let Some(due) = e.first_due {
+                ep.next_due = Some(ep.next_due.map_or(due, |d| d.min(due)).min(due.max(now)));
+            }
+        }
+    }
+
+    /// A new entry handed over by intake.
+    fn offer(&mut self, q: Queued) {
+        let id = q.delivery.id;
+        if self.owned.contains(&id) || self.poisoned.contains(&id) {
+            return;
+        }
+        let key = q.endpoint().to_vec();
+        let buffer = self.buffer;
+        let ep = self.endpoint(&key);
+        if ep.ready.len() < buffer {
+            ep.ready.push_back(q);
+            self.owned.insert(id);
+            self.give_turn(&key);
+        } else {
+            ep.next_due = Some(ep.next_due.map_or(q.due, |d| d.min(q.due)));
+        }
+    }
+
+    /// Takes due entries from the outbox for endpoints that are running low.
+    fn refill(&mut self, now: u64) {
+        let wanted: Vec<Vec<u8>> = self
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| {
+                ep.next_due.is_some_and(|d| d <= now) && ep.ready.len() < self.endpoint_cap
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in wanted {
+            let want = self.buffer - self.endpoints.get(&key).map_or(0, |e| e.ready.len());
+            let (owned, poisoned) = (&self.owned, &self.poisoned);
+            let skip = |id: &Uuid| owned.contains(id) || poisoned.contains(id);
+            match self.state.store.outbox_due(&key, now, want, skip) {
+                Ok((items, more)) => {
+                    for q in &items {
+                        self.owned.insert(q.delivery.id);
+                    }
+                    let ep = self.endpoint(&key);
+                    ep.ready.extend(items);
+                    ep.next_due = more;
+                    self.give_turn(&key);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read an endpoint's queue"),
+            }
+        }
+        // Forget endpoints with nothing left, so the map does not grow with every receiver.
+        self.endpoints.retain(|_, ep| {
+            !ep.ready.is_empty() || ep.calling > 0 || ep.next_due.is_some() || ep.parked
+        });
+    }
+
+    /// Releases the parked entries of endpoints that take calls again.
+    async fn release_parked(&mut self, now: u64) {
+        let dir = self.state.store.directory();
+        let open: Vec<Vec<u8>> = self
+            .endpoints
+            .iter()
+            .filter(|(k, ep)| ep.parked && push::endpoint_state(&dir, k) == EndpointState::Open)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in open {
+            let released = self
+                .state
+                .store
+                .release_parked(&key, RELEASE_CHUNK, now as i64)
+                .await;
+            let ep = self.endpoint(&key);
+            match released {
+                Ok(n) => {
+                    ep.parked = n == RELEASE_CHUNK;
+                    if n > 0 {
+                        ep.next_due = Some(now);
+                        tracing::info!(released = n, "parked deliveries released");
+                    }
+                }
+                Err(e) => {
+                    ep.parked = false;
+                    tracing::error!(error = %e, "cannot release parked deliveries");
+                }
+            }
+        }
+    }
+
+    /// Starts attempts, one endpoint at a time in turn, while slots are free.
+    fn dispatch(&mut self) {
+        let dir = self.state.store.directory();
+        let mut stalled = 0;
+        while self.running < self.concurrency && stalled < self.turns.len() {
+            let Some(key) = self.turns.pop_front() else {
+                break;
+            };
+            let Some(ep) = self.endpoints.get_mut(&key) else {
+                continue;
+            };
+            ep.has_turn = false;
+            if ep.ready.is_empty() {
+                continue;
+            }
+            if push::endpoint_state(&dir, &key) == EndpointState::Held {
+                let items: Vec<Queued> = ep.ready.drain(..).collect();
+                ep.parked = true;
+                self.park(key, items);
+                continue;
+            }
+            if ep.calling >= self.endpoint_cap {
+                // Full: it keeps its place in the rotation for when a call ends.
+                ep.has_turn = true;
+                self.turns.push_back(key);
+                stalled += 1;
+                continue;
+            }
+            let Some(q) = ep.ready.pop_front() else {
+                continue;
+            };
+            ep.calling += 1;
+            self.running += 1;
+            stalled = 0;
+            self.start(key.clone(), q);
+            self.give_turn(&key);
+        }
+    }
+
+    fn start(&mut self, endpoint: Vec<u8>, q: Queued) {
+        let d = &q.delivery;
+        let span = tracing::info_span!("delivery", id = %d.id, attempt = d.attempt + 1);
+        let ctx = Attempt {
+            state: self.state.clone(),
+            agent: self.agent.clone(),
+            health: Arc::clone(&self.health),
+            slot: Slot(Some((self.calls_done.clone(), endpoint.clone()))),
+        };
+        let id = d.id;
+        // The span is attached to the future, not entered on a thread: an entered span held
+        // across an await corrupts the per-thread span stack.
+        let handle = self.tasks.spawn(ctx.run(q).instrument(span));
+        self.task_of.insert(handle.id(), (vec![id], endpoint));
+    }
+
+    fn park(&mut self, endpoint: Vec<u8>, items: Vec<Queued>) {
+        let ids: Vec<Uuid> = items.iter().map(|q| q.delivery.id).collect();
+        let state = self.state.clone();
+        let (task_ids, task_endpoint) = (ids.clone(), endpoint.clone());
+        let handle = self.tasks.spawn(async move {
+            let recorded = match state.store.park_deliveries(items, now_ms()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot park held deliveries");
+                    false
+                }
+            };
+            Done::Parked {
+                ids,
+                endpoint,
+                recorded,
+            }
+        });
+        self.task_of.insert(handle.id(), (task_ids, task_endpoint));
+    }
+
+    fn completed(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        let done = match done {
+            Ok((task, done)) => {
+                self.task_of.remove(&task);
+                done
+            }
+            Err(e) => {
+                // A task panicked: its deliveries wait until a restart rather than spin.
+                let Some((ids, endpoint)) = self.task_of.remove(&e.id()) else {
+                    return;
+                };
+                tracing::error!(error = %e, "a delivery task failed");
+                if e.is_panic() {
+                    self.poisoned.extend(ids.iter().copied());
+                }
+                Done::Attempt {
+                    id: ids.first().copied().unwrap_or_default(),
+                    endpoint,
+                    retry_at: None,
+                    recorded: false,
+                }
+            }
+        };
+        match done {
+            Done::Attempt {
+                id,
+                endpoint,
+                retry_at,
+                recorded,
+            } => {
+                self.running = self.running.saturating_sub(1);
+                self.owned.remove(&id);
+                if !recorded {
+                    self.poisoned.insert(id);
+                }
+                if let Some(due) = retry_at {
+                    let ep = self.endpoint(&endpoint);
+                    ep.next_due = Some(ep.next_due.map_or(due, |d| d.min(due)));
+                }
+            }
+            Done::Parked {
+                ids,
+                endpoint,
+                recorded,
+            } => {
+                for id in &ids {
+                    self.owned.remove(id);
+                }
+                if !recorded {
+                    // Try again on a later pass.
+                    self.endpoint(&endpoint).next_due = Some(due_at(now_ms() + 1000));
+                }
+            }
+        }
+    }
+
+    fn call_ended(&mut self, endpoint: &[u8]) {
+        if let Some(ep) = self.endpoints.get_mut(endpoint) {
+            ep.calling = ep.calling.saturating_sub(1);
+        }
+    }
+
+    /// How long to sleep before the next due entry, when nothing else wakes the engine.
+    fn next_wake(&self, now: u64) -> Duration {
+        let next = self
+            .endpoints
+            .values()
+            .filter_map(|ep| ep.next_due)
+            .filter(|d| *d > now)
+            .min();
+        let ms = next.map_or(60_000, |d| (d - now).min(60_000));
+        Duration::from_millis(ms.max(1))
+    }
+}
+
+/// Tells the engine that a call ended when dropped: exactly once per attempt, even if the
+/// attempt is cut short.
+struct Slot(Option<(mpsc::UnboundedSender<Vec<u8>>, Vec<u8>)>);
+
+impl Slot {
+    fn release(&mut self) {
+        if let Some((tx, endpoint)) = self.0.take() {
+            let _ = tx.send(endpoint);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// One attempt's task.
+struct Attempt {
+    state: AppState,
+    agent: ureq::Agent,
+    health: Arc<HealthBook>,
+    slot: Slot,
+}
+
+impl Attempt {
+    async fn run(mut self, q: Queued) -> Done {
+        let endpoint = q.endpoint().to_vec();
+        let id = q.delivery.id;
+        let done = |retry_at, recorded| Done::Attempt {
+            id,
+            endpoint: endpoint.clone(),
+            retry_at,
+            recorded,
+        };
+        let prepared = match push::prepare(&self.state, &q.delivery) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prepare a delivery");
+                return done(None, false);
+            }
+        };
+        let (attempt, next, health) = match prepared {
+            Prepared::Finish(next) => (None, next, None),
+            Prepared::Call(call) => {
+                let agent = self.agent.clone();
+                let outcome = tokio::task::spawn_blocking(move || call.send(&agent)).await;
+                self.slot.release();
+                let Ok(outcome) = outcome else {
+                    return done(None, false);
+                };
+                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome).await;
+                (Some(attempt_record(outcome)), next, health)
+            }
+        };
+        self.slot.release();
+        let retry_at = match next {
+            Next::RetryAt(due) => Some(due),
+            _ => None,
+        };
+        match self
+            .state
             .store
-            .disable_endpoint(&partner.code, env, reason)
+            .finish_delivery(q, attempt, next, health, now_ms())
             .await
         {
-            tracing::error!(error = ?e, "cannot disable the endpoint");
+            Ok(()) => done(retry_at, true),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a delivery attempt");
+                done(None, false)
+            }
         }
-        return Next::HoldUntil(now_ms() + HOLD_MS);
     }
-    let schedule = &state.config.delivery.retry_schedule;
-    match schedule.get(before as usize) {
-        None => Next::Failed(outcome.describe()),
-        Some(&secs) => {
-            let planned = (secs as f64 * 1000.0 * jitter()) as i64;
-            let asked = outcome
-                .retry_after_secs
-                .map_or(0, |s| s.saturating_mul(1000) as i64);
-            Next::RetryAt(now_ms() + planned.max(asked))
+
+    /// What an attempt's outcome means for the delivery, and the endpoint's health to store.
+    async fn decide(
+        &self,
+        endpoint: &[u8],
+        d: &DeliveryRec,
+        outcome: &Outcome,
+    ) -> (Next, Option<EndpointHealthRec>) {
+        let cfg = &self.state.config.delivery;
+        let store = &self.state.store;
+        let now = now_ms();
+        if outcome.succeeded() {
+            return (Next::Delivered, self.health.succeeded(store, endpoint, now));
         }
+        let error = outcome
+            .error
+            .clone()
+            .unwrap_or_else(|| match outcome.status {
+                Some(s) => format!("HTTP {s}"),
+                None => "no answer".into(),
+            });
+        let (health, failing_ms) = self.health.failed(store, endpoint, now, &error);
+        let limit_ms = cfg.disable_after_hours.saturating_mul(3_600_000);
+        // The receiver says the endpoint is gone (410), or it has failed for too long: stop
+        // calling it until an admin turns it back on; its deliveries are parked.
+        let disable = if outcome.status == Some(410) {
+            Some("the endpoint answered 410 Gone".to_owned())
+        } else if failing_ms >= limit_ms {
+            let hours = cfg.disable_after_hours;
+            Some(format!("no successful call for {hours} hours"))
+        } else {
+            None
+        };
+        if let Some(reason) = disable {
+            push::disable(&self.state, endpoint, reason).await;
+            return (Next::Park, Some(health));
+        }
+        let next = match cfg.retry_schedule.get(d.tries as usize) {
+            None => Next::Failed(match outcome.status {
+                Some(s) if outcome.error.is_none() => format!("HTTP {s} after the last attempt"),
+                _ => error,
+            }),
+            Some(&secs) => Next::RetryAt(retry_due(
+                now,
+                secs,
+                outcome.retry_after_secs,
+                cfg.max_retry_after_seconds,
+                jitter(),
+            )),
+        };
+        (next, Some(health))
+    }
+}
+
+/// When the next attempt is due: the schedule's step (spread by `jitter`), or later if the
+/// receiver asked for it with `Retry-After`, but never more than `max_asked_secs` for that.
+/// Saturating throughout: no value a receiver sends can overflow it.
+fn retry_due(
+    now: i64,
+    step_secs: u64,
+    asked_secs: Option<u64>,
+    max_asked_secs: u64,
+    jitter: f64,
+) -> u64 {
+    let planned = (step_secs as f64 * 1000.0 * jitter) as u64;
+    let asked = asked_secs
+        .unwrap_or(0)
+        .min(max_asked_secs)
+        .saturating_mul(1000);
+    due_at(now).saturating_add(planned.max(asked))
+}
+
+fn attempt_record(o: Outcome) -> AttemptRec {
+    AttemptRec {
+        at: o.at,
+        url: o.url,
+        status: o.status,
+        latency_ms: o.latency_ms,
+        response: o.response,
+        error: o.error,
     }
 }
 
@@ -199,162 +589,88 @@ fn jitter() -> f64 {
     0.8 + 0.4 * f64::from(r) / 65536.0
 }
 
-/// Everything one attempt needs, owned, so it can run on a blocking thread.
-struct Request {
-    url: String,
-    headers: Vec<(String, String)>,
-    content_type: String,
-    body: bytes::Bytes,
-    signing_secrets: Vec<String>,
-    webhook_id: String,
-}
-
-struct Outcome {
-    record: AttemptRec,
-    retry_after_secs: Option<u64>,
-}
-
-impl Outcome {
-    fn describe(&self) -> String {
-        match (&self.record.error, self.record.status) {
-            (Some(e), _) => e.clone(),
-            (None, Some(s)) => format!("HTTP {s} after the last attempt"),
-            (None, None) => "no answer".into(),
-        }
-    }
-}
-
-impl Request {
-    fn new(
-        p: &PartnerRec,
-        m: &MessageRec,
-        index: u8,
-        env: Env,
-        id: uuid::Uuid,
-        base: &str,
-        body: bytes::Bytes,
-    ) -> Request {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("sender", &m.sender);
-        query.append_pair("receiver", &p.code);
-        query.append_pair("doctype", &m.doctype);
-        if let Some(v) = &m.version {
-            query.append_pair("version", v);
-        }
-        for (k, v) in &p.push_params {
-            query.append_pair(k, v);
-        }
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let now = now_ms();
-        Request {
-            url: format!("{base}{sep}{}", query.finish()),
-            headers: p.push_headers.clone(),
-            content_type: m.content_type.clone(),
-            body,
-            signing_secrets: p
-                .signing_for(env)
-                .active(now)
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-            webhook_id: format!("msg_{}", id.simple()),
-        }
-        .with_transmission(transmission_uuid(m.id, usize::from(index)))
-    }
-
-    fn with_transmission(mut self, uuid: uuid::Uuid) -> Request {
-        self.headers
-            .push(("waybill-transmission".into(), uuid.to_string()));
-        self
-    }
-
-    fn send(self, agent: &ureq::Agent) -> Outcome {
-        let at = now_ms();
-        let timestamp = at / 1000;
-        let secrets: Vec<&str> = self.signing_secrets.iter().map(String::as_str).collect();
-        let record = |status, latency_ms, response, error| AttemptRec {
-            at,
-            url: self.url.clone(),
-            status,
-            latency_ms,
-            response,
-            error,
-        };
-        let signature = match sign::header(&secrets, &self.webhook_id, timestamp, &self.body) {
-            Ok(s) => s,
-            Err(e) => {
-                return Outcome {
-                    record: record(None, 0, String::new(), Some(e.to_string())),
-                    retry_after_secs: None,
-                }
-            }
-        };
-        let mut req = agent
-            .post(&self.url)
-            .header("content-type", &self.content_type)
-            .header("webhook-id", &self.webhook_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature);
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let started = Instant::now();
-        match req.send(&self.body[..]) {
-            Ok(mut res) => {
-                let status = res.status().as_u16();
-                let retry_after_secs = res
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .filter(|_| status == 429 || status == 503);
-                let mut head = Vec::with_capacity(1024);
-                let _ = res.body_mut().as_reader().take(1024).read_to_end(&mut head);
-                let latency = started.elapsed().as_millis() as u64;
-                let response = String::from_utf8_lossy(&head).into_owned();
-                let error = (300..400)
-                    .contains(&status)
-                    .then(|| format!("HTTP {status}: redirects are not followed"));
-                Outcome {
-                    record: record(Some(status), latency, response, error),
-                    retry_after_secs,
-                }
-            }
-            Err(e) => {
-                let latency = started.elapsed().as_millis() as u64;
-                let error = match e {
-                    ureq::Error::Timeout(_) => "timed out".to_owned(),
-                    other => other.to_string(),
-                };
-                Outcome {
-                    record: record(None, latency, String::new(), Some(error)),
-                    retry_after_secs: None,
-                }
-            }
-        }
-    }
-}
-
-/// Since when each push endpoint has been failing without a single success, for
-/// `delivery.disable_after_hours`. Kept in memory: after a restart the clock starts again,
-/// which can only delay a disable, never cause a wrong one.
+/// Each endpoint's health as last stored, read from the store the first time it is needed.
+/// Updates return the record to store with the attempt, or `None` when nothing worth a
+/// write changed (a success while healthy writes at most once a minute).
 #[derive(Default)]
-struct Health {
-    failing_since: std::sync::Mutex<std::collections::HashMap<(String, Env), i64>>,
+struct HealthBook {
+    known: Mutex<HashMap<Vec<u8>, EndpointHealthRec>>,
 }
 
-impl Health {
-    fn succeeded(&self, endpoint: &(String, Env)) {
-        if let Ok(mut m) = self.failing_since.lock() {
-            m.remove(endpoint);
-        }
+impl HealthBook {
+    fn with<R>(
+        &self,
+        store: &crate::store::Store,
+        endpoint: &[u8],
+        f: impl FnOnce(&mut EndpointHealthRec) -> R,
+    ) -> R {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let rec = known.entry(endpoint.to_vec()).or_insert_with(|| {
+            store
+                .endpoint_health(endpoint)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot read an endpoint's health");
+                    None
+                })
+                .unwrap_or_default()
+        });
+        f(rec)
     }
 
-    /// Records a failure and returns how long (ms) the endpoint has been failing.
-    fn failing_for(&self, endpoint: (String, Env), now: i64) -> i64 {
-        match self.failing_since.lock() {
-            Ok(mut m) => now - *m.entry(endpoint).or_insert(now),
-            Err(_) => 0,
-        }
+    fn succeeded(
+        &self,
+        store: &crate::store::Store,
+        endpoint: &[u8],
+        now: i64,
+    ) -> Option<EndpointHealthRec> {
+        self.with(store, endpoint, |h| {
+            let stale = h
+                .last_success_at
+                .is_none_or(|t| now - t >= SUCCESS_WRITE_MS);
+            if h.failing_since.is_none() && h.consecutive_failures == 0 && !stale {
+                return None;
+            }
+            h.last_success_at = Some(now);
+            h.failing_since = None;
+            h.consecutive_failures = 0;
+            Some(h.clone())
+        })
+    }
+
+    /// Records a failure; returns the record and how long (ms) the endpoint has been failing.
+    fn failed(
+        &self,
+        store: &crate::store::Store,
+        endpoint: &[u8],
+        now: i64,
+        error: &str,
+    ) -> (EndpointHealthRec, u64) {
+        self.with(store, endpoint, |h| {
+            let since = *h.failing_since.get_or_insert(now);
+            h.last_failure_at = Some(now);
+            h.last_error = Some(crate::store::records::clip(error.to_owned()));
+            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+            (h.clone(), now.saturating_sub(since).max(0) as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_clamped_and_never_shortens_the_schedule() {
+        let now = 1_000_000;
+        // The schedule's step alone.
+        assert_eq!(retry_due(now, 5, None, 3600, 1.0), 1_005_000);
+        // Retry-After may ask for longer...
+        assert_eq!(retry_due(now, 5, Some(60), 3600, 1.0), 1_060_000);
+        // ...but never shorter than the step...
+        assert_eq!(retry_due(now, 5, Some(0), 3600, 1.0), 1_005_000);
+        // ...and never longer than the maximum, whatever it says.
+        assert_eq!(retry_due(now, 5, Some(u64::MAX), 3600, 1.0), 4_600_000);
+        assert_eq!(retry_due(now, 5, Some(u64::MAX), u64::MAX, 1.0), u64::MAX);
+        assert_eq!(retry_due(i64::MAX, u64::MAX, None, 0, 1.2), u64::MAX);
     }
 }

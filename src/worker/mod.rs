@@ -1,8 +1,9 @@
-//! Background loops owned by [`crate::run`]: each is spawned here, runs until the server
-//! stops, and is aborted (they hold no state that an abort could lose: push attempts
-//! under way are leased in the store and retried after a restart).
+//! Background loops owned by [`crate::run`]: each is spawned here and runs until the server
+//! stops. The delivery engine is told to stop and lets its attempts under way finish; the
+//! others hold no state an abort could lose, and are aborted.
 
 pub mod delivery;
+pub mod push;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,12 +13,21 @@ use tokio::task::JoinHandle;
 
 use crate::AppState;
 
+/// The running workers.
+pub struct Workers {
+    /// The delivery engine; it stops by itself once `AppState::shutdown` turns true.
+    pub delivery: JoinHandle<()>,
+    /// Loops that are aborted at shutdown.
+    pub others: Vec<JoinHandle<()>>,
+}
+
 /// Starts every worker.
-pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Vec<JoinHandle<()>> {
-    vec![
-        tokio::spawn(delivery::run(state.clone())),
-        tokio::spawn(watch_disk(state, disk_low)),
-    ]
+pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
+    let stop = state.shutdown.clone();
+    Workers {
+        delivery: tokio::spawn(delivery::run(state.clone(), stop)),
+        others: vec![tokio::spawn(watch_disk(state, disk_low))],
+    }
 }
 
 /// Keeps `disk_low` true while free space in the data directory is under

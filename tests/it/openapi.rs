@@ -46,6 +46,8 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/admin/api/transmissions/{uuid}/attempts"),
     ("post", "/admin/api/transmissions/{uuid}/redeliver"),
     ("post", "/admin/api/partners/{code}/redeliver-failed"),
+    ("get", "/admin/api/deliveries/{id}/attempts"),
+    ("get", "/admin/api/stats"),
 ];
 
 /// The document as the server serves it.

@@ -376,3 +376,98 @@ fn a_push_queued_before_sigkill_is_delivered_after_restart() {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+#[test]
+fn proxies_from_the_environment_cannot_route_around_the_address_policy() {
+    use crate::receiver::Receiver;
+    // A "proxy" on loopback (which outbound.allow permits) that would answer 200 to anything.
+    let proxy = Receiver::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [
+        ("HTTP_PROXY", proxy.url.as_str()),
+        ("http_proxy", proxy.url.as_str()),
+        ("ALL_PROXY", proxy.url.as_str()),
+        ("HTTPS_PROXY", proxy.url.as_str()),
+    ];
+    let server = start_with(dir.path(), &settings);
+    let (acme, _) =
+        server.acme_to_globex(json!({"pushUrl": "http://169.254.169.254/latest/meta-data/"}));
+    let sent = send(
+        &agent(),
+        "POST",
+        &format!("{}/api/v1/inbound?sender=ACME&doctype=order", server.base),
+        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+        Some(b"{}"),
+    )
+    .data(202);
+    let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let t = loop {
+        let t = send(
+            &agent(),
+            "GET",
+            &format!("{}/api/v1/transmissions/{uuid}", server.base),
+            &[("X-Api-Key", &acme)],
+            None,
+        )
+        .data(200);
+        if t["lastError"].is_string() || t["status"] == "processed" {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no attempt: {t}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert_ne!(t["status"], "processed", "{t}");
+    let error = t["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("link-local"), "{t}");
+    assert!(
+        proxy.received().is_empty(),
+        "nothing went through the proxy"
+    );
+}
+
+#[test]
+fn endpoint_health_survives_a_restart() {
+    use crate::receiver::{Answer, Receiver};
+    let receiver = Receiver::always(Answer::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("WAYBILL_DELIVERY__RETRY_SCHEDULE", "3600")];
+    let mut server = start_with(dir.path(), &settings);
+    let (acme, _) = server.acme_to_globex(json!({"pushUrl": format!("{}/hook", receiver.url)}));
+    send(
+        &agent(),
+        "POST",
+        &format!("{}/api/v1/inbound?sender=ACME&doctype=order", server.base),
+        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+        Some(b"{}"),
+    )
+    .data(202);
+    receiver.wait_for(1, 20);
+    let health = |server: &Server| {
+        let auth = format!("Bearer {}", server.token);
+        send(
+            &agent(),
+            "GET",
+            &format!("{}/admin/api/partners/GLOBEX", server.base),
+            &[("Authorization", &auth)],
+            None,
+        )
+        .data(200)["endpointHealth"]["live"]
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let h = health(&server);
+        if h["failingSince"].is_string() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no failure recorded: {h}");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(before["lastFailureAt"].is_string(), "{before}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = start_with(dir.path(), &settings);
+    let after = health(&server);
+    assert_eq!(after["failingSince"], before["failingSince"], "{after}");
+}

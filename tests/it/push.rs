@@ -9,7 +9,7 @@ use crate::{spawn_app_with, TestApp};
 
 /// ACME sends to GLOBEX, which has a push URL at `receiver`. Returns the app, ACME's key
 /// and GLOBEX's live signing secret.
-fn pushing_to(
+pub fn pushing_to(
     receiver: &Receiver,
     tweak: impl FnOnce(&mut waybill::config::Config),
 ) -> (TestApp, String, String) {
@@ -42,7 +42,7 @@ fn pushing_to(
     (app, acme, secret)
 }
 
-fn send(app: &TestApp, key: &str, content_type: &str, body: &[u8]) -> Value {
+pub fn send(app: &TestApp, key: &str, content_type: &str, body: &[u8]) -> Value {
     app.call(
         "POST",
         "/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order&version=3",
@@ -53,7 +53,7 @@ fn send(app: &TestApp, key: &str, content_type: &str, body: &[u8]) -> Value {
 }
 
 /// Waits until the transmission (seen by its sender) reaches `status`.
-fn wait_status(app: &TestApp, key: &str, uuid: &str, status: &str) -> Value {
+pub fn wait_status(app: &TestApp, key: &str, uuid: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let t = app
@@ -71,7 +71,7 @@ fn wait_status(app: &TestApp, key: &str, uuid: &str, status: &str) -> Value {
     }
 }
 
-fn attempts(app: &TestApp, uuid: &str) -> Vec<Value> {
+pub fn attempts(app: &TestApp, uuid: &str) -> Vec<Value> {
     app.admin(
         "GET",
         &format!("/admin/api/transmissions/{uuid}/attempts"),

@@ -55,6 +55,8 @@ pub struct Receiver {
     pub url: String,
     got: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    /// The answer once the script is used up.
+    default: Arc<Answer>,
 }
 
 impl Receiver {
@@ -62,7 +64,26 @@ impl Receiver {
         Self::serve_on(
             TcpListener::bind("127.0.0.1:0").expect("bind receiver"),
             script,
+            Answer::status(200),
         )
+    }
+
+    /// A receiver that gives `answer` to every request.
+    pub fn always(answer: Answer) -> Receiver {
+        Self::serve_on(
+            TcpListener::bind("127.0.0.1:0").expect("bind receiver"),
+            vec![],
+            answer,
+        )
+    }
+
+    /// How many distinct `webhook-id`s arrived, and how many requests in all.
+    pub fn unique_ids(&self) -> (usize, usize) {
+        let got = self.received();
+        let mut ids: Vec<&str> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        (ids.len(), got.len())
     }
 
     /// A receiver on a given port, answering 200 to everything.
@@ -70,10 +91,11 @@ impl Receiver {
         Self::serve_on(
             TcpListener::bind(("127.0.0.1", port)).expect("bind receiver port"),
             vec![],
+            Answer::status(200),
         )
     }
 
-    fn serve_on(listener: TcpListener, script: Vec<Answer>) -> Receiver {
+    fn serve_on(listener: TcpListener, script: Vec<Answer>, default: Answer) -> Receiver {
         let url = format!(
             "http://127.0.0.1:{}",
             listener.local_addr().expect("addr").port()
@@ -82,6 +104,7 @@ impl Receiver {
             url,
             got: Arc::default(),
             script: Arc::new(Mutex::new(script.into())),
+            default: Arc::new(default),
         };
         let shared = r.clone();
         std::thread::spawn(move || {
@@ -161,7 +184,7 @@ impl Receiver {
                 .lock()
                 .unwrap()
                 .pop_front()
-                .unwrap_or_else(|| Answer::status(200));
+                .unwrap_or_else(|| (*self.default).clone());
             std::thread::sleep(answer.delay);
             let mut out = format!("HTTP/1.1 {} X\r\ncontent-length: 2\r\n", answer.status);
             for (k, v) in &answer.headers {

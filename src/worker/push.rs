@@ -1,0 +1,150 @@
+//! The transmission push, one kind of delivery: what its call carries (the payload, the
+//! routing query parameters, the partner's headers, signed with the partner's secret), when
+//! its endpoint holds it back, and what to do when there is nothing left to push.
+
+use crate::model::{Env, Status};
+use crate::outbound::Call;
+use crate::store::records::{transmission_uuid, DeliveryRec, MessageRec, PartnerRec, Target};
+use crate::store::{now_ms, Directory, Next, StoreError};
+use crate::AppState;
+
+/// What an attempt does.
+pub enum Prepared {
+    /// Make this call.
+    Call(Call),
+    /// No call: record this instead (the target is gone or final, the endpoint is held,
+    /// the receiver polls now, the payload is damaged).
+    Finish(Next),
+}
+
+/// Whether an endpoint takes calls now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    Open,
+    /// Paused, disabled or inactive: its deliveries are parked.
+    Held,
+}
+
+/// The partner code and environment of a push endpoint key (`p ‖ env ‖ code`).
+fn parse_endpoint(endpoint: &[u8]) -> Option<(Env, &str)> {
+    match endpoint {
+        [b'p', env, code @ ..] => Some((Env::from_byte(*env)?, std::str::from_utf8(code).ok()?)),
+        _ => None,
+    }
+}
+
+/// Whether `endpoint` takes calls now, by the current directory.
+pub fn endpoint_state(dir: &Directory, endpoint: &[u8]) -> EndpointState {
+    match parse_endpoint(endpoint).and_then(|(env, code)| Some((env, dir.partner(code)?))) {
+        Some((env, p)) if p.push_held(env).is_some() => EndpointState::Held,
+        _ => EndpointState::Open,
+    }
+}
+
+/// Turns off a push endpoint (a 410 answer, or failing for too long).
+pub async fn disable(state: &AppState, endpoint: &[u8], reason: String) {
+    let Some((env, code)) = parse_endpoint(endpoint) else {
+        return;
+    };
+    if let Err(e) = state.store.disable_endpoint(code, env, reason).await {
+        tracing::error!(error = ?e, "cannot disable the endpoint");
+    }
+}
+
+/// Reads what an attempt of `d` needs, or decides that none is made.
+pub fn prepare(state: &AppState, d: &DeliveryRec) -> Result<Prepared, StoreError> {
+    let Target::Transmission {
+        message_id,
+        index,
+        receiver,
+    } = &d.target;
+    let finish = |next| Ok(Prepared::Finish(next));
+    let Some(m) = state.store.message(d.env, *message_id)? else {
+        return finish(Next::Drop);
+    };
+    let Some(tx) = m.transmissions.get(usize::from(*index)) else {
+        return finish(Next::Drop);
+    };
+    // Acknowledged, cancelled, failed or already delivered: nothing left to push.
+    if tx.status.is_final() || tx.status == Status::Processed {
+        return finish(Next::Drop);
+    }
+    let dir = state.store.directory();
+    let Some(p) = dir.partner(receiver) else {
+        return finish(Next::ToPolling);
+    };
+    let Some(url) = p.push_url_for(d.env) else {
+        return finish(Next::ToPolling);
+    };
+    if p.push_held(d.env).is_some() {
+        return finish(Next::Park);
+    }
+    let body = match state.store.payload(&m) {
+        Ok(b) => b,
+        Err(StoreError::Corrupt(why)) => {
+            tracing::error!(message = %m.id, %why, "a payload fails its checksum; its push is failed");
+            return finish(Next::Corrupt(why));
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Prepared::Call(call(p, &m, *index, d, url, body)))
+}
+
+/// The signed call of a push.
+fn call(
+    p: &PartnerRec,
+    m: &MessageRec,
+    index: u8,
+    d: &DeliveryRec,
+    base: &str,
+    body: bytes::Bytes,
+) -> Call {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("sender", &m.sender);
+    query.append_pair("receiver", &p.code);
+    query.append_pair("doctype", &m.doctype);
+    if let Some(v) = &m.version {
+        query.append_pair("version", v);
+    }
+    for (k, v) in &p.push_params {
+        query.append_pair(k, v);
+    }
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut headers = p.push_headers.clone();
+    headers.push((
+        "waybill-transmission".into(),
+        transmission_uuid(m.id, usize::from(index)).to_string(),
+    ));
+    Call {
+        url: format!("{base}{sep}{}", query.finish()),
+        headers,
+        content_type: m.content_type.clone(),
+        body,
+        webhook_id: format!("msg_{}", d.id.simple()),
+        signing_secrets: p
+            .signing_for(d.env)
+            .active(now_ms())
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keys_name_their_partner_and_environment() {
+        let target = Target::Transmission {
+            message_id: uuid::Uuid::nil(),
+            index: 0,
+            receiver: "GLOBEX".into(),
+        };
+        for env in [Env::Live, Env::Test] {
+            assert_eq!(parse_endpoint(&target.endpoint(env)), Some((env, "GLOBEX")));
+        }
+        assert_eq!(parse_endpoint(b"x\x00A"), None);
+        assert_eq!(parse_endpoint(b"p\x09A"), None);
+    }
+}
