@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use waybill::cli::{self, AdminCommand};
 use waybill::config::{Config, LogFormat, Overrides};
 
+/// sled copies a leaf on every change and the HTTP stacks allocate per request: with the
+/// system allocator, malloc and free were the top symbols of a push profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "waybill",

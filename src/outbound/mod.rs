@@ -28,6 +28,11 @@ pub fn agent(timeout: Duration, allow: Vec<Cidr>, per_host: usize) -> ureq::Agen
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .user_agent(concat!("Waybill/", env!("CARGO_PKG_VERSION")))
+        // ureq's default buffers are 128 KiB each way per connection; an answer is read
+        // only up to its first KiB and bodies are streamed through, so 16 KiB will do.
+        .input_buffer_size(16 * 1024)
+        .output_buffer_size(16 * 1024)
+        .max_response_header_size(16 * 1024)
         .max_idle_connections(per_host.max(256))
         .max_idle_connections_per_host(per_host)
         .build();

@@ -88,6 +88,16 @@ pub struct Queued {
     pub key: Vec<u8>,
     pub due: u64,
     pub delivery: DeliveryRec,
+    /// For a push handed over by intake: the message and its payload as just stored, so
+    /// the attempt need not read them back.
+    pub prefetched: Option<std::sync::Arc<Prefetched>>,
+}
+
+/// A message and its payload as intake stored them.
+#[derive(Debug)]
+pub struct Prefetched {
+    pub message: MessageRec,
+    pub payload: bytes::Bytes,
 }
 
 impl Queued {
@@ -204,6 +214,7 @@ impl Store {
                 key: key.to_vec(),
                 due,
                 delivery: decode(&value)?,
+                prefetched: None,
             });
         }
         Ok((taken, None))
@@ -343,6 +354,12 @@ impl Store {
             out.push((n, decode(&value)?));
         }
         Ok(out)
+    }
+
+    /// Whether an outbox entry is still there (an acknowledgement or a cancellation
+    /// removes its transmission's entry).
+    pub fn outbox_contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.t.outbox.contains_key(key)?)
     }
 
     /// The highest attempt number logged for a delivery (0 if none).
@@ -597,6 +614,7 @@ mod job_tests {
             key: key.clone(),
             due: 5,
             delivery: d,
+            prefetched: None,
         };
         let r = store
             .finish_delivery(queued, Some(attempt()), Next::Delivered, None, 10)

@@ -2,6 +2,8 @@
 //! acknowledgement. Every multi-tree change here is one sled transaction, and every
 //! acknowledged change waits for the group commit before it returns.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -9,7 +11,7 @@ use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
-use super::deliveries::{due_at, outbox_key, Queued};
+use super::deliveries::{due_at, outbox_key, Prefetched, Queued};
 use super::records::{
     clip, new_message_id, split_transmission_uuid, DeliveryRec, MessageRec, RequestRec, Target,
     TransmissionRec, TransmissionState,
@@ -73,10 +75,13 @@ impl Store {
     ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
         let request_id = Uuid::now_v7();
         let mut messages = Vec::with_capacity(new.len());
+        let mut small_payloads = Vec::with_capacity(new.len());
         for m in new {
+            // Kept for the delivery engine, which then need not read it back from disk.
+            small_payloads.push((m.payload.len() < LARGE_WRITE_BYTES).then(|| m.payload.clone()));
             let payload = if m.payload.len() >= LARGE_WRITE_BYTES {
                 // Copying megabytes is not work for an async worker thread.
-                let log = std::sync::Arc::clone(&self.payload_log);
+                let log = Arc::clone(&self.payload_log);
                 tokio::task::spawn_blocking(move || log.append(&m.payload))
                     .await
                     .map_err(|_| StoreError::Closed)??
@@ -132,7 +137,7 @@ impl Store {
         let dir = self.directory();
         let due = due_at(now);
         let mut deliveries = Vec::new();
-        for m in &mut messages {
+        for (n, m) in messages.iter_mut().enumerate() {
             for (index, tx) in m.transmissions.iter_mut().enumerate() {
                 if dir
                     .partner(&tx.receiver)
@@ -151,14 +156,34 @@ impl Store {
                         attempt: 0,
                         tries: 0,
                     };
-                    deliveries.push(Queued {
-                        key: outbox_key(&d.target.endpoint(env), due, d.id),
-                        due,
-                        delivery: d,
-                    });
+                    deliveries.push((n, outbox_key(&d.target.endpoint(env), due, d.id), d));
                 }
             }
         }
+        let mut prefetched: Vec<Option<Arc<Prefetched>>> = vec![None; messages.len()];
+        let deliveries: Vec<Queued> = deliveries
+            .into_iter()
+            .map(|(n, key, delivery)| {
+                let prefetched = match (&mut prefetched[n], small_payloads[n].take()) {
+                    (Some(p), _) => Some(Arc::clone(p)),
+                    (slot, Some(payload)) => {
+                        let p = Arc::new(Prefetched {
+                            message: messages[n].clone(),
+                            payload,
+                        });
+                        *slot = Some(Arc::clone(&p));
+                        Some(p)
+                    }
+                    (_, None) => None,
+                };
+                Queued {
+                    key,
+                    due,
+                    delivery,
+                    prefetched,
+                }
+            })
+            .collect();
         // Encode here, off the writer thread, which only copies bytes into sled.
         let mut writes = Vec::with_capacity(messages.len());
         let mut queue = Vec::with_capacity(messages.len());

@@ -33,7 +33,7 @@ mod writer;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Queued};
+pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;

@@ -68,7 +68,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         let now = due_at(now_ms());
         if std::mem::take(&mut engine.rescan) {
-            engine.rescan_endpoints(now);
+            engine.rescan_endpoints();
         }
         engine.release_parked(now).await;
         engine.refill(now);
@@ -171,7 +171,7 @@ impl Engine {
 
     /// Reads which endpoints have entries (at start, and when something was queued that
     /// the engine was not handed directly).
-    fn rescan_endpoints(&mut self, now: u64) {
+    fn rescan_endpoints(&mut self) {
         let found = match self.state.store.outbox_endpoints() {
             Ok(found) => found,
             Err(e) => {
@@ -183,7 +183,7 @@ impl Engine {
             let ep = self.endpoint(&e.endpoint);
             ep.parked = e.parked;
             if let Some(due) = e.first_due {
-                ep.next_due = Some(ep.next_due.map_or(due, |d| d.min(due)).min(due.max(now)));
+                ep.next_due = Some(ep.next_due.map_or(due, |d| d.min(due)));
             }
         }
     }
@@ -312,7 +312,9 @@ impl Engine {
 
     fn start(&mut self, endpoint: Vec<u8>, q: Queued) {
         let d = &q.delivery;
-        let span = tracing::info_span!("delivery", id = %d.id, attempt = d.attempt + 1);
+        // Debug level: at info, formatting the span's fields cost more than the bookkeeping
+        // of a push. Errors name their delivery themselves.
+        let span = tracing::debug_span!("delivery", id = %d.id, attempt = d.attempt + 1);
         let ctx = Attempt {
             state: self.state.clone(),
             agent: self.agent.clone(),
@@ -458,10 +460,10 @@ impl Attempt {
             retry_at,
             recorded,
         };
-        let prepared = match push::prepare(&self.state, &q.delivery) {
+        let prepared = match push::prepare(&self.state, &q) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "cannot prepare a delivery");
+                tracing::error!(error = %e, delivery = %id, "cannot prepare a delivery");
                 return done(None, false);
             }
         };
@@ -491,7 +493,7 @@ impl Attempt {
         {
             Ok(()) => done(retry_at, true),
             Err(e) => {
-                tracing::error!(error = %e, "cannot record a delivery attempt");
+                tracing::error!(error = %e, delivery = %id, "cannot record a delivery attempt");
                 done(None, false)
             }
         }

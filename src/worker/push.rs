@@ -5,7 +5,10 @@
 use crate::model::{Env, Status};
 use crate::outbound::Call;
 use crate::store::records::{transmission_uuid, DeliveryRec, MessageRec, PartnerRec, Target};
-use crate::store::{now_ms, Directory, Next, StoreError};
+
+use std::borrow::Cow;
+
+use crate::store::{now_ms, Directory, Next, Queued, StoreError};
 use crate::AppState;
 
 /// What an attempt does.
@@ -51,16 +54,28 @@ pub async fn disable(state: &AppState, endpoint: &[u8], reason: String) {
     }
 }
 
-/// Reads what an attempt of `d` needs, or decides that none is made.
-pub fn prepare(state: &AppState, d: &DeliveryRec) -> Result<Prepared, StoreError> {
+/// Reads what an attempt of `q` needs, or decides that none is made.
+pub fn prepare(state: &AppState, q: &Queued) -> Result<Prepared, StoreError> {
+    let d = &q.delivery;
     let Target::Transmission {
         message_id,
         index,
         receiver,
     } = &d.target;
     let finish = |next| Ok(Prepared::Finish(next));
-    let Some(m) = state.store.message(d.env, *message_id)? else {
-        return finish(Next::Drop);
+    let (m, payload) = match &q.prefetched {
+        // Handed over by intake a moment ago: its entry is still there unless an
+        // acknowledgement or a cancellation took it away since.
+        Some(p) => {
+            if !state.store.outbox_contains(&q.key)? {
+                return finish(Next::Drop);
+            }
+            (Cow::Borrowed(&p.message), Some(p.payload.clone()))
+        }
+        None => match state.store.message(d.env, *message_id)? {
+            Some(m) => (Cow::Owned(m), None),
+            None => return finish(Next::Drop),
+        },
     };
     let Some(tx) = m.transmissions.get(usize::from(*index)) else {
         return finish(Next::Drop);
@@ -79,7 +94,7 @@ pub fn prepare(state: &AppState, d: &DeliveryRec) -> Result<Prepared, StoreError
     if p.push_held(d.env).is_some() {
         return finish(Next::Park);
     }
-    let body = match state.store.payload(&m) {
+    let body = match payload.map_or_else(|| state.store.payload(&m), Ok) {
         Ok(b) => b,
         Err(StoreError::Corrupt(why)) => {
             tracing::error!(message = %m.id, %why, "a payload fails its checksum; its push is failed");
