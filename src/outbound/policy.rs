@@ -4,7 +4,10 @@
 //! resolver. The client then connects only to the addresses that passed, so a name that
 //! is re-pointed at 127.0.0.1 after the URL was saved is still refused.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
@@ -95,12 +98,23 @@ pub fn permitted(ip: IpAddr, allow: &[Cidr]) -> Result<(), String> {
     }
 }
 
+/// How long a name's addresses are reused before it is looked up again.
+const NAME_TTL: Duration = Duration::from_secs(5);
+/// Most names remembered at once.
+const NAMES_KEPT: usize = 1024;
+
 /// The system resolver, keeping only permitted addresses. When none is left the call
 /// fails with the reason, so a refused target is a failed attempt that says why.
+///
+/// ureq's resolver starts a thread for every lookup it times out, and it looks up the host
+/// on every call, pooled connection or not. So an address literal is not looked up at all,
+/// and a name's addresses are reused for [`NAME_TTL`]. The policy still judges the
+/// addresses on every call.
 #[derive(Debug)]
 pub struct GuardedResolver {
     allow: Vec<Cidr>,
     inner: DefaultResolver,
+    names: Mutex<HashMap<String, (Instant, Vec<SocketAddr>)>>,
 }
 
 impl GuardedResolver {
@@ -108,7 +122,48 @@ impl GuardedResolver {
         GuardedResolver {
             allow,
             inner: DefaultResolver::default(),
+            names: Mutex::default(),
         }
+    }
+
+    /// The addresses of `uri`'s host, unchecked.
+    fn lookup(
+        &self,
+        uri: &http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<Vec<SocketAddr>, ureq::Error> {
+        let host = uri.host().unwrap_or_default();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let name = format!("{host}:{port}");
+        if let Ok(names) = self.names.lock() {
+            if let Some((at, addrs)) = names.get(&name) {
+                if at.elapsed() < NAME_TTL {
+                    return Ok(addrs.clone());
+                }
+            }
+        }
+        let addrs: Vec<SocketAddr> = self.inner.resolve(uri, config, timeout)?.to_vec();
+        if let Ok(mut names) = self.names.lock() {
+            if names.len() >= NAMES_KEPT {
+                names.clear();
+            }
+            names.insert(name, (Instant::now(), addrs.clone()));
+        }
+        Ok(addrs)
     }
 }
 
@@ -119,10 +174,10 @@ impl Resolver for GuardedResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let resolved = self.inner.resolve(uri, config, timeout)?;
+        let resolved = self.lookup(uri, config, timeout)?;
         let mut kept = self.empty();
         let mut refused = None;
-        for addr in resolved.iter() {
+        for addr in resolved.iter().take(16) {
             match permitted(addr.ip(), &self.allow) {
                 Ok(()) => kept.push(*addr),
                 Err(why) => refused = refused.or(Some(why)),
