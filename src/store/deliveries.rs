@@ -236,8 +236,9 @@ impl Store {
 
     /// Records the end of an attempt (or of a decision not to make one): the attempt log,
     /// the endpoint's health, the target's new state and what happens to the entry next.
-    /// Everything is read and decoded before the first write.
-    pub async fn finish_delivery(
+    /// Everything is read and decoded before the first write. Blocks until it is durable:
+    /// the engine calls it on the attempt's own blocking thread.
+    pub fn finish_delivery(
         &self,
         queued: Queued,
         attempt: Option<AttemptRec>,
@@ -249,20 +250,18 @@ impl Store {
         let health = health.map(|h| encode(&h)).transpose()?;
         let attempt_error = attempt.as_ref().map(AttemptRec::describe);
         let attempt = attempt.map(|a| encode(&a)).transpose()?;
-        self.writer
-            .write(move |t| {
-                finish_job(
-                    t,
-                    queued,
-                    endpoint,
-                    attempt,
-                    attempt_error,
-                    next,
-                    health,
-                    now,
-                )
-            })
-            .await
+        self.writer.write_blocking(move |t| {
+            finish_job(
+                t,
+                queued,
+                endpoint,
+                attempt,
+                attempt_error,
+                next,
+                health,
+                now,
+            )
+        })
     }
 
     /// Parks entries whose endpoint holds them back. Each is checked again inside the
@@ -616,9 +615,7 @@ mod job_tests {
             delivery: d,
             prefetched: None,
         };
-        let r = store
-            .finish_delivery(queued, Some(attempt()), Next::Delivered, None, 10)
-            .await;
+        let r = store.finish_delivery(queued, Some(attempt()), Next::Delivered, None, 10);
         assert!(r.is_err(), "the job reports the bad record");
         assert!(
             store.t.outbox.get(&key).unwrap().is_some(),

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::push::{self, EndpointState, Prepared};
@@ -84,6 +83,16 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             Some(q) = intake.recv() => engine.offer(q),
             _ = state.store.outbox.rescan_asked() => engine.rescan = true,
             _ = tokio::time::sleep(wake) => {}
+        }
+        // Take in everything else that is already waiting, so one pass serves it all.
+        while let Some(done) = engine.tasks.try_join_next_with_id() {
+            engine.completed(done);
+        }
+        while let Ok(endpoint) = call_ended.try_recv() {
+            engine.call_ended(&endpoint);
+        }
+        while let Ok(q) = intake.try_recv() {
+            engine.offer(q);
         }
     }
     // Let the calls under way end (each is bounded by the attempt timeout) and record them.
@@ -320,11 +329,14 @@ impl Engine {
             agent: self.agent.clone(),
             health: Arc::clone(&self.health),
             slot: Slot(Some((self.calls_done.clone(), endpoint.clone()))),
+            runtime: tokio::runtime::Handle::current(),
         };
         let id = d.id;
-        // The span is attached to the future, not entered on a thread: an entered span held
-        // across an await corrupts the per-thread span stack.
-        let handle = self.tasks.spawn(ctx.run(q).instrument(span));
+        // The whole attempt runs on one blocking thread: the call blocks, and so does
+        // waiting for the outcome's group commit. No async task is woken in between.
+        let handle = self
+            .tasks
+            .spawn_blocking(move || span.in_scope(|| ctx.run(q)));
         self.task_of.insert(handle.id(), (vec![id], endpoint));
     }
 
@@ -442,16 +454,17 @@ impl Drop for Slot {
     }
 }
 
-/// One attempt's task.
+/// One attempt, run on a blocking thread.
 struct Attempt {
     state: AppState,
     agent: ureq::Agent,
     health: Arc<HealthBook>,
     slot: Slot,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Attempt {
-    async fn run(mut self, q: Queued) -> Done {
+    fn run(mut self, q: Queued) -> Done {
         let endpoint = q.endpoint().to_vec();
         let id = q.delivery.id;
         let done = |retry_at, recorded| Done::Attempt {
@@ -470,13 +483,9 @@ impl Attempt {
         let (attempt, next, health) = match prepared {
             Prepared::Finish(next) => (None, next, None),
             Prepared::Call(call) => {
-                let agent = self.agent.clone();
-                let outcome = tokio::task::spawn_blocking(move || call.send(&agent)).await;
+                let outcome = call.send(&self.agent);
                 self.slot.release();
-                let Ok(outcome) = outcome else {
-                    return done(None, false);
-                };
-                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome).await;
+                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome);
                 (Some(attempt_record(outcome)), next, health)
             }
         };
@@ -489,7 +498,6 @@ impl Attempt {
             .state
             .store
             .finish_delivery(q, attempt, next, health, now_ms())
-            .await
         {
             Ok(()) => done(retry_at, true),
             Err(e) => {
@@ -500,7 +508,7 @@ impl Attempt {
     }
 
     /// What an attempt's outcome means for the delivery, and the endpoint's health to store.
-    async fn decide(
+    fn decide(
         &self,
         endpoint: &[u8],
         d: &DeliveryRec,
@@ -532,7 +540,8 @@ impl Attempt {
             None
         };
         if let Some(reason) = disable {
-            push::disable(&self.state, endpoint, reason).await;
+            self.runtime
+                .block_on(push::disable(&self.state, endpoint, reason));
             return (Next::Park, Some(health));
         }
         let next = match cfg.retry_schedule.get(d.tries as usize) {
