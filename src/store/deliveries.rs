@@ -236,9 +236,8 @@ impl Store {
 
     /// Records the end of an attempt (or of a decision not to make one): the attempt log,
     /// the endpoint's health, the target's new state and what happens to the entry next.
-    /// Everything is read and decoded before the first write. Blocks until it is durable:
-    /// the engine calls it on the attempt's own blocking thread.
-    pub fn finish_delivery(
+    /// Everything is read and decoded before the first write.
+    pub async fn finish_delivery(
         &self,
         queued: Queued,
         attempt: Option<AttemptRec>,
@@ -615,7 +614,9 @@ mod job_tests {
             delivery: d,
             prefetched: None,
         };
-        let r = store.finish_delivery(queued, Some(attempt()), Next::Delivered, None, 10);
+        let r = store
+            .finish_delivery(queued, Some(attempt()), Next::Delivered, None, 10)
+            .await;
         assert!(r.is_err(), "the job reports the bad record");
         assert!(
             store.t.outbox.get(&key).unwrap().is_some(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::push::{self, EndpointState, Prepared};
@@ -75,7 +76,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let wake = engine.next_wake(now);
         tokio::select! {
             biased;
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                // The server is gone without saying so: stop as well.
+                if changed.is_err() {
+                    break;
+                }
+            }
             Some(done) = engine.tasks.join_next_with_id(), if !engine.tasks.is_empty() => {
                 engine.completed(done);
             }
@@ -226,7 +232,9 @@ impl Engine {
             .map(|(k, _)| k.clone())
             .collect();
         for key in wanted {
-            let want = self.buffer - self.endpoints.get(&key).map_or(0, |e| e.ready.len());
+            let want = self
+                .buffer
+                .saturating_sub(self.endpoints.get(&key).map_or(0, |e| e.ready.len()));
             let (owned, poisoned) = (&self.owned, &self.poisoned);
             let skip = |id: &Uuid| owned.contains(id) || poisoned.contains(id);
             match self.state.store.outbox_due(&key, now, want, skip) {
@@ -329,14 +337,11 @@ impl Engine {
             agent: self.agent.clone(),
             health: Arc::clone(&self.health),
             slot: Slot(Some((self.calls_done.clone(), endpoint.clone()))),
-            runtime: tokio::runtime::Handle::current(),
         };
         let id = d.id;
-        // The whole attempt runs on one blocking thread: the call blocks, and so does
-        // waiting for the outcome's group commit. No async task is woken in between.
-        let handle = self
-            .tasks
-            .spawn_blocking(move || span.in_scope(|| ctx.run(q)));
+        // The span is attached to the future, not entered on a thread: an entered span held
+        // across an await corrupts the per-thread span stack.
+        let handle = self.tasks.spawn(ctx.run(q).instrument(span));
         self.task_of.insert(handle.id(), (vec![id], endpoint));
     }
 
@@ -454,17 +459,18 @@ impl Drop for Slot {
     }
 }
 
-/// One attempt, run on a blocking thread.
+/// One attempt's task. The call itself blocks, so it runs on a blocking thread; the rest
+/// (and the wait for the outcome's group commit) is async, where many completions share
+/// one wake-up of a runtime thread.
 struct Attempt {
     state: AppState,
     agent: ureq::Agent,
     health: Arc<HealthBook>,
     slot: Slot,
-    runtime: tokio::runtime::Handle,
 }
 
 impl Attempt {
-    fn run(mut self, q: Queued) -> Done {
+    async fn run(mut self, q: Queued) -> Done {
         let endpoint = q.endpoint().to_vec();
         let id = q.delivery.id;
         let done = |retry_at, recorded| Done::Attempt {
@@ -483,9 +489,13 @@ impl Attempt {
         let (attempt, next, health) = match prepared {
             Prepared::Finish(next) => (None, next, None),
             Prepared::Call(call) => {
-                let outcome = call.send(&self.agent);
+                let agent = self.agent.clone();
+                let outcome = tokio::task::spawn_blocking(move || call.send(&agent)).await;
                 self.slot.release();
-                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome);
+                let Ok(outcome) = outcome else {
+                    return done(None, false);
+                };
+                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome).await;
                 (Some(attempt_record(outcome)), next, health)
             }
         };
@@ -498,6 +508,7 @@ impl Attempt {
             .state
             .store
             .finish_delivery(q, attempt, next, health, now_ms())
+            .await
         {
             Ok(()) => done(retry_at, true),
             Err(e) => {
@@ -508,7 +519,7 @@ impl Attempt {
     }
 
     /// What an attempt's outcome means for the delivery, and the endpoint's health to store.
-    fn decide(
+    async fn decide(
         &self,
         endpoint: &[u8],
         d: &DeliveryRec,
@@ -540,8 +551,7 @@ impl Attempt {
             None
         };
         if let Some(reason) = disable {
-            self.runtime
-                .block_on(push::disable(&self.state, endpoint, reason));
+            push::disable(&self.state, endpoint, reason).await;
             return (Next::Park, Some(health));
         }
         let next = match cfg.retry_schedule.get(d.tries as usize) {
