@@ -44,6 +44,16 @@ fn send_many(app: &TestApp, key: &str, receiver: &str, n: usize) -> Vec<String> 
     uuids
 }
 
+/// Pauses or resumes GLOBEX's push endpoint.
+fn pause(app: &TestApp, paused: bool) {
+    app.admin(
+        "PATCH",
+        "/admin/api/partners/GLOBEX",
+        Some(json!({ "pushPaused": paused })),
+    )
+    .data(200);
+}
+
 /// Waits until `f` holds, or panics with `what` after `secs`.
 fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -198,12 +208,7 @@ fn a_slow_receiver_does_not_starve_the_others() {
 fn held_pushes_are_parked_without_churn_and_released_on_resume() {
     let receiver = Receiver::start(vec![]);
     let (app, acme, _) = pushing_to(&receiver, |_| {});
-    app.admin(
-        "PATCH",
-        "/admin/api/partners/GLOBEX",
-        Some(json!({"pushPaused": true})),
-    )
-    .data(200);
+    pause(&app, true);
     let sent = send(&app, &acme, "application/json", b"{}");
     let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
     wait_until(10, "the push is parked", || {
@@ -221,12 +226,7 @@ fn held_pushes_are_parked_without_churn_and_released_on_resume() {
     let stats = app.admin("GET", "/admin/api/stats", None).data(200);
     assert_eq!(stats["deliveries"]["due"], 0, "{stats}");
 
-    app.admin(
-        "PATCH",
-        "/admin/api/partners/GLOBEX",
-        Some(json!({"pushPaused": false})),
-    )
-    .data(200);
+    pause(&app, false);
     wait_status(&app, &acme, uuid, "processed");
     assert_eq!(receiver.received().len(), 1);
     let stats = app.admin("GET", "/admin/api/stats", None).data(200);
@@ -293,21 +293,11 @@ fn a_corrupt_payload_fails_its_transmission_and_the_poll_queue_moves_on() {
 fn a_corrupt_payload_fails_its_push_once() {
     let receiver = Receiver::start(vec![]);
     let (app, acme, _) = pushing_to(&receiver, |_| {});
-    app.admin(
-        "PATCH",
-        "/admin/api/partners/GLOBEX",
-        Some(json!({"pushPaused": true})),
-    )
-    .data(200);
+    pause(&app, true);
     let bad = send(&app, &acme, "application/json", br#"{"marker":"BROKEN"}"#);
     let good = send(&app, &acme, "application/json", br#"{"marker":"fine"}"#);
     corrupt_payload(&app, b"BROKEN");
-    app.admin(
-        "PATCH",
-        "/admin/api/partners/GLOBEX",
-        Some(json!({"pushPaused": false})),
-    )
-    .data(200);
+    pause(&app, false);
     let bad_uuid = bad["transmissions"][0]["uuid"].as_str().unwrap();
     let t = wait_status(&app, &acme, bad_uuid, "failed");
     assert!(

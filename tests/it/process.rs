@@ -98,6 +98,30 @@ impl Server {
         (key("ACME"), key("GLOBEX"))
     }
 
+    /// ACME sends `body` to the receivers its routes name; returns the intake answer's data.
+    fn send_doc(&self, key: &str, body: &[u8]) -> Value {
+        send(
+            &agent(),
+            "POST",
+            &format!("{}/api/v1/inbound?sender=ACME&doctype=order", self.base),
+            &[("X-Api-Key", key), ("Content-Type", "application/json")],
+            Some(body),
+        )
+        .data(202)
+    }
+
+    /// A transmission as `key`'s partner sees it.
+    fn transmission(&self, key: &str, uuid: &str) -> Value {
+        send(
+            &agent(),
+            "GET",
+            &format!("{}/api/v1/transmissions/{uuid}", self.base),
+            &[("X-Api-Key", key)],
+            None,
+        )
+        .data(200)
+    }
+
     /// The status of a poll made with `key`: 200 while the key works, 401 once it does not.
     fn poll_status(&self, key: &str) -> u16 {
         let url = format!("{}/api/v1/transmissions", self.base);
@@ -343,14 +367,7 @@ fn a_push_queued_before_sigkill_is_delivered_after_restart() {
     let mut server = start_fast(dir.path());
     let (acme, _) =
         server.acme_to_globex(json!({"pushUrl": format!("http://127.0.0.1:{port}/hook")}));
-    let sent = send(
-        &agent(),
-        "POST",
-        &format!("{}/api/v1/inbound?sender=ACME&doctype=order", server.base),
-        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
-        Some(br#"{"survives":"kill -9"}"#),
-    )
-    .data(202);
+    let sent = server.send_doc(&acme, br#"{"survives":"kill -9"}"#);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
@@ -361,14 +378,7 @@ fn a_push_queued_before_sigkill_is_delivered_after_restart() {
     let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let t = send(
-            &agent(),
-            "GET",
-            &format!("{}/api/v1/transmissions/{uuid}", server.base),
-            &[("X-Api-Key", &acme)],
-            None,
-        )
-        .data(200);
+        let t = server.transmission(&acme, uuid);
         if t["status"] == "processed" {
             break;
         }
@@ -392,25 +402,11 @@ fn proxies_from_the_environment_cannot_route_around_the_address_policy() {
     let server = start_with(dir.path(), &settings);
     let (acme, _) =
         server.acme_to_globex(json!({"pushUrl": "http://169.254.169.254/latest/meta-data/"}));
-    let sent = send(
-        &agent(),
-        "POST",
-        &format!("{}/api/v1/inbound?sender=ACME&doctype=order", server.base),
-        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
-        Some(b"{}"),
-    )
-    .data(202);
+    let sent = server.send_doc(&acme, b"{}");
     let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let t = loop {
-        let t = send(
-            &agent(),
-            "GET",
-            &format!("{}/api/v1/transmissions/{uuid}", server.base),
-            &[("X-Api-Key", &acme)],
-            None,
-        )
-        .data(200);
+        let t = server.transmission(&acme, uuid);
         if t["lastError"].is_string() || t["status"] == "processed" {
             break t;
         }
@@ -434,14 +430,7 @@ fn endpoint_health_survives_a_restart() {
     let settings = [("WAYBILL_DELIVERY__RETRY_SCHEDULE", "3600")];
     let mut server = start_with(dir.path(), &settings);
     let (acme, _) = server.acme_to_globex(json!({"pushUrl": format!("{}/hook", receiver.url)}));
-    send(
-        &agent(),
-        "POST",
-        &format!("{}/api/v1/inbound?sender=ACME&doctype=order", server.base),
-        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
-        Some(b"{}"),
-    )
-    .data(202);
+    server.send_doc(&acme, b"{}");
     receiver.wait_for(1, 20);
     let health = |server: &Server| {
         let auth = format!("Bearer {}", server.token);
