@@ -1,7 +1,7 @@
 //! The .deb and .rpm packages, built by `packaging/build` and taken apart with the
 //! distributions' own tools: file lists, conffiles, scriptlets, the systemd unit's
-//! verification and exposure score, the packaged binary run from an extracted tree, the
-//! maintainer scripts run against a scratch root, and an upgrade from a lower version.
+//! verification and exposure score, the packaged binary run from an extracted tree, and
+//! a dpkg install, upgrade from a lower version, removal and purge in a scratch root.
 //!
 //! A check whose tool is missing prints why it was skipped; `./.ci/test` installs them all.
 
