@@ -759,11 +759,12 @@ impl Filled {
 /// they honour (every path under it, no service touched). So this is the real install,
 /// upgrade, removal and purge, without changing this machine.
 ///
-/// The 0.0.1 package holds the binary of this build under a lower version: the first
-/// release has no predecessor, and the store has had one record format so far. What runs
-/// is the path an upgrade takes: dpkg replaces the files of an installed, configured
-/// package whose binary filled the data directory, and the new binary serves from it. Once
-/// a release is out, its package can take the 0.0.1 package's place here.
+/// The 0.0.1 package holds the binary of this build under a lower version, as no release
+/// exists yet to upgrade from. So this covers the packaging side of an upgrade: dpkg
+/// replaces the files of an installed, configured package whose binary filled the data
+/// directory, keeps the edited configuration, and the new binary serves that data. Reading
+/// older record formats is the store's own tests' job (`codec::Record::upgrade`). Once a
+/// release is out, its package can take the 0.0.1 package's place here.
 #[test]
 fn dpkg_installs_upgrades_removes_and_purges_in_a_scratch_root() {
     let Some(p) = packages() else { return };
