@@ -278,7 +278,7 @@ fn the_unit_verifies_and_its_exposure_is_at_most_1_5() {
         "StateDirectory=waybill",
         "ExecStartPre=/usr/bin/waybill --config /etc/waybill/waybill.toml check-config --quiet",
         "ExecStart=/usr/bin/waybill --config /etc/waybill/waybill.toml serve",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        r#"ExecReload=/bin/sh -c 'kill -HUP "$$MAINPID"'"#,
         "Restart=on-failure",
         "TimeoutStopSec=60s",
         "NoNewPrivileges=yes",
