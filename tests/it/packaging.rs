@@ -376,25 +376,26 @@ impl Served {
             .stderr(fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start the packaged binary");
-        let base = format!("http://{listen}");
-        let token = wait_for_token(data);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Owned before the first wait, so a failed wait still ends the process (Drop).
+        let mut served = Served {
+            child,
+            base: format!("http://{listen}"),
+            token: String::new(),
+            log,
+        };
+        served.token = wait_for_token(data);
         let ready = |a: &ureq::Agent| {
-            a.get(&format!("{base}/readyz"))
+            a.get(&format!("{}/readyz", served.base))
                 .call()
                 .is_ok_and(|r| r.status() == 200)
         };
         let a = agent();
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !ready(&a) {
             assert!(Instant::now() < deadline, "never ready");
             std::thread::sleep(Duration::from_millis(25));
         }
-        Served {
-            child,
-            base,
-            token,
-            log,
-        }
+        served
     }
 
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> crate::Resp {
