@@ -1,5 +1,8 @@
 //! The admin subcommands. sled locks its directory, so the CLI never opens the store: it
 //! calls the running server's admin API with the token from `<data dir>/admin.token`.
+//!
+//! Also the manual page and the shell completions, both generated from the clap definitions
+//! so they cannot drift from the real flags. The packages are built with them.
 
 use std::time::Duration;
 
@@ -37,6 +40,7 @@ pub enum KeyCmd {
     /// Create an API key; it is printed once and cannot be shown again.
     Create {
         partner: String,
+        /// A note shown in key listings, e.g. what system uses the key.
         #[arg(long)]
         label: Option<String>,
         /// `live` (default) or `test`.
@@ -278,3 +282,162 @@ impl Client {
         }
     }
 }
+
+/// Writes the completion script for `shell`, generated from the command definition `cmd`.
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    mut cmd: clap::Command,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let name = cmd.get_name().to_owned();
+    // clap_complete writes through a `Write` it cannot report errors from, so collect the
+    // script first and write it where a failure is seen.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    out.write_all(&script)
+}
+
+/// Writes the `waybill(1)` manual page in roff: the flags and every command with its own
+/// arguments from `cmd`, then the files, environment and signals a service operator needs.
+/// One page holds it all, so `man waybill` never points at a page that is not installed.
+pub fn write_man_page(mut cmd: clap::Command, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    // Building fills in what clap derives (help flags, value names) before it is read.
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone()).manual("Waybill Manual");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    let mut commands = roff::Roff::new();
+    commands.control("SH", ["COMMANDS"]);
+    man_commands(&mut commands, &cmd, cmd.get_name());
+    commands.to_writer(out)?;
+    out.write_all(MAN_OPERATION.as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// One entry per leaf command (`waybill partner add CODE`): its arguments, what it does,
+/// and its own options.
+fn man_commands(page: &mut roff::Roff, cmd: &clap::Command, path: &str) {
+    use roff::{bold, italic, roman};
+    let visible = cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help");
+    for sub in visible {
+        let path = format!("{path} {}", sub.get_name());
+        if sub.has_subcommands() {
+            man_commands(page, sub, &path);
+            continue;
+        }
+        let mut line = vec![bold(path)];
+        for arg in sub.get_positionals() {
+            let name = value_name(arg);
+            line.push(roman(" "));
+            if arg.is_required_set() {
+                line.push(italic(name));
+            } else {
+                line.extend([roman("["), italic(name), roman("]")]);
+            }
+        }
+        page.control("TP", []);
+        page.text(line);
+        if let Some(about) = sub.get_about() {
+            page.text([roman(about.to_string())]);
+        }
+        let options = sub.get_arguments().filter(|a| {
+            !a.is_positional() && !a.is_hide_set() && !a.is_global_set() && a.get_id() != "help"
+        });
+        for arg in options {
+            let Some(long) = arg.get_long() else { continue };
+            let mut flag = vec![bold(format!("--{long}"))];
+            if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                flag.extend([roman(" "), italic(value_name(arg))]);
+            }
+            page.control("RS", []);
+            page.control("TP", []);
+            page.text(flag);
+            if let Some(help) = arg.get_help() {
+                page.text([roman(help.to_string())]);
+            }
+            page.control("RE", []);
+        }
+    }
+}
+
+/// The placeholder an argument is shown with: its value name, else its id in capitals.
+fn value_name(arg: &clap::Arg) -> String {
+    arg.get_value_names()
+        .and_then(|names| names.first())
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| arg.get_id().as_str().to_uppercase())
+}
+
+/// The hand-written part of the manual page, in roff. The paths are the packages' layout.
+const MAN_OPERATION: &str = r#".SH "FILES"
+.TP
+.I /etc/waybill/waybill.toml
+The configuration the packaged service reads. It lists every setting with its default and
+meaning; package upgrades keep local edits.
+.B waybill \-\-config /etc/waybill/waybill.toml check\-config
+checks it and prints the effective settings.
+.TP
+.I /var/lib/waybill
+The packaged service's data directory: the store and the payload segments. Only the
+.B waybill
+user can read it. Without a configuration file the data directory is
+.IR ./waybill\-data .
+.TP
+.I /var/lib/waybill/admin.token
+The admin token (mode 0600), written on the first start. The admin commands
+.RB ( partner ", " key ", " route )
+read it from the data directory; HTTP clients send it as
+.BR "Authorization: Bearer" " \fItoken\fR."
+.TP
+.I /usr/lib/systemd/system/waybill.service
+The systemd unit. Logs go to the journal:
+.BR "journalctl \-u waybill" .
+.SH "ENVIRONMENT"
+.TP
+.B WAYBILL_CONFIG
+The configuration file, as
+.BR \-\-config .
+.TP
+.B WAYBILL_\fISECTION\fB__\fIKEY\fR
+Any setting, e.g.
+.B WAYBILL_SERVER__LISTEN=0.0.0.0:8080
+for
+.B listen
+in
+.BR [server] .
+Lists are comma\-separated. Environment variables win over the file; flags win over both.
+.TP
+.B WAYBILL_LOG
+The log filter, e.g.
+.BR debug " or " waybill=debug,info .
+.TP
+.B WAYBILL_URL
+Where the admin commands find the server, when
+.B \-\-listen
+does not say.
+.TP
+.B WAYBILL_ADMIN_TOKEN
+The admin token for the admin commands, instead of the file in the data directory.
+.SH "SIGNALS"
+.TP
+.BR SIGTERM ", " SIGINT
+Stop accepting connections, let in\-flight requests finish, flush the store and exit.
+.TP
+.B SIGHUP
+Read the TLS certificate and key again
+.RB ( "systemctl reload waybill" ).
+Without TLS it is logged and ignored.
+.SH "EXIT STATUS"
+0 on success, 1 when a command or the server fails, 2 when the command line or the
+configuration is invalid.
+.SH "SEE ALSO"
+.BR systemctl (1),
+.BR journalctl (1).
+The HTTP API is described by the server itself at
+.BR /api/v1/openapi.json .
+"#;

@@ -1,9 +1,10 @@
 //! The `waybill` binary: flags, logging, then the library does the work.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use waybill::cli::{self, AdminCommand};
 use waybill::config::{Config, LogFormat, Overrides};
 
@@ -16,7 +17,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "waybill",
     version,
-    about = "A single-binary B2B integration appliance"
+    about = "A single-binary B2B integration appliance",
+    long_about = "A single-binary B2B integration appliance.\n\n\
+        Waybill takes in documents from business partners, keeps them on disk and hands \
+        each receiver its transmissions, by polling or by signed pushes. One process holds \
+        the store, the HTTP API and the delivery workers. Without a command it serves."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +42,11 @@ enum Command {
     /// Run the appliance (the default when no command is given).
     Serve,
     /// Load and check the configuration, then print the effective settings.
-    CheckConfig,
+    CheckConfig {
+        /// Print nothing when the configuration is valid (the service runs this on every start).
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Prepare optional set-up files.
     Init {
         /// Write a self-signed TLS certificate and key (for trying HTTPS out).
@@ -59,10 +68,26 @@ enum Command {
     /// Manage routes on the running server.
     #[command(subcommand)]
     Route(cli::RouteCmd),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff). The packages install it; `man waybill` shows it.
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    // These only describe the command line, so a broken configuration must not stop them.
+    match args.command {
+        Some(Command::Completions { shell }) => {
+            return print_or_fail(|out| cli::write_completions(shell, Cli::command(), out))
+        }
+        Some(Command::Man) => return print_or_fail(|out| cli::write_man_page(Cli::command(), out)),
+        _ => {}
+    }
     let overrides = Overrides {
         data_dir: args.data_dir.clone(),
         listen: args.listen.clone(),
@@ -82,10 +107,12 @@ fn main() -> ExitCode {
         }
     };
     match args.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
-        Command::CheckConfig => {
-            print!("{}", config.to_toml());
-            eprintln!("configuration OK");
+        Command::Serve => serve(config, args.config.as_deref()),
+        Command::CheckConfig { quiet } => {
+            if !quiet {
+                print!("{}", config.to_toml());
+                eprintln!("configuration OK");
+            }
             ExitCode::SUCCESS
         }
         Command::Init {
@@ -96,6 +123,20 @@ fn main() -> ExitCode {
         Command::Partner(c) => admin(AdminCommand::Partner(c)),
         Command::Key(c) => admin(AdminCommand::Key(c)),
         Command::Route(c) => admin(AdminCommand::Route(c)),
+        // Answered before the configuration was loaded.
+        Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
+    }
+}
+
+/// Writes what `write` produces to standard output; a closed pipe or full disk is an error.
+fn print_or_fail(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waybill: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -130,8 +171,9 @@ fn init(
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, config_file: Option<&Path>) -> ExitCode {
     init_tracing(config.log.format);
+    announce_admin_token(&config, config_file);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,6 +185,9 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if config.server.tls_cert.is_none() {
+            ignore_sighup();
+        }
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| {
@@ -156,6 +201,60 @@ fn serve(config: Config) -> ExitCode {
             tracing::error!(error = %e, "waybill stopped");
             eprintln!("waybill: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// On the first start, writes the admin token and says in the log where it is and how the
+/// admin commands reach this server with it. The library would write the token too, but only
+/// this binary knows which flags brought it its configuration.
+fn announce_admin_token(config: &Config, config_file: Option<&Path>) {
+    let data_dir = &config.server.data_dir;
+    // An error here is left to `waybill::run`, which meets it again and stops with it.
+    let Ok((_, true)) = waybill::ensure_admin_token(data_dir) else {
+        return;
+    };
+    // The admin commands need the same data directory and address as this server: the
+    // configuration file carries both, else name whichever is not the default.
+    let flags = match config_file {
+        Some(file) => format!(" --config {}", file.display()),
+        None => {
+            let defaults = Config::defaults();
+            let mut flags = String::new();
+            if *data_dir != defaults.server.data_dir {
+                flags.push_str(&format!(" --data-dir {}", data_dir.display()));
+            }
+            if config.server.listen != defaults.server.listen {
+                flags.push_str(&format!(" --listen {}", config.server.listen));
+            }
+            flags
+        }
+    };
+    tracing::info!(
+        "first start: wrote the admin token to {} (readable by this user and root only). \
+         It is the admin credential. As either user, the admin commands use it: \
+         `waybill{flags} partner add CODE`, `waybill{flags} key create CODE`, \
+         `waybill{flags} route add SENDER RECEIVER DOCTYPE`. HTTP clients send it as \
+         `Authorization: Bearer <token>`.",
+        data_dir.join("admin.token").display()
+    );
+}
+
+/// Keeps SIGHUP from ending the process when there is no certificate to reload: its default
+/// action is to terminate, and `systemctl reload waybill` sends it.
+fn ignore_sighup() {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registering replaces the default action at once, before the server starts.
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: no TLS certificate is configured; nothing to reload");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; SIGHUP will stop the process")
         }
     }
 }
@@ -180,8 +279,11 @@ async fn shutdown_signal() {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WAYBILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: the journal and log files would store the
+    // escape codes as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

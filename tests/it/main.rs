@@ -8,6 +8,7 @@ mod errors;
 mod https;
 mod intake;
 mod openapi;
+mod packaging;
 mod process;
 mod push;
 mod receiver;
