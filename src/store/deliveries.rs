@@ -249,18 +249,20 @@ impl Store {
         let health = health.map(|h| encode(&h)).transpose()?;
         let attempt_error = attempt.as_ref().map(AttemptRec::describe);
         let attempt = attempt.map(|a| encode(&a)).transpose()?;
-        self.writer.write_blocking(move |t| {
-            finish_job(
-                t,
-                queued,
-                endpoint,
-                attempt,
-                attempt_error,
-                next,
-                health,
-                now,
-            )
-        })
+        self.writer
+            .write(move |t| {
+                finish_job(
+                    t,
+                    queued,
+                    endpoint,
+                    attempt,
+                    attempt_error,
+                    next,
+                    health,
+                    now,
+                )
+            })
+            .await
     }
 
     /// Parks entries whose endpoint holds them back. Each is checked again inside the
