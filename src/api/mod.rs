@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod deliveries;
 mod documents;
 mod inbound;
 mod system;
@@ -37,6 +38,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(documents::routes(state.clone()))
         .unify()
         .or(transmissions::routes(state.clone()))
+        .unify()
+        .or(deliveries::routes(state.clone()))
         .unify()
         .or(admin::routes(state))
         .unify()
