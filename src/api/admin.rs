@@ -164,12 +164,8 @@ fn with_health(state: &AppState, p: &PartnerRec) -> Result<Value, ApiError> {
     let mut v = partner_view(p);
     let mut health = serde_json::Map::new();
     for env in [Env::Live, Env::Test] {
-        let target = crate::store::records::Target::Transmission {
-            message_id: uuid::Uuid::nil(),
-            index: 0,
-            receiver: p.code.clone(),
-        };
-        let h = state.store.endpoint_health(&target.endpoint(env))?;
+        let endpoint = crate::store::records::push_endpoint(env, &p.code);
+        let h = state.store.endpoint_health(&endpoint)?;
         health.insert(
             env.as_str().into(),
             match h {

@@ -57,6 +57,14 @@ fn attempt_key(env: Env, id: Uuid, attempt: u32) -> [u8; 21] {
     k
 }
 
+/// The outbox key of transmission `index`'s queued push, if one is queued.
+pub(super) fn queued_push_key(m: &MessageRec, index: usize) -> Option<Vec<u8>> {
+    let tx = m.transmissions.get(index)?;
+    let due = tx.outbox_due?;
+    let endpoint = super::records::push_endpoint(m.env, &tx.receiver);
+    Some(outbox_key(&endpoint, due, transmission_uuid(m.id, index)))
+}
+
 /// `now` as an outbox due time.
 pub fn due_at(ms: i64) -> u64 {
     ms.max(0) as u64

@@ -11,10 +11,10 @@ use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
-use super::deliveries::{due_at, outbox_key, Prefetched, Queued};
+use super::deliveries::{due_at, outbox_key, queued_push_key, Prefetched, Queued};
 use super::records::{
-    clip, new_message_id, split_transmission_uuid, DeliveryRec, MessageRec, RequestRec, Target,
-    TransmissionRec, TransmissionState,
+    clip, new_message_id, split_transmission_uuid, transmission_uuid, DeliveryRec, MessageRec,
+    RequestRec, Target, TransmissionRec, TransmissionState,
 };
 use super::transitions::{Event, Transition};
 use super::writer::{Table, LARGE_WRITE_BYTES};
@@ -146,7 +146,7 @@ impl Store {
                 {
                     tx.outbox_due = Some(due);
                     let d = DeliveryRec {
-                        id: super::records::transmission_uuid(m.id, index),
+                        id: transmission_uuid(m.id, index),
                         env,
                         target: Target::Transmission {
                             message_id: m.id,
@@ -392,23 +392,8 @@ impl Store {
                 let Some(tx) = m.transmissions.get(index) else {
                     return Ok(());
                 };
-                let pkey = partner_id(
-                    env,
-                    &tx.receiver,
-                    m.transmission(index).map_or(id, |t| t.uuid),
-                );
-                let outbox = tx.outbox_due.map(|due| {
-                    let target = Target::Transmission {
-                        message_id: id,
-                        index: index as u8,
-                        receiver: tx.receiver.clone(),
-                    };
-                    outbox_key(
-                        &target.endpoint(env),
-                        due,
-                        super::records::transmission_uuid(id, index),
-                    )
-                });
+                let pkey = partner_id(env, &tx.receiver, transmission_uuid(id, index));
+                let outbox = queued_push_key(&m, index);
                 let event = Event::Corrupt { error: why };
                 if m.apply(index, event, now) != Transition::Changed {
                     return Ok(());
@@ -452,22 +437,11 @@ impl Store {
                     return Ok(AckOutcome::NotFound);
                 };
                 let mut m: MessageRec = decode(&raw)?;
-                let Some(tx) = m
-                    .transmissions
-                    .get(index)
-                    .filter(|tx| tx.receiver == receiver)
-                else {
+                if m.transmissions.get(index).map(|tx| tx.receiver.as_str()) != Some(&receiver) {
                     return Ok(AckOutcome::NotFound);
-                };
+                }
                 // A push still queued for it is cancelled with the acknowledgement.
-                let outbox = tx.outbox_due.map(|due| {
-                    let target = Target::Transmission {
-                        message_id: id,
-                        index: index as u8,
-                        receiver: receiver.clone(),
-                    };
-                    outbox_key(&target.endpoint(env), due, uuid)
-                });
+                let outbox = queued_push_key(&m, index);
                 let lost = || StoreError::Codec("lost transmission".into());
                 let outcome = m.apply(index, event, now);
                 let view = m.transmission(index).ok_or_else(lost)?;

@@ -124,15 +124,18 @@ impl Target {
     /// parking and health are counted by. `kind ‖ env ‖ name`, never containing 0xFF.
     pub fn endpoint(&self, env: Env) -> Vec<u8> {
         match self {
-            Target::Transmission { receiver, .. } => {
-                let mut k = Vec::with_capacity(2 + receiver.len());
-                k.push(b'p');
-                k.push(env.byte());
-                k.extend_from_slice(receiver.as_bytes());
-                k
-            }
+            Target::Transmission { receiver, .. } => push_endpoint(env, receiver),
         }
     }
+}
+
+/// The endpoint key of `receiver`'s push URL in `env`: `p ‖ env ‖ code`.
+pub fn push_endpoint(env: Env, receiver: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + receiver.len());
+    k.push(b'p');
+    k.push(env.byte());
+    k.extend_from_slice(receiver.as_bytes());
+    k
 }
 
 /// The delivery record before kinds existed (format version 1): always a push.
