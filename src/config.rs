@@ -62,6 +62,14 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Request body limit in bytes.
     pub max_body_bytes: u64,
+    /// Most connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Seconds a request's header may take to arrive, from its first byte.
+    pub header_timeout_seconds: u64,
+    /// Seconds a connection may wait for its first or next request.
+    pub idle_timeout_seconds: u64,
+    /// Seconds a request body may take to arrive, and a response may stall unread.
+    pub body_timeout_seconds: u64,
     /// PEM certificate chain; with `tls_key`, switches `serve` to HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -131,6 +139,8 @@ pub struct StoreConfig {
     pub min_free_mb: u64,
     /// sled page cache size in MiB.
     pub cache_mb: u64,
+    /// Writes that may wait for the writer; past it, requests get 503.
+    pub writer_queue: usize,
 }
 
 /// `[log]`: log output.
@@ -233,6 +243,23 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes must be greater than 0");
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections must be greater than 0");
+        }
+        for (name, secs) in [
+            ("header_timeout_seconds", self.server.header_timeout_seconds),
+            ("idle_timeout_seconds", self.server.idle_timeout_seconds),
+            ("body_timeout_seconds", self.server.body_timeout_seconds),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.{name} must be 1-3600 seconds"
+                )));
+            }
+        }
+        if self.store.writer_queue == 0 {
+            return bad("store.writer_queue must be greater than 0");
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls_cert and server.tls_key must be set together");

@@ -133,6 +133,17 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if matches!(e, StoreError::Busy) {
+            // Load, not a fault: the client is told when to come back.
+            tracing::debug!("store write queue full; answered 503");
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_busy",
+                "the store has more writes waiting than it takes at once; nothing was changed, try again",
+            );
+            e.retry_after = Some(1);
+            return e;
+        }
         tracing::error!(error = %e, "store error");
         ApiError::unavailable("the store cannot take this request right now; nothing was changed")
     }

@@ -55,6 +55,8 @@ pub struct AppState {
     wakeups: Arc<Mutex<Wakeups>>,
     disk_low: Arc<AtomicBool>,
     workers_running: Arc<AtomicBool>,
+    /// The background loops, for readiness.
+    pub liveness: worker::Liveness,
     /// Turns true when the server begins shutting down; long polls answer at once then.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -85,9 +87,27 @@ impl AppState {
 
     /// Store open and healthy, workers running, not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.store.healthy()
-            && self.workers_running.load(Ordering::Relaxed)
-            && !*self.shutdown.borrow()
+        self.not_ready().is_empty()
+    }
+
+    /// What keeps the appliance from being ready, in words; empty when it is ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.store.writer_alive() {
+            why.push("the store writer has stopped".to_owned());
+        } else if !self.store.healthy() {
+            why.push("the store refuses writes after a failed write".to_owned());
+        }
+        if !self.workers_running.load(Ordering::Relaxed) {
+            why.push("the workers are not running".to_owned());
+        }
+        for name in self.liveness.stopped() {
+            why.push(format!("worker {name} has stopped"));
+        }
+        if *self.shutdown.borrow() {
+            why.push("shutting down".to_owned());
+        }
+        why
     }
 }
 
@@ -168,9 +188,9 @@ pub async fn run(
     } else {
         tracing::info!(path = %data_dir.join("admin.token").display(), "admin token");
     }
-    let cache_mb = config.store.cache_mb;
+    let (cache_mb, writer_queue) = (config.store.cache_mb, config.store.writer_queue);
     let dir = data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache_mb))
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, cache_mb, writer_queue))
         .await
         .map_err(|e| RunError::Other(format!("store open task failed: {e}")))?
         .map_err(|source| RunError::Store {
@@ -188,6 +208,7 @@ pub async fn run(
         wakeups: Arc::default(),
         disk_low: Arc::default(),
         workers_running: Arc::default(),
+        liveness: worker::Liveness::default(),
         shutdown: stop_rx,
     };
 

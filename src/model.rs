@@ -97,6 +97,104 @@ pub fn parse_short_text(raw: &str, max: usize) -> Result<String, Invalid> {
     Ok(raw.to_owned())
 }
 
+/// Longest content type accepted, in bytes.
+pub const MAX_MEDIA_TYPE: usize = 255;
+
+/// A content type such as `text/plain; charset=utf-8`, checked as an RFC 9110 media
+/// type: `type/subtype` of token characters, then `; name=value` parameters whose value
+/// is a token or a quoted string. At most 255 bytes of printable ASCII, so it can be sent
+/// on as a header as it is. Returned trimmed, otherwise as given.
+pub fn parse_media_type(raw: &str) -> Result<String, Invalid> {
+    let s = raw.trim_matches([' ', '\t']);
+    let fail = |why: &str| {
+        Err(Invalid(format!(
+            "is not a media type such as text/plain: {why}"
+        )))
+    };
+    if s.len() > MAX_MEDIA_TYPE {
+        return Err(Invalid(format!(
+            "must be at most {MAX_MEDIA_TYPE} bytes long"
+        )));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        return fail(&format!("{c:?} is not printable ASCII"));
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    let token = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && is_tchar(b[*i]) {
+            *i += 1;
+        }
+        *i > start
+    };
+    let ows = |i: &mut usize| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    if !token(&mut i) || b.get(i) != Some(&b'/') {
+        return fail("it needs a type and a subtype separated by '/'");
+    }
+    i += 1;
+    if !token(&mut i) {
+        return fail("the subtype is missing");
+    }
+    loop {
+        ows(&mut i);
+        if i == b.len() {
+            return Ok(s.to_owned());
+        }
+        if b[i] != b';' {
+            return fail("parameters must follow ';'");
+        }
+        i += 1;
+        ows(&mut i);
+        // An empty parameter (`;;`, or a trailing `;`) is allowed by RFC 9110.
+        if i == b.len() || b[i] == b';' {
+            continue;
+        }
+        if !token(&mut i) || b.get(i) != Some(&b'=') {
+            return fail("a parameter must be name=value");
+        }
+        i += 1;
+        if b.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return fail("a quoted parameter value is not closed"),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') if i + 1 < b.len() => i += 2,
+                    Some(_) => i += 1,
+                }
+            }
+        } else if !token(&mut i) {
+            return fail("a parameter value must be a token or a quoted string");
+        }
+    }
+}
+
+/// RFC 9110 token characters.
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+/// The `type/subtype` of a checked media type, lowercased.
+pub fn media_essence(media_type: &str) -> String {
+    media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// The life of a message (and of each of its transmissions).
 ///
 /// `queued` → `processing` → `processed` (delivered or fetched) → `complete`
@@ -194,6 +292,40 @@ mod tests {
         for bad in ["", "*", "a/b", "a b", "a,b"] {
             assert!(parse_doctype(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn media_types() {
+        for ok in [
+            "text/plain",
+            "application/vnd.acme+json",
+            " text/plain ; charset=utf-8 ",
+            "multipart/mixed; boundary=\"a \\\" b;c\"",
+            "text/plain;;",
+            "text/plain; a=1; b=\"\"",
+        ] {
+            assert!(parse_media_type(ok).is_ok(), "{ok}");
+        }
+        let long = format!("text/{}", "x".repeat(251));
+        for bad in [
+            "",
+            "text",
+            "text/",
+            "/plain",
+            "text /plain",
+            "text/plain\r\nX-Injected: yes",
+            "tëxt/plain",
+            "text/plain; charset",
+            "text/plain; =x",
+            "text/plain; charset=\"utf-8",
+            "text/plain; charset=a b",
+            "text/plain x",
+            long.as_str(),
+        ] {
+            assert!(parse_media_type(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_media_type(&long[1..]).is_ok(), "255 bytes fit");
+        assert_eq!(media_essence("Text/Plain; x=1"), "text/plain");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::{
-    auth, body, ctx, finish, ok, parse_id, parse_json, read_body, rfc3339, with_state, BodyStream,
-    Ctx,
+    auth, body, ctx, finish, ok, parse_id, parse_json, path_segment, read_body, rfc3339,
+    with_state, BodyStream, Ctx,
 };
 use crate::error::{ApiError, InvalidExt};
 use crate::model::{parse_doctype, parse_partner_code, parse_short_text, Env, Invalid};
@@ -34,12 +34,14 @@ impl From<DirError> for ApiError {
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let b = body(&state);
+    let b = move || b.clone();
     let s = move || with_state(state.clone());
     let create_partner = warp::path!("admin" / "api" / "partners")
         .and(warp::post())
         .and(s())
         .and(ctx())
-        .and(body())
+        .and(b())
         .then(create_partner)
         .map(finish);
     let list_partners = warp::path!("admin" / "api" / "partners")
@@ -58,7 +60,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::patch())
         .and(s())
         .and(ctx())
-        .and(body())
+        .and(b())
         .then(patch_partner)
         .map(finish);
     let delete_partner = warp::path!("admin" / "api" / "partners" / String)
@@ -71,7 +73,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(s())
         .and(ctx())
-        .and(body())
+        .and(b())
         .then(create_key)
         .map(finish);
     let list_keys = warp::path!("admin" / "api" / "partners" / String / "keys")
@@ -90,7 +92,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(s())
         .and(ctx())
-        .and(body())
+        .and(b())
         .then(create_route)
         .map(finish);
     let list_routes = warp::path!("admin" / "api" / "routes")
@@ -109,7 +111,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(s())
         .and(ctx())
-        .and(body())
+        .and(b())
         .then(rotate_secret)
         .map(finish);
     create_partner
@@ -273,8 +275,8 @@ struct CreatePartner {
 }
 
 async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     auth::admin(&state, &ctx)?;
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     let req: CreatePartner = parse_json(&ctx, &bytes)?;
     let code = req
         .code
@@ -329,6 +331,7 @@ async fn list_partners(state: AppState, ctx: Ctx) -> Result<Response, ApiError> 
 
 async fn get_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
     let dir = state.store.directory();
     let p = dir
         .partner(&code)
@@ -354,8 +357,9 @@ async fn patch_partner(
     ctx: Ctx,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     let raw: serde_json::Map<String, Value> = parse_json(&ctx, &bytes)?;
     let mut patch = PartnerPatch::default();
     let str_of = |field: &str, v: &Value| {
@@ -417,6 +421,7 @@ async fn patch_partner(
 
 async fn delete_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
     state.store.delete_partner(&code).await?;
     Ok(ok(StatusCode::OK, json!({"code": code, "deleted": true})))
 }
@@ -433,8 +438,9 @@ async fn create_key(
     ctx: Ctx,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     let req: CreateKey = if bytes.iter().all(u8::is_ascii_whitespace) {
         CreateKey::default()
     } else {
@@ -460,6 +466,7 @@ async fn create_key(
 
 async fn list_keys(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
     if state.store.directory().partner(&code).is_none() {
         return Err(ApiError::not_found("partner"));
     }
@@ -487,6 +494,7 @@ async fn revoke_key(
     ctx: Ctx,
 ) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
     let id = parse_id(&id, "key")?;
     let k = state.store.revoke_key(&code, id).await?;
     Ok(ok(StatusCode::OK, key_view(&k)))
@@ -502,8 +510,8 @@ struct CreateRoute {
 }
 
 async fn create_route(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     auth::admin(&state, &ctx)?;
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     let req: CreateRoute = parse_json(&ctx, &bytes)?;
     let need = |v: Option<String>, f: &str| {
         v.ok_or_else(|| ApiError::invalid(f, format!("{f} is required")))
@@ -563,8 +571,9 @@ async fn rotate_secret(
     ctx: Ctx,
     body: BodyStream,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
+    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
     let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
         Rotate::default()
     } else {

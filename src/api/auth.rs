@@ -41,31 +41,40 @@ pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
     authenticate(state, key)
 }
 
-/// Authenticates by the `apikey` field of a form-encoded body (the reference protocol
-/// allows it) and returns the body without that field, so the key is never stored or
-/// forwarded to the receiver. Other fields keep their exact bytes.
-pub fn partner_from_form(
-    state: &AppState,
-    body: &[u8],
-) -> Result<(Principal, bytes::Bytes), ApiError> {
-    let mut key = None;
-    let mut rest: Vec<&[u8]> = Vec::new();
-    for pair in body.split(|b| *b == b'&') {
-        let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
-        if form_urlencoded::parse(name)
-            .next()
-            .is_some_and(|(k, _)| k == "apikey")
-        {
-            key = form_urlencoded::parse(pair)
-                .next()
-                .map(|(_, v)| v.into_owned());
-        } else {
-            rest.push(pair);
-        }
+/// Whether a form pair (`name=value`, still encoded) is the `apikey` field.
+fn is_key_pair(pair: &[u8]) -> bool {
+    let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+    form_urlencoded::parse(name)
+        .next()
+        .is_some_and(|(k, _)| k == "apikey")
+}
+
+/// The value of the first `apikey` field of a form-encoded body (the reference protocol
+/// lets the key travel there).
+pub fn form_key(body: &[u8]) -> Option<String> {
+    body.split(|b| *b == b'&')
+        .find(|pair| is_key_pair(pair))
+        .and_then(|pair| form_urlencoded::parse(pair).next())
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A form-encoded body without its `apikey` fields, so a key is never stored or
+/// forwarded to the receiver, whichever way the caller authenticated. The other fields
+/// keep their exact bytes.
+pub fn strip_form_key(body: &bytes::Bytes) -> bytes::Bytes {
+    if !body.split(|b| *b == b'&').any(is_key_pair) {
+        return body.clone();
     }
-    let key = key.ok_or_else(ApiError::unauthorized)?;
-    let principal = authenticate(state, &key)?;
-    Ok((principal, bytes::Bytes::from(rest.join(&b'&'))))
+    let rest: Vec<&[u8]> = body
+        .split(|b| *b == b'&')
+        .filter(|p| !is_key_pair(p))
+        .collect();
+    bytes::Bytes::from(rest.join(&b'&'))
+}
+
+/// Authenticates a partner by a key found elsewhere than the headers or query.
+pub fn partner_by_key(state: &AppState, key: &str) -> Result<Principal, ApiError> {
+    authenticate(state, key)
 }
 
 fn authenticate(state: &AppState, key: &str) -> Result<Principal, ApiError> {

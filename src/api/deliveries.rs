@@ -7,7 +7,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
-use super::{auth, ctx, finish, ok, parse_id, rfc3339, with_state, Ctx};
+use super::{auth, ctx, finish, ok, parse_id, path_segment, rfc3339, with_state, Ctx};
 use crate::error::ApiError;
 use crate::model::Env;
 use crate::AppState;
@@ -97,6 +97,7 @@ async fn redeliver(uuid: String, state: AppState, ctx: Ctx) -> Result<Response, 
 /// Sends every failed transmission to a partner again (`?env=test` for test traffic).
 async fn redeliver_failed(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
+    let code = path_segment(&code, "code")?;
     let env = env_param(&ctx)?;
     if state.store.directory().partner(&code).is_none() {
         return Err(ApiError::not_found("partner"));

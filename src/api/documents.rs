@@ -10,8 +10,8 @@ use super::inbound::{
     check_disk, opt_param, resolve_receivers, tracking_location, transmission_refs,
 };
 use super::{
-    auth, body, ctx, finish, ok, parse_id, parse_json, read_body, rfc3339, with_state, BodyStream,
-    Ctx,
+    auth, body, ctx, finish, ok, parse_id, parse_json, path_segment, read_body, rfc3339,
+    with_state, BodyStream, Ctx,
 };
 use crate::error::{ApiError, InvalidExt};
 use crate::model::{parse_doctype, parse_short_text};
@@ -23,7 +23,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(ctx())
-        .and(body())
+        .and(body(&state))
         .then(create)
         .map(finish);
     let get = warp::path!("api" / "v1" / "documents" / String / String)
@@ -44,7 +44,7 @@ async fn create(
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
     check_disk(&state)?;
-    let doctype = parse_doctype(&doctype).field("doctype")?;
+    let doctype = parse_doctype(&path_segment(&doctype, "doctype")?).field("doctype")?;
     // The document must be JSON; it is stored exactly as sent.
     let _: serde_json::Value = parse_json(&ctx, &bytes)?;
     let version = opt_param(&ctx, "version", |v| parse_short_text(v, 64))?;
@@ -99,6 +99,7 @@ async fn create(
 async fn get(doctype: String, id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let id = parse_id(&id, "document")?;
+    let doctype = path_segment(&doctype, "doctype")?;
     let m = state
         .store
         .message(principal.env, id)?

@@ -11,10 +11,12 @@ use warp::Filter;
 
 use super::{
     auth, body, ctx, finish, is_json_media, ok, parse_id, parse_json, read_body, rfc3339,
-    with_state, BodyStream, Ctx,
+    with_state, BodyStream, Ctx, Obj,
 };
 use crate::error::{ApiError, InvalidExt};
-use crate::model::{parse_doctype, parse_partner_code, parse_short_text, Env};
+use crate::model::{
+    media_essence, parse_doctype, parse_media_type, parse_partner_code, parse_short_text, Env,
+};
 use crate::store::records::MAX_RECEIVERS;
 use crate::store::{MessageRec, NewMessage, Principal};
 use crate::AppState;
@@ -27,14 +29,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(ctx())
-        .and(body())
+        .and(body(&state))
         .then(inbound)
         .map(finish);
     let batch = warp::path!("api" / "v1" / "requests")
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(ctx())
-        .and(body())
+        .and(body(&state))
         .then(batch)
         .map(finish);
     let get_request = warp::path!("api" / "v1" / "requests" / String)
@@ -137,13 +139,29 @@ pub(super) fn tracking_location(request_id: uuid::Uuid) -> String {
 
 async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
     let limit = state.config.server.max_body_bytes;
-    let is_form = ctx.media_type().as_deref() == Some("application/x-www-form-urlencoded");
-    let (principal, payload) = if auth::presents_key(&ctx) || !is_form {
+    let content_type = ctx.content_type()?;
+    let media = content_type.as_deref().map(crate::model::media_essence);
+    let is_form = media.as_deref() == Some("application/x-www-form-urlencoded");
+    let (principal, payload) = if auth::presents_key(&ctx) {
         let principal = auth::partner(&state, &ctx)?;
-        (principal, read_body(&ctx, body, limit).await?)
+        let body = read_body(&ctx, body, limit).await?;
+        // A key in the form as well never reaches the receiver.
+        (
+            principal,
+            if is_form {
+                auth::strip_form_key(&body)
+            } else {
+                body
+            },
+        )
+    } else if is_form {
+        super::read_form_with_key(&state, &ctx, body, limit).await?
     } else {
-        auth::partner_from_form(&state, &read_body(&ctx, body, limit).await?)?
+        return Err(ApiError::unauthorized());
     };
+    if media.as_deref().is_some_and(is_json_media) {
+        super::check_json_payload(&payload)?;
+    }
     check_disk(&state)?;
 
     let sender = ctx
@@ -174,10 +192,7 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
         doctype,
         version,
         external_reference,
-        content_type: ctx
-            .header("content-type")
-            .unwrap_or("application/octet-stream")
-            .to_owned(),
+        content_type: content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
         payload,
         receivers,
     };
@@ -209,7 +224,7 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
 #[serde(rename_all = "camelCase")]
 struct BatchBody {
     batch_reference: Option<String>,
-    messages: Vec<BatchMessage>,
+    messages: Vec<Obj<BatchMessage>>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +269,7 @@ fn validate_batch(
         ));
     }
     let mut out = Vec::with_capacity(body.messages.len());
-    for (i, m) in body.messages.into_iter().enumerate() {
+    for (i, Obj(m)) in body.messages.into_iter().enumerate() {
         let f = |name: &str| format!("messages[{i}].{name}");
         let doctype = m
             .message_type
@@ -268,18 +283,14 @@ fn validate_batch(
             .external_reference
             .map(|v| parse_short_text(&v, 256).field(&f("externalReference")))
             .transpose()?;
-        let content_type = m
-            .content_type
-            .unwrap_or_else(|| "application/json".to_owned());
+        let content_type = match m.content_type {
+            Some(ct) => parse_media_type(&ct).field(&f("contentType"))?,
+            None => "application/json".to_owned(),
+        };
         let payload = m
             .payload
             .ok_or_else(|| ApiError::invalid(&f("payload"), "payload is required"))?;
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let media = media_essence(&content_type);
         let payload = if is_json_media(&media) {
             Bytes::from(
                 serde_json::to_vec(&payload)

@@ -14,11 +14,13 @@ mod transmissions;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, StatusCode};
+use serde::Deserialize as _;
 use serde::Serialize;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -69,19 +71,40 @@ impl Ctx {
     /// The media type of the body, lowercased, without parameters.
     pub fn media_type(&self) -> Option<String> {
         self.header("content-type")
-            .map(|ct| {
-                ct.split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase()
-            })
+            .map(crate::model::media_essence)
             .filter(|m| !m.is_empty())
+    }
+
+    /// The `Content-Type` header checked as a media type (415 naming it when it is not
+    /// one); `None` when there is none.
+    pub fn content_type(&self) -> Result<Option<String>, ApiError> {
+        let Some(raw) = self.headers.get(http::header::CONTENT_TYPE) else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(raw.as_bytes()).map_err(|_| {
+            ApiError::unsupported_media("Content-Type is not printable ASCII").field("Content-Type")
+        })?;
+        crate::model::parse_media_type(text)
+            .map(Some)
+            .map_err(|crate::model::Invalid(why)| {
+                ApiError::unsupported_media(format!("Content-Type {why}")).field("Content-Type")
+            })
     }
 }
 
 /// A request body not yet read; handlers read it with [`read_body`] and its size limit.
-pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+/// It ends with [`BodyError::TimedOut`] once `server.body_timeout_seconds` have passed
+/// since reading began.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{0}")]
+    Read(warp::Error),
+    #[error("the request body did not arrive in time")]
+    TimedOut,
+}
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
@@ -100,21 +123,119 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
         })
 }
 
-fn body() -> impl Filter<Extract = (BodyStream,), Error = Rejection> + Clone {
-    warp::body::stream().map(boxed_body)
+fn body(state: &AppState) -> impl Filter<Extract = (BodyStream,), Error = Rejection> + Clone {
+    let limit = std::time::Duration::from_secs(state.config.server.body_timeout_seconds);
+    warp::body::stream().map(move |s| boxed_body(s, limit))
 }
 
-fn boxed_body<S, B>(s: S) -> BodyStream
+fn boxed_body<S, B>(s: S, limit: std::time::Duration) -> BodyStream
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf,
 {
-    Box::pin(s.map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining()))))
+    let chunks = s.map(|chunk| {
+        chunk
+            .map(|mut b| b.copy_to_bytes(b.remaining()))
+            .map_err(BodyError::Read)
+    });
+    Box::pin(Deadline {
+        inner: Box::pin(chunks),
+        limit,
+        timer: None,
+        expired: false,
+    })
+}
+
+/// A body stream that ends with [`BodyError::TimedOut`] once `limit` has passed since it
+/// was first polled, so a client that stops sending mid-body does not hold its handler.
+struct Deadline {
+    inner: BodyStream,
+    limit: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    expired: bool,
+}
+
+impl Stream for Deadline {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        let limit = self.limit;
+        if let Poll::Ready(item) = self.inner.as_mut().poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.expired = true;
+            return Poll::Ready(Some(Err(BodyError::TimedOut)));
+        }
+        Poll::Pending
+    }
+}
+
+/// Refuses bodies in an encoding this server does not decode: a transfer coding other
+/// than `chunked` (501, as RFC 9112 asks) or a content coding other than `identity`
+/// (415). They would otherwise be stored still encoded.
+pub fn check_encodings(ctx: &Ctx) -> Result<(), ApiError> {
+    let codings = |name: http::header::HeaderName| -> Vec<String> {
+        let mut out = Vec::new();
+        for v in ctx.headers.get_all(name) {
+            for c in String::from_utf8_lossy(v.as_bytes()).split(',') {
+                let c = c.trim().to_ascii_lowercase();
+                if !c.is_empty() {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    };
+    if let Some(other) = codings(http::header::TRANSFER_ENCODING)
+        .into_iter()
+        .find(|c| c != "chunked")
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_encoding",
+            format!("transfer coding {other:?} is not supported; send the body plain or chunked"),
+        )
+        .field("Transfer-Encoding"));
+    }
+    if let Some(other) = codings(http::header::CONTENT_ENCODING)
+        .into_iter()
+        .find(|c| c != "identity")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+            format!("content coding {other:?} is not supported; send the body uncompressed"),
+        )
+        .field("Content-Encoding"));
+    }
+    Ok(())
 }
 
 /// Reads a whole body, refusing with 413 as soon as it passes `limit` — before reading
 /// anything when `Content-Length` already says so, and while reading for chunked bodies.
-pub async fn read_body(ctx: &Ctx, mut body: BodyStream, limit: u64) -> Result<Bytes, ApiError> {
+pub async fn read_body(ctx: &Ctx, body: BodyStream, limit: u64) -> Result<Bytes, ApiError> {
+    read_body_after(ctx, body, limit, BytesMut::new()).await
+}
+
+/// [`read_body`] when the first bytes were already read.
+async fn read_body_after(
+    ctx: &Ctx,
+    mut body: BodyStream,
+    limit: u64,
+    mut buf: BytesMut,
+) -> Result<Bytes, ApiError> {
+    check_encodings(ctx)?;
     if let Some(len) = ctx
         .header("content-length")
         .and_then(|v| v.parse::<u64>().ok())
@@ -123,10 +244,8 @@ pub async fn read_body(ctx: &Ctx, mut body: BodyStream, limit: u64) -> Result<By
             return Err(ApiError::too_large(limit));
         }
     }
-    let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(body_error)?;
         if buf.len() as u64 + chunk.len() as u64 > limit {
             return Err(ApiError::too_large(limit));
         }
@@ -135,8 +254,67 @@ pub async fn read_body(ctx: &Ctx, mut body: BodyStream, limit: u64) -> Result<By
     Ok(buf.freeze())
 }
 
+fn body_error(e: BodyError) -> ApiError {
+    match e {
+        BodyError::TimedOut => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive within server.body_timeout_seconds",
+        ),
+        BodyError::Read(e) => {
+            ApiError::bad_request(format!("could not read the request body: {e}"))
+        }
+    }
+}
+
+/// Reads a form-encoded body whose API key travels in its `apikey` field: only up to
+/// [`FORM_KEY_WINDOW`] bytes are read while looking for the key (401 if it is not there),
+/// and the rest only once the key is valid. Returns the caller and the body without the
+/// field.
+pub async fn read_form_with_key(
+    state: &AppState,
+    ctx: &Ctx,
+    mut body: BodyStream,
+    limit: u64,
+) -> Result<(crate::store::Principal, Bytes), ApiError> {
+    check_encodings(ctx)?;
+    let mut buf = BytesMut::new();
+    let mut key = None;
+    let mut done = false;
+    while key.is_none() {
+        match body.next().await {
+            Some(chunk) => buf.extend_from_slice(&chunk.map_err(body_error)?),
+            None => done = true,
+        }
+        // Only pairs that are complete (followed by '&', or at the end) are looked at.
+        let end = if done {
+            buf.len()
+        } else {
+            buf.iter().rposition(|b| *b == b'&').unwrap_or(0)
+        };
+        key = auth::form_key(&buf[..end.min(FORM_KEY_WINDOW)]);
+        if key.is_none() && (done || buf.len() >= FORM_KEY_WINDOW) {
+            return Err(ApiError::unauthorized());
+        }
+        if buf.len() as u64 > limit {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    let principal = auth::partner_by_key(state, key.as_deref().unwrap_or_default())?;
+    let bytes = if done {
+        buf.freeze()
+    } else {
+        read_body_after(ctx, body, limit, buf).await?
+    };
+    Ok((principal, auth::strip_form_key(&bytes)))
+}
+
+/// How much of a form body is read while looking for its `apikey` field.
+pub const FORM_KEY_WINDOW: usize = 64 * 1024;
+
 /// Parses a JSON body into `T`: 415 unless the content type is JSON (or absent), 400 for
-/// malformed JSON or wrong types, naming the place when serde can.
+/// malformed JSON or wrong types, naming the place when serde can. The top level must be
+/// an object when `T` is a struct (see [`Obj`]).
 pub fn parse_json<T: serde::de::DeserializeOwned>(ctx: &Ctx, bytes: &[u8]) -> Result<T, ApiError> {
     if let Some(media) = ctx.media_type() {
         if !is_json_media(&media) {
@@ -145,8 +323,90 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(ctx: &Ctx, bytes: &[u8]) -> Re
             )));
         }
     }
-    serde_json::from_slice(bytes)
+    serde_json::from_slice::<Obj<T>>(bytes)
+        .map(|o| o.0)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A JSON object read into `T`. serde's derived structs also accept an array, read by
+/// position (`["processed", null]` would fill a struct's first two fields); the contract
+/// says a wrong type is a 400, so request bodies and their nested objects go through
+/// this, which only takes a JSON object.
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// Deepest nesting of arrays and objects accepted in a JSON payload.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Checks a payload whose content type is JSON: well-formed, and nested at most
+/// [`MAX_JSON_DEPTH`] deep, so that every receiver's parser can read what it is handed.
+pub fn check_json_payload(bytes: &[u8]) -> Result<(), ApiError> {
+    let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", why);
+    if !json_depth_within(bytes, MAX_JSON_DEPTH) {
+        return Err(invalid(format!(
+            "the JSON payload nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    serde::de::IgnoredAny::deserialize(&mut de)
+        .and_then(|_| de.end())
+        .map_err(|e| invalid(format!("the payload is not valid JSON: {e}")))
+}
+
+/// Whether arrays and objects in `bytes` nest at most `max` deep (brackets inside
+/// strings do not count). A quick pass that needs no parse; it does not check syntax.
+pub fn json_depth_within(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// A path segment as text: percent-decoded (so `a%20b` is `a b`, checked by the same rules
+/// as the query parameter of that name); 422 naming `field` when it is not UTF-8.
+pub fn path_segment(raw: &str, field: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::invalid(field, format!("{field} is not UTF-8 text")))
 }
 
 /// Whether a media type is JSON (`application/json`, `application/*+json`).
@@ -238,7 +498,12 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Parses a path id; anything that is not a UUID is simply not found.
+/// Parses a path id (percent-decoded first); anything that is not a UUID is simply not
+/// found.
 pub fn parse_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found(what))
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::not_found(what))
 }

@@ -20,13 +20,16 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_state(state))
         .map(|s: AppState| {
-            if s.is_ready() {
-                ok(StatusCode::OK, serde_json::json!({"status": "ready"}))
-            } else {
-                ApiError::unavailable(
-                    "not ready: the store is closed or the workers are not running",
+            let why = s.not_ready();
+            if why.is_empty() {
+                ok(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ready", "writesQueued": s.store.writes_queued()}),
                 )
-                .into_response()
+            } else {
+                let mut e = ApiError::unavailable(format!("not ready: {}", why.join("; ")));
+                e.code = "not_ready";
+                e.into_response()
             }
         });
     let openapi = warp::path!("api" / "v1" / "openapi.json")

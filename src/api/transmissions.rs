@@ -32,7 +32,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::put())
         .and(with_state(state.clone()))
         .and(ctx())
-        .and(body())
+        .and(body(&state))
         .then(acknowledge)
         .map(finish);
     let detail = warp::path!("api" / "v1" / "transmissions" / String)
@@ -104,6 +104,10 @@ struct View<'a> {
     payload: Option<Payload>,
 }
 
+/// Deepest JSON payload inlined as JSON: the poll answer wraps it in 3 levels
+/// (envelope, list, item), and a parser limited to 128 levels counts the top one.
+const INLINE_JSON_DEPTH: usize = super::MAX_JSON_DEPTH - 4;
+
 /// A payload inline: JSON documents as themselves (checked, never re-built), anything
 /// else as base64.
 #[derive(Serialize)]
@@ -124,7 +128,11 @@ fn view<'a>(t: &'a TransmissionRec, payload: Option<&Bytes>) -> View<'a> {
             .unwrap_or_default()
             .trim()
             .to_ascii_lowercase();
-        let raw = is_json_media(&media)
+        // Inline only what a JSON parser with the common limit of 128 levels reads in
+        // this answer: well-formed (checked by `RawValue`) and shallow enough that with the
+        // envelope around it the answer stays within 128 levels. Anything else (a payload
+        // stored before intake checked JSON, or one of 125-128 levels) goes as base64.
+        let raw = (is_json_media(&media) && super::json_depth_within(bytes, INLINE_JSON_DEPTH))
             .then(|| std::str::from_utf8(bytes).ok())
             .flatten()
             .and_then(|text| RawValue::from_string(text.trim().to_owned()).ok());

@@ -258,7 +258,7 @@ impl Store {
         let attempt_error = attempt.as_ref().map(AttemptRec::describe);
         let attempt = attempt.map(|a| encode(&a)).transpose()?;
         self.writer
-            .write(move |t| {
+            .write_waiting(move |t| {
                 finish_job(
                     t,
                     queued,
@@ -277,7 +277,7 @@ impl Store {
     /// transaction: one whose endpoint was released meanwhile stays due.
     pub async fn park_deliveries(&self, items: Vec<Queued>, now: i64) -> Result<(), StoreError> {
         self.writer
-            .write(move |t| {
+            .write_waiting(move |t| {
                 let mut moves = Vec::with_capacity(items.len());
                 for q in items {
                     let d = &q.delivery;
@@ -325,7 +325,7 @@ impl Store {
         }
         let due = due_at(now);
         self.writer
-            .write(move |t| {
+            .write_waiting(move |t| {
                 let mut moves = Vec::with_capacity(parked.len());
                 for (key, d) in parked {
                     if t.get(Table::Outbox, &key)?.is_none() {

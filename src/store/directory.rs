@@ -193,7 +193,7 @@ impl Store {
     {
         let _guard = self.admin_lock.lock().await;
         let dir = self.directory();
-        let out = self.writer.write(move |t| Ok(f(t, &dir))).await?;
+        let out = self.writer.write_waiting(move |t| Ok(f(t, &dir))).await?;
         self.reload_directory()?;
         out
     }

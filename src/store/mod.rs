@@ -57,7 +57,13 @@ pub enum StoreError {
     FlushFailed,
     #[error("the store is shutting down")]
     Closed,
+    /// The writer's queue is full; nothing was done. Try again shortly.
+    #[error("the store's write queue is full")]
+    Busy,
 }
+
+/// Writes that may wait for the writer when no setting says otherwise.
+pub const DEFAULT_WRITER_QUEUE: usize = 8192;
 
 /// The sled trees; the writer thread holds them too.
 pub struct Trees {
@@ -159,6 +165,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in `dir` with a page cache of `cache_mb` MiB.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
+        Self::open_with(dir, cache_mb, DEFAULT_WRITER_QUEUE)
+    }
+
+    /// [`Store::open`] with at most `writer_queue` writes waiting at once.
+    pub fn open_with(dir: &Path, cache_mb: u64, writer_queue: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new()
             .path(dir)
@@ -184,7 +195,7 @@ impl Store {
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
-        let writer = Writer::start(Arc::clone(&t), Arc::clone(&payload_log), dir)?;
+        let writer = Writer::start(Arc::clone(&t), Arc::clone(&payload_log), dir, writer_queue)?;
         let store = Store {
             t,
             payload_log,
@@ -203,7 +214,17 @@ impl Store {
 
     /// Whether the store can take writes.
     pub fn healthy(&self) -> bool {
-        !self.writer.failed()
+        !self.writer.failed() && self.writer.alive()
+    }
+
+    /// Whether the writer thread is running.
+    pub fn writer_alive(&self) -> bool {
+        self.writer.alive()
+    }
+
+    /// Writes waiting for the writer (queued or in its current round).
+    pub fn writes_queued(&self) -> usize {
+        self.writer.queued()
     }
 
     /// The current partners, keys and routes.

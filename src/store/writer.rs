@@ -39,7 +39,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionalTree, UnabortableTransactionError,
 };
 use sled::{IVec, Transactional};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::payload_log::PayloadLog;
 use super::{StoreError, Trees};
@@ -125,19 +125,26 @@ type Job = Box<dyn FnOnce(&Tx<'_>) -> Completion + Send>;
 /// Handle to the writer thread.
 pub struct Writer {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
+    /// One permit per job that may wait for the writer: queued, or in the round being
+    /// applied and flushed. A permit is given back when its job is answered.
+    room: Arc<Semaphore>,
+    capacity: usize,
     failed: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Writer {
     /// Starts the writer for `trees`, whose sled files live in `dir`.
+    /// At most `queue` jobs wait at once (see [`Writer::write`]).
     pub fn start(
         trees: Arc<Trees>,
         payloads: Arc<PayloadLog>,
         dir: &Path,
+        queue: usize,
     ) -> Result<Writer, StoreError> {
         let db_file = File::open(dir.join("db"))?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let capacity = queue.clamp(1, Semaphore::MAX_PERMITS);
         let failed = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
@@ -145,12 +152,17 @@ impl Writer {
             .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &flag))?;
         Ok(Writer {
             queue: Mutex::new(Some(tx)),
+            room: Arc::new(Semaphore::new(capacity)),
+            capacity,
             failed,
             thread: Mutex::new(Some(thread)),
         })
     }
 
     /// Runs `job` on the writer thread and answers once its effects are on disk.
+    /// When `store.writer_queue` jobs are already waiting it refuses at once with
+    /// [`StoreError::Busy`], so a request is answered 503 instead of waiting without bound;
+    /// nothing of the job was done then.
     ///
     /// A job must check everything it can before its first write: an error it returns
     /// after writing does not undo those writes (the round's other jobs commit). Storage
@@ -160,8 +172,34 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
     {
+        let permit = Arc::clone(&self.room)
+            .try_acquire_owned()
+            .map_err(|_| StoreError::Busy)?;
+        self.write_with(permit, job).await
+    }
+
+    /// [`Writer::write`] for work that must not be dropped (the delivery engine recording
+    /// an outcome): waits for room in the queue instead of refusing.
+    pub async fn write_waiting<R, F>(&self, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.room)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        self.write_with(permit, job).await
+    }
+
+    async fn write_with<R, F>(&self, permit: OwnedSemaphorePermit, job: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         self.enqueue(job, move |r| {
+            drop(permit);
             let _ = tx.send(r);
         })?;
         // A dropped answer means the round failed before its flush.
@@ -215,6 +253,20 @@ impl Writer {
     /// Whether a write has failed (the store then refuses writes).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Whether the writer thread is running. It is not after [`Writer::shutdown`], nor
+    /// if it died (a panic in a job): writes then fail, and readiness says so.
+    pub fn alive(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|h| h.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false)
+    }
+
+    /// Jobs waiting for the writer or in its current round.
+    pub fn queued(&self) -> usize {
+        self.capacity - self.room.available_permits()
     }
 
     /// Applies and flushes what is queued, then stops the thread. Later writes fail.
@@ -316,4 +368,76 @@ fn flush_once(trees: &Trees, db_file: &File, payloads: &PayloadLog) -> std::io::
     payloads.sync()?;
     trees.db.flush().map_err(std::io::Error::other)?;
     db_file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dead_writer_is_reported_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert!(store.healthy() && store.writer_alive());
+        store
+            .writer
+            .write(|t| t.insert(Table::Routes, b"k", b"v".to_vec()))
+            .await
+            .unwrap();
+        // A bug in a job takes the thread down with it.
+        let crashed = store
+            .writer
+            .write(|_| -> Result<(), StoreError> { panic!("a bug in a job") })
+            .await;
+        assert!(crashed.is_err());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.writer_alive() {
+            assert!(std::time::Instant::now() < deadline, "the thread is gone");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!store.healthy());
+        let later = store
+            .writer
+            .write(|t| t.insert(Table::Routes, b"k2", b"v".to_vec()))
+            .await;
+        assert!(later.is_err(), "no write is acknowledged without a writer");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_requests_but_lets_the_engine_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_with(dir.path(), 8, 2).unwrap());
+        // Two jobs that hold the writer until released fill the queue.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(Mutex::new(hold));
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (s, h) = (Arc::clone(&store), Arc::clone(&hold));
+            held.push(tokio::spawn(async move {
+                s.writer
+                    .write(move |_| {
+                        let _ = h.lock().unwrap().recv();
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        while store.writes_queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = store.writer.write(|_| Ok(())).await;
+        assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
+        let waiting = {
+            let s = Arc::clone(&store);
+            tokio::spawn(async move { s.writer.write_waiting(|_| Ok(7)).await })
+        };
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        assert_eq!(waiting.await.unwrap().unwrap(), 7);
+        assert_eq!(store.writes_queued(), 0);
+    }
 }

@@ -5,8 +5,9 @@
 pub mod delivery;
 pub mod push;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -21,12 +22,64 @@ pub struct Workers {
     pub others: Vec<JoinHandle<()>>,
 }
 
-/// Starts every worker.
+/// Starts every worker, each watched by `state.liveness`.
 pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
     let stop = state.shutdown.clone();
+    let live = state.liveness.clone();
     Workers {
-        delivery: tokio::spawn(delivery::run(state.clone(), stop)),
-        others: vec![tokio::spawn(watch_disk(state, disk_low))],
+        delivery: tokio::spawn(live.watch("delivery", delivery::run(state.clone(), stop))),
+        others: vec![tokio::spawn(
+            live.watch("disk-watch", watch_disk(state, disk_low)),
+        )],
+    }
+}
+
+/// Which background loops are still running, for readiness: a loop that ended or
+/// panicked shows as stopped, so `/readyz` fails instead of claiming a working appliance.
+#[derive(Clone, Default)]
+pub struct Liveness {
+    loops: Arc<Mutex<Vec<Watched>>>,
+}
+
+/// A loop's name and whether it still runs.
+type Watched = (&'static str, Arc<AtomicBool>);
+
+impl Liveness {
+    /// `task`, marked running until it returns, panics or is dropped.
+    pub fn watch<F>(&self, name: &'static str, task: F) -> impl Future<Output = F::Output>
+    where
+        F: Future,
+    {
+        let flag = Arc::new(AtomicBool::new(true));
+        if let Ok(mut loops) = self.loops.lock() {
+            loops.push((name, Arc::clone(&flag)));
+        }
+        async move {
+            let _running = Running(flag);
+            task.await
+        }
+    }
+
+    /// The names of watched loops that are no longer running.
+    pub fn stopped(&self) -> Vec<&'static str> {
+        self.loops
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, f)| !f.load(Ordering::Relaxed))
+                    .map(|(n, _)| *n)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Clears its flag when dropped, which also happens while a panic unwinds the task.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -70,4 +123,26 @@ pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loop_that_panics_or_ends_shows_as_stopped() {
+        let live = Liveness::default();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let steady = tokio::spawn(live.watch("steady", async {
+            let _ = wait.await;
+        }));
+        let crashing = tokio::spawn(live.watch("crashing", async {
+            panic!("a bug in a worker");
+        }));
+        assert!(crashing.await.is_err(), "the task panicked");
+        assert_eq!(live.stopped(), vec!["crashing"]);
+        go.send(()).unwrap();
+        steady.await.unwrap();
+        assert_eq!(live.stopped(), vec!["steady", "crashing"]);
+    }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod delivery;
+mod edge;
 mod environments;
 mod errors;
 mod https;

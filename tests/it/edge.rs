@@ -1,0 +1,413 @@
+//! The edge, tried as an attacker or a careless partner would: hostile JSON, content types
+//! and encodings, credentials checked before bodies are read, percent-encoded paths,
+//! connections that send nothing, and a full writer queue. Each case also checks that
+//! nothing was stored.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::{acme_to_globex, spawn_app_with, TestApp};
+
+const INBOUND: &str = "/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order";
+
+/// Sends raw bytes on a new connection and reads what comes back until the server closes
+/// the connection or `wait` passes. Returns the text read and whether the server closed.
+fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(bytes).expect("write");
+    read_until_closed(&mut s, wait)
+}
+
+fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (String, bool) {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (String::from_utf8_lossy(&out).into_owned(), false);
+        }
+        s.set_read_timeout(Some(left)).expect("timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (String::from_utf8_lossy(&out).into_owned(), false)
+            }
+            // A reset after the answer still counts as closed.
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), true),
+        }
+    }
+}
+
+/// The status code of the first response in `text`.
+fn status_of(text: &str) -> Option<u16> {
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// How many transmissions GLOBEX can see (polled without a lease, so they stay).
+fn pending(app: &TestApp, globex: &str) -> usize {
+    app.poll(globex, "limit=100").len()
+}
+
+#[test]
+fn json_payloads_must_parse_within_the_nesting_limit() {
+    let (app, acme, globex) = acme_to_globex();
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+
+    for (ct, body) in [
+        ("application/json", deep(100_000)),
+        ("application/vnd.acme.order+json", deep(129)),
+        ("application/json; charset=utf-8", b"{\"a\":".to_vec()),
+        ("application/json", b"not json".to_vec()),
+        ("application/json", Vec::new()),
+    ] {
+        let e = app
+            .call(
+                "POST",
+                INBOUND,
+                &[("X-Api-Key", &acme), ("Content-Type", ct)],
+                Some(&body),
+            )
+            .error(400, "invalid_json");
+        assert!(e["message"].as_str().unwrap().contains("JSON"), "{ct}: {e}");
+    }
+    assert_eq!(pending(&app, &globex), 0, "nothing refused was stored");
+
+    // 128 levels are fine. Inlined, they are as JSON as long as the whole answer stays
+    // within 128 levels for a common parser (this test's own), else as base64.
+    for depth in [124, 128] {
+        app.call(
+            "POST",
+            INBOUND,
+            &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+            Some(&deep(depth)),
+        )
+        .data(202);
+    }
+    // Not JSON by its content type: any bytes, inlined as base64.
+    app.call(
+        "POST",
+        INBOUND,
+        &[("X-Api-Key", &acme), ("Content-Type", "text/plain")],
+        Some(&deep(1000)),
+    )
+    .data(202);
+    let items = app.poll(&globex, "limit=10");
+    let encodings: Vec<_> = items.iter().map(|i| i["payloadEncoding"].clone()).collect();
+    assert_eq!(encodings, vec!["json", "base64", "base64"]);
+    let inlined = serde_json::to_vec(&items[0]["payload"]).unwrap();
+    assert_eq!(inlined, deep(124));
+}
+
+#[test]
+fn content_types_are_parsed_as_media_types() {
+    let (app, acme, globex) = acme_to_globex();
+    let long = format!("text/{}", "x".repeat(200_000));
+    for bad in [
+        "text/plain\r\nX-Injected: yes",
+        long.as_str(),
+        "tëxt/plain",
+        "text",
+        "text/",
+        "/plain",
+        "text/plain; charset",
+        "text/plain; charset=\"utf-8",
+        "text plain/x",
+    ] {
+        let batch = json!({"messages": [
+            {"messageType": "order", "receiver": "GLOBEX", "contentType": "text/plain", "payload": "eA=="},
+            {"messageType": "order", "receiver": "GLOBEX", "contentType": bad, "payload": "eA=="},
+        ]});
+        let e = app
+            .partner_json(&acme, "POST", "/api/v1/requests", &batch)
+            .json();
+        assert!(
+            matches!(e["error"]["code"].as_str(), Some("validation_failed")),
+            "{bad:?}: {e}"
+        );
+        assert_eq!(
+            e["error"]["field"], "messages[1].contentType",
+            "{bad:?}: {e}"
+        );
+    }
+    // The Content-Type header of a single intake, as far as an HTTP client lets it through.
+    let long_header = format!("application/{}", "x".repeat(300));
+    for bad in [
+        "text",
+        "text/plain; charset=\"utf-8",
+        long_header.as_str(),
+        "text/plain; charset",
+    ] {
+        let e = app
+            .call(
+                "POST",
+                INBOUND,
+                &[("X-Api-Key", &acme), ("Content-Type", bad)],
+                Some(b"x"),
+            )
+            .error(415, "unsupported_media_type");
+        assert_eq!(e["field"], "Content-Type", "{bad:?}: {e}");
+    }
+    assert_eq!(pending(&app, &globex), 0);
+
+    // Parameters, quoted strings and any letter case are fine, and stored as sent.
+    for good in [
+        "text/plain; charset=utf-8",
+        "Application/EDI-X12",
+        "multipart/mixed; boundary=\"a b;c\"",
+    ] {
+        let batch = json!({"messages": [
+            {"messageType": "order", "receiver": "GLOBEX", "contentType": good, "payload": "eA=="},
+        ]});
+        app.partner_json(&acme, "POST", "/api/v1/requests", &batch)
+            .data(202);
+    }
+    let items = app.poll(&globex, "limit=10");
+    assert_eq!(
+        items[2]["contentType"],
+        "multipart/mixed; boundary=\"a b;c\""
+    );
+}
+
+#[test]
+fn the_apikey_form_field_never_reaches_the_receiver() {
+    let (app, acme, globex) = acme_to_globex();
+    let form = [
+        ("X-Api-Key", acme.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    let body = format!("a=1&apikey={acme}&b=2");
+    app.call("POST", INBOUND, &form, Some(body.as_bytes()))
+        .data(202);
+    // Even a field that is not the header's key is taken out.
+    app.call("POST", INBOUND, &form, Some(b"apikey=somebody-else&c=3"))
+        .data(202);
+    let items = app.poll(&globex, "limit=10");
+    let bodies: Vec<String> = items
+        .iter()
+        .map(|i| {
+            let b = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                i["payload"].as_str().unwrap(),
+            )
+            .unwrap();
+            String::from_utf8(b).unwrap()
+        })
+        .collect();
+    assert_eq!(bodies, vec!["a=1&b=2".to_owned(), "c=3".to_owned()]);
+}
+
+#[test]
+fn credentials_are_checked_before_large_bodies_are_read() {
+    let (app, acme, globex) = acme_to_globex();
+    let wait = Duration::from_secs(10);
+
+    // An anonymous 10 MB form intake: answered 401 after at most 64 KiB, with the rest
+    // never sent.
+    let head = format!(
+        "POST {INBOUND} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    let mut req = head.into_bytes();
+    req.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    let (text, _) = raw(app.addr, &req, wait);
+    assert_eq!(status_of(&text), Some(401), "{text}");
+
+    // Admin endpoints check the token before reading anything.
+    let head = "POST /admin/api/partners HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wba_wrong\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n";
+    let (text, _) = raw(app.addr, head.as_bytes(), wait);
+    assert_eq!(status_of(&text), Some(401), "{text}");
+
+    // A key in the form, early in a large body, is still accepted, and stripped.
+    let mut body = format!("apikey={acme}&data=").into_bytes();
+    body.extend(std::iter::repeat_n(b'z', 300 * 1024));
+    app.call(
+        "POST",
+        INBOUND,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )
+    .data(202);
+    // A key that only comes after 64 KiB is not looked for.
+    let mut late = b"data=".to_vec();
+    late.extend(std::iter::repeat_n(b'z', 70 * 1024));
+    late.extend(format!("&apikey={acme}").into_bytes());
+    app.call(
+        "POST",
+        INBOUND,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&late),
+    )
+    .error(401, "unauthorized");
+    assert_eq!(pending(&app, &globex), 1);
+}
+
+#[test]
+fn path_segments_are_percent_decoded_and_checked_like_query_values() {
+    let (app, acme, globex) = acme_to_globex();
+    let create = |path: &str| app.partner_json(&acme, "POST", path, &json!({"n": 1}));
+    // `a b` is refused the same way in the path as in the query.
+    let in_path = create("/api/v1/documents/a%20b").error(422, "validation_failed");
+    let in_query = app
+        .send_doc(&acme, "ACME", Some("GLOBEX"), "a%20b", b"{}")
+        .error(422, "validation_failed");
+    assert_eq!(in_path["field"], "doctype");
+    assert_eq!(in_query["field"], "doctype");
+    create("/api/v1/documents/%FF").error(422, "validation_failed");
+    // An encoded letter is that letter.
+    let doc = create("/api/v1/documents/ord%65r").data(201);
+    assert_eq!(doc["doctype"], "order");
+    let id = doc["id"].as_str().unwrap();
+    app.partner_get(&globex, &format!("/api/v1/documents/%6Frder/{id}"))
+        .data(200);
+    // Admin paths too: a partner code spelt with escapes.
+    app.admin("GET", "/admin/api/partners/%41CME", None)
+        .data(200);
+    assert_eq!(pending(&app, &globex), 1);
+}
+
+#[test]
+fn json_arrays_are_not_read_as_objects() {
+    let (app, acme, globex) = acme_to_globex();
+    let sent = app
+        .send_doc(&acme, "ACME", Some("GLOBEX"), "order", b"{}")
+        .data(202);
+    let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
+    let put = |body: &serde_json::Value| {
+        app.partner_json(
+            &globex,
+            "PUT",
+            &format!("/api/v1/transmissions/status/{uuid}"),
+            body,
+        )
+    };
+    put(&json!(["processed", null])).error(400, "bad_request");
+    put(&json!("processed")).error(400, "bad_request");
+    assert_eq!(pending(&app, &globex), 1, "still pending");
+
+    app.partner_json(
+        &acme,
+        "POST",
+        "/api/v1/requests",
+        &json!({"messages": [["order", "GLOBEX", null, null, "application/json", {}]]}),
+    )
+    .error(400, "bad_request");
+    app.partner_json(&acme, "POST", "/api/v1/requests", &json!([null, []]))
+        .error(400, "bad_request");
+    app.admin(
+        "POST",
+        "/admin/api/partners",
+        Some(json!(["INITECH", "Initech"])),
+    )
+    .error(400, "bad_request");
+    app.admin(
+        "POST",
+        "/admin/api/routes",
+        Some(json!(["ACME", "GLOBEX", "*"])),
+    )
+    .error(400, "bad_request");
+    app.admin("GET", "/admin/api/partners/INITECH", None)
+        .error(404, "not_found");
+    assert_eq!(pending(&app, &globex), 1);
+}
+
+#[test]
+fn unknown_encodings_are_refused_not_stored() {
+    let (app, acme, globex) = acme_to_globex();
+    let wait = Duration::from_secs(10);
+    let chunked = |te: &str| {
+        format!(
+            "POST {INBOUND} HTTP/1.1\r\nHost: x\r\nX-Api-Key: {acme}\r\nContent-Type: text/plain\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    let (text, _) = raw(app.addr, chunked("gzip, chunked").as_bytes(), wait);
+    assert_eq!(status_of(&text), Some(501), "{text}");
+    assert!(text.contains("unsupported_transfer_encoding"), "{text}");
+    let (text, _) = raw(app.addr, chunked("chunked").as_bytes(), wait);
+    assert_eq!(status_of(&text), Some(202), "{text}");
+
+    for ce in ["gzip", "br", "identity, gzip"] {
+        let e = app
+            .call(
+                "POST",
+                INBOUND,
+                &[
+                    ("X-Api-Key", &acme),
+                    ("Content-Type", "text/plain"),
+                    ("Content-Encoding", ce),
+                ],
+                Some(b"hello"),
+            )
+            .error(415, "unsupported_content_encoding");
+        assert_eq!(e["field"], "Content-Encoding");
+    }
+    app.call(
+        "POST",
+        INBOUND,
+        &[
+            ("X-Api-Key", &acme),
+            ("Content-Type", "text/plain"),
+            ("Content-Encoding", "identity"),
+        ],
+        Some(b"hello"),
+    )
+    .data(202);
+    assert_eq!(pending(&app, &globex), 2);
+}
+
+#[test]
+fn a_full_writer_queue_answers_503_and_stores_nothing_it_refused() {
+    let app = spawn_app_with(|c| c.store.writer_queue = 1);
+    let acme = app.partner("ACME");
+    let globex = app.partner("GLOBEX");
+    app.route("ACME", "GLOBEX", "order");
+    let results: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..20)
+                        .map(|_| {
+                            let r = app.send_doc(&acme, "ACME", Some("GLOBEX"), "order", b"{}");
+                            let retry = r
+                                .headers
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            if r.status == 503 {
+                                r.error(503, "store_busy");
+                            }
+                            (r.status, retry)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let accepted = results.iter().filter(|(s, _)| *s == 202).count();
+    let refused: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!(accepted + refused.len(), results.len(), "{results:?}");
+    assert!(!refused.is_empty(), "a queue of one job must overflow");
+    assert!(refused.iter().all(|(_, r)| r.as_deref() == Some("1")));
+    // Exactly the accepted ones are there.
+    let mut seen = 0;
+    loop {
+        let items = app.poll(&globex, "limit=100&lease=600");
+        if items.is_empty() {
+            break;
+        }
+        seen += items.len();
+    }
+    assert_eq!(seen, accepted);
+    let ready = app.call("GET", "/readyz", &[], None);
+    assert_eq!(ready.status, 200, "a busy writer is not a dead one");
+}
