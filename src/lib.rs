@@ -222,6 +222,17 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Other(format!("listener: {e}")))?;
+    let mut limits = server::Limits::from_config(&state.config.server);
+    if let Some(room) = server::connection_room(state.config.delivery.concurrency) {
+        if room < limits.max_connections {
+            tracing::info!(
+                configured = limits.max_connections,
+                allowed = room,
+                "server.max_connections lowered to what the open-file limit leaves room for"
+            );
+            limits.max_connections = room;
+        }
+    }
     if let Some(redirect) = state.config.server.redirect_http {
         let plain = tokio::net::TcpListener::bind(redirect).await.map_err(|e| {
             RunError::Other(format!("cannot listen on {redirect} for redirects: {e}"))
@@ -235,6 +246,7 @@ pub async fn run(
             routes,
             plain,
             None,
+            limits,
             until_stopped,
         )));
         tracing::info!(%redirect, "redirecting plain HTTP to HTTPS");
@@ -253,7 +265,7 @@ pub async fn run(
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
     };
-    server::serve(routes, listener, tls_config, signal).await;
+    server::serve(routes, listener, tls_config, limits, signal).await;
 
     state.workers_running.store(false, Ordering::Relaxed);
     // The engine stops on the shutdown signal and lets its calls under way end (bounded by

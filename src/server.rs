@@ -2,16 +2,38 @@
 //! route tree as its service, over TLS when a certificate store is given. warp 0.4 has
 //! no TLS of its own; running the routes through `warp::service` is what lets HTTPS and
 //! plain HTTP share every route, error mapping and limit.
+//!
+//! No connection is held open by a client that sends nothing. Each connection's socket is
+//! wrapped in [`Guarded`], which knows (from the service wrapper) whether a request is
+//! being handled:
+//! - between requests (and before the first), the client has `idle_timeout` to start
+//!   one, and once its first byte arrives, `header_timeout` to finish the header;
+//! - while a request is handled, nothing times out here: the handler reads the body
+//!   within `body_timeout` (see `api::read_body`), and long polls may wait;
+//! - a response the client stops reading for `body_timeout` is abandoned.
+//!
+//! At most `max_connections` are open; it is lowered to what the open-file limit leaves
+//! room for. At the cap the longest-idle connection is closed to make room, and if none
+//! is idle the new one is answered 503 and closed, so an idle crowd can neither starve the
+//! accept loop nor exhaust file descriptors.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
@@ -19,6 +41,372 @@ use warp::reply::Response;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new connection at the cap waits for an evicted idle one to make room.
+const EVICT_WAIT: Duration = Duration::from_secs(1);
+/// Connections past the cap that may wait for room at once; more are refused at once.
+const MAX_WAITING: usize = 16;
+/// A connection idle for less than this is not closed to make room: it may be a client
+/// that has just connected and is about to send its request.
+const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
+/// What a connection past the cap is told on plain HTTP before it is closed.
+fn busy_response() -> Vec<u8> {
+    let body = r#"{"success":false,"data":null,"error":{"code":"too_many_connections","message":"the server has too many open connections; try again","field":null}}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The connection limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits `server.*` configures.
+    pub fn from_config(c: &crate::config::ServerConfig) -> Limits {
+        Limits {
+            max_connections: c.max_connections,
+            header_timeout: Duration::from_secs(c.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(c.idle_timeout_seconds),
+            body_timeout: Duration::from_secs(c.body_timeout_seconds),
+        }
+    }
+}
+
+/// What the socket wrapper and the service wrapper of one connection share.
+struct Conn {
+    /// Requests being handled (HTTP/2 may have several).
+    in_flight: AtomicUsize,
+    /// Milliseconds since `opened` when the connection last became idle.
+    idle_since: AtomicU64,
+    /// How many times it became idle: a new idle period starts a new header wait.
+    epoch: AtomicU64,
+    /// Set to close the connection at its next idle moment (eviction at the cap).
+    evict: AtomicBool,
+    /// The reader waiting on the socket, woken for an eviction.
+    reader: AtomicWaker,
+    opened: Instant,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            evict: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            opened: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    fn begin(conn: &Arc<Conn>) -> InFlight {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(conn))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.idle_since.store(c.now(), Ordering::Release);
+        c.epoch.fetch_add(1, Ordering::AcqRel);
+        c.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The reader may be parked without a timer (it was busy); let it arm one.
+        c.reader.wake();
+    }
+}
+
+/// The open connections, so the longest-idle one can be closed when the cap is reached.
+#[derive(Default)]
+struct Registry {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
+}
+
+impl Registry {
+    fn add(self: &Arc<Self>, conn: &Arc<Conn>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(id, Arc::clone(conn));
+        }
+        Registered(Arc::clone(self), id)
+    }
+
+    /// Asks the connection idle the longest to close; false when none is idle.
+    fn evict_one(&self) -> bool {
+        let Ok(open) = self.open.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let victim = open
+            .values()
+            .filter(|c| c.idle() && !c.evict.load(Ordering::Relaxed))
+            // Absolute time it became idle, comparable across connections.
+            .map(|c| {
+                (
+                    c.opened + Duration::from_millis(c.idle_since.load(Ordering::Acquire)),
+                    c,
+                )
+            })
+            .filter(|(since, _)| now.saturating_duration_since(*since) >= MIN_IDLE_TO_EVICT)
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, c)| c);
+        match victim {
+            Some(c) => {
+                c.evict.store(true, Ordering::Release);
+                c.reader.wake();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Removes a connection from the registry when it ends.
+struct Registered(Arc<Registry>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.0.open.lock() {
+            open.remove(&self.1);
+        }
+    }
+}
+
+/// A socket that fails its reads when the client is idle or slow past the limits, and its
+/// writes when the client stops reading. hyper then closes the connection.
+struct Guarded<S> {
+    inner: S,
+    conn: Arc<Conn>,
+    limits: Limits,
+    /// When the first byte of the next request arrived (ms since `opened`), if it has.
+    header_started: Option<u64>,
+    /// The connection's `epoch` when `header_started` was set: a new idle period resets it.
+    header_epoch: u64,
+    read_timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Guarded<S> {
+    fn new(inner: S, conn: Arc<Conn>, limits: Limits) -> Self {
+        Guarded {
+            inner,
+            conn,
+            limits,
+            header_started: None,
+            header_epoch: 0,
+            read_timer: None,
+            write_timer: None,
+        }
+    }
+
+    /// The moment an idle connection's wait ends: the idle timeout, or the header
+    /// timeout once the request has begun to arrive.
+    fn read_deadline(&mut self) -> Instant {
+        let idle_since = self.conn.idle_since.load(Ordering::Acquire);
+        if self.header_epoch != self.conn.epoch.load(Ordering::Acquire) {
+            self.header_started = None;
+        }
+        let at = match self.header_started {
+            Some(started) => Duration::from_millis(started) + self.limits.header_timeout,
+            None => Duration::from_millis(idle_since) + self.limits.idle_timeout,
+        };
+        self.conn.opened + at
+    }
+}
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned())
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let idle = this.conn.idle();
+        if idle && this.conn.evict.load(Ordering::Acquire) {
+            return Poll::Ready(Err(timed_out("closed to make room for a new connection")));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if idle && buf.filled().len() > before {
+                    let epoch = this.conn.epoch.load(Ordering::Acquire);
+                    if this.header_started.is_none() || this.header_epoch != epoch {
+                        this.header_started = Some(this.conn.now());
+                        this.header_epoch = epoch;
+                    }
+                }
+                this.read_timer = None;
+                return Poll::Ready(result);
+            }
+            Poll::Pending => {}
+        }
+        this.conn.reader.register(cx.waker());
+        if !this.conn.idle() {
+            // A request is being handled: the handler's own limits apply.
+            this.read_timer = None;
+            return Poll::Pending;
+        }
+        if this.conn.evict.load(Ordering::Acquire) {
+            return Poll::Ready(Err(timed_out("closed to make room for a new connection")));
+        }
+        let deadline = this.read_deadline();
+        let timer = match &mut this.read_timer {
+            Some((at, timer)) if *at == deadline => timer,
+            slot => {
+                let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+                &mut slot.insert((deadline, sleep)).1
+            }
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            let what = if this.header_started.is_some() {
+                "request header not received in time"
+            } else {
+                "idle connection closed"
+            };
+            return Poll::Ready(Err(timed_out(what)));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Guarded<S> {
+    /// Runs a write-side poll, failing it once the client has not taken bytes for
+    /// `body_timeout`.
+    fn guard_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(r) => {
+                self.write_timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.limits.body_timeout;
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(timed_out("the client stopped reading")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.guard_write(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.guard_write(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.guard_write(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.guard_write(cx, |s, cx| s.poll_shutdown(cx))
+    }
+}
+
+/// The route service with each request counted in flight on its connection.
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    conn: Arc<Conn>,
+}
+
+impl<S, B> hyper::service::Service<http::Request<B>> for Counted<S>
+where
+    S: hyper::service::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<B>) -> Self::Future {
+        let busy = InFlight::begin(&self.conn);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            drop(busy);
+            out
+        })
+    }
+}
+
+/// Most connections the open-file limit leaves room for, after raising the soft limit to
+/// the hard one: what is open now, the delivery engine's outbound calls and a margin.
+pub fn connection_room(outbound: usize) -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-parameter for getrlimit/setrlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+    let reserve = open + outbound + MAX_WAITING + 32;
+    Some((lim.rlim_cur as usize).saturating_sub(reserve).max(8))
+}
 
 /// Serves `routes` on `listener` until `shutdown` completes, then stops accepting, lets
 /// open connections finish their requests (up to 30 s) and returns.
@@ -26,37 +414,109 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = warp::service(routes);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let registry = Arc::new(Registry::default());
     let mut shutdown = std::pin::pin!(shutdown);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let mut out_of_files: Option<Instant> = None;
+    let mut last_full_warning: Option<Instant> = None;
     loop {
         let (stream, _remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let raw = e.raw_os_error();
+                    if raw == Some(libc::EMFILE) || raw == Some(libc::ENFILE) {
+                        // Said once a minute at most; new connections wait in the backlog
+                        // meanwhile instead of the loop spinning on the error.
+                        if out_of_files.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                            tracing::warn!(error = %e, "out of file descriptors; new connections wait");
+                            out_of_files = Some(Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    } else {
+                        tracing::debug!(error = %e, "accept failed");
+                    }
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                if last_full_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "connection limit reached; closing idle connections to make room"
+                    );
+                    last_full_warning = Some(Instant::now());
+                }
+                if waiting.load(Ordering::Acquire) >= MAX_WAITING {
+                    if acceptor.is_none() {
+                        let _ = stream.try_write(&busy_response());
+                    }
+                    continue;
+                }
+                None
+            }
+        };
+        let service = service.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
+        let slots = Arc::clone(&slots);
+        let registry = Arc::clone(&registry);
+        let waiting = Arc::clone(&waiting);
         tokio::spawn(async move {
+            let _permit = match permit {
+                Some(p) => p,
+                None => {
+                    waiting.fetch_add(1, Ordering::AcqRel);
+                    let wait = async {
+                        while registry.evict_one() {
+                            if let Ok(Ok(p)) = tokio::time::timeout(
+                                Duration::from_millis(100),
+                                Arc::clone(&slots).acquire_owned(),
+                            )
+                            .await
+                            {
+                                return Some(p);
+                            }
+                        }
+                        None
+                    };
+                    let got = tokio::time::timeout(EVICT_WAIT, wait).await;
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    match got {
+                        Ok(Some(p)) => p,
+                        _ => {
+                            if acceptor.is_none() {
+                                let _ = stream.try_write(&busy_response());
+                            }
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = Arc::new(Conn::new());
+            let _registered = registry.add(&conn);
+            let service = Counted {
+                inner: TowerToHyperService::new(service),
+                conn: Arc::clone(&conn),
+            };
             let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {
                 None => {
+                    let io = TokioIo::new(Guarded::new(stream, conn, limits));
                     watcher
-                        .watch(
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service),
-                        )
+                        .watch(builder.serve_connection_with_upgrades(io, service))
                         .await
                 }
                 Some(acceptor) => {
@@ -73,8 +533,9 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let io = TokioIo::new(Guarded::new(tls, conn, limits));
                     watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service))
+                        .watch(builder.serve_connection_with_upgrades(io, service))
                         .await
                 }
             };

@@ -411,3 +411,182 @@ fn a_full_writer_queue_answers_503_and_stores_nothing_it_refused() {
     let ready = app.call("GET", "/readyz", &[], None);
     assert_eq!(ready.status, 200, "a busy writer is not a dead one");
 }
+
+#[test]
+fn connections_that_send_nothing_are_closed() {
+    let app = spawn_app_with(|c| {
+        c.server.header_timeout_seconds = 1;
+        c.server.idle_timeout_seconds = 2;
+        c.server.body_timeout_seconds = 1;
+    });
+    let acme = app.partner("ACME");
+    let globex = app.partner("GLOBEX");
+    app.route("ACME", "GLOBEX", "order");
+    let half_body = format!(
+        "POST {INBOUND} HTTP/1.1\r\nHost: x\r\nX-Api-Key: {acme}\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("nothing", Vec::new()),
+        (
+            "half a header",
+            b"POST /api/v1/inbound HTTP/1.1\r\nHost: x\r\n".to_vec(),
+        ),
+        ("half a body", half_body.into_bytes()),
+        (
+            "a request, then nothing",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+    ];
+    let wait = Duration::from_secs(15);
+    let results: Vec<(&str, String, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(name, bytes)| {
+                let addr = app.addr;
+                s.spawn(move || {
+                    let (text, closed) = raw(addr, bytes, wait);
+                    (*name, text, closed)
+                })
+            })
+            .collect();
+        // Meanwhile a long poll that outlasts the idle timeout is not cut short.
+        let started = Instant::now();
+        let items = app.poll(&globex, "wait=4");
+        assert!(items.is_empty());
+        assert!(started.elapsed() >= Duration::from_secs(4), "it waited");
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (name, text, closed) in results {
+        assert!(
+            closed,
+            "{name}: the server closed the connection ({text:?})"
+        );
+        match name {
+            "half a body" => assert_eq!(status_of(&text), Some(408), "{name}: {text}"),
+            "a request, then nothing" => assert_eq!(status_of(&text), Some(200), "{text}"),
+            _ => assert!(
+                text.is_empty() || status_of(&text).is_some(),
+                "{name}: {text}"
+            ),
+        }
+    }
+    assert_eq!(pending(&app, &globex), 0, "the cut-off body stored nothing");
+}
+
+#[test]
+fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_are_not_cut() {
+    let app = spawn_app_with(|c| c.server.max_connections = 8);
+    let globex = app.partner("GLOBEX");
+    // Eight connections that send nothing fill the cap...
+    let mut idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(app.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // ...yet a new client is served: the longest-idle connection gives way.
+    let fresh = crate::send(&crate::agent(), "GET", &app.url("/healthz"), &[], None);
+    assert_eq!(fresh.status, 200);
+    let closed = idle
+        .iter_mut()
+        .filter(|s| {
+            read_until_closed(&mut (**s).try_clone().unwrap(), Duration::from_millis(500)).1
+        })
+        .count();
+    assert!(closed >= 1, "an idle connection was closed to make room");
+    drop(idle);
+
+    // Eight long polls under way are not idle: a ninth client is told 503 and closed.
+    std::thread::scope(|s| {
+        let polls: Vec<_> = (0..8)
+            .map(|_| {
+                let url = app.url("/api/v1/transmissions?wait=6");
+                let key = globex.clone();
+                s.spawn(move || {
+                    crate::send(&crate::agent(), "GET", &url, &[("X-Api-Key", &key)], None)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        let (text, closed) = raw(
+            app.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(10),
+        );
+        assert_eq!(status_of(&text), Some(503), "{text}");
+        assert!(text.contains("too_many_connections") && closed, "{text}");
+        for p in polls {
+            assert_eq!(p.join().unwrap().status, 200, "the long polls finished");
+        }
+    });
+    assert_eq!(
+        crate::send(&crate::agent(), "GET", &app.url("/healthz"), &[], None).status,
+        200
+    );
+}
+
+/// The binary under a low open-file limit, with far more idle connections than it has
+/// descriptors for: it stays reachable and says so at most once.
+#[test]
+fn a_low_open_file_limit_neither_hangs_health_checks_nor_floods_the_log() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waybill"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &listen.to_string()])
+        .env("WAYBILL_DELIVERY__CONCURRENCY", "4")
+        .env("WAYBILL_DELIVERY__ENDPOINT_CONCURRENCY", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 128,
+                rlim_max: 128,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn waybill");
+    let base = format!("http://{listen}");
+    let a = crate::agent();
+    let health = || {
+        a.get(&format!("{base}/healthz"))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health() != 200 {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let crowd: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(listen).ok())
+        .collect();
+    assert!(
+        crowd.len() > 128,
+        "more connections than the server has descriptors"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let statuses: Vec<u16> = (0..5).map(|_| health()).collect();
+    drop(crowd);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(statuses, vec![200; 5], "health checks are served: {text}");
+    assert!(text.contains("server.max_connections lowered"), "{text}");
+    let fd_lines = text
+        .lines()
+        .filter(|l| l.contains("file descriptors") || l.contains("accept failed"))
+        .count();
+    assert!(fd_lines <= 1, "logged at most once:\n{text}");
+}
