@@ -44,6 +44,8 @@ use tokio::time::{sleep, timeout};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+#[path = "load/poll_leased.rs"]
+mod poll_leased;
 #[path = "load/push_slow.rs"]
 mod push_slow;
 
@@ -53,12 +55,13 @@ usage: cargo bench --bench load -- [options]
   --duration SECS       measured time per phase (default 10)
   --connections N       connections for the inbound phase (default 64)
   --phase LIST          comma-separated: inbound, pollack, memory, push,
-                        push-slow, all (default inbound,pollack; all adds
-                        memory, not push or push-slow),
+                        push-slow, poll-leased, all (default inbound,pollack;
+                        all adds memory, not push, push-slow or poll-leased),
                         or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio
-  --messages N          messages to store in the memory phase (default 1000000)
-                        or to push in the push phase (default 50000)
+  --messages N          messages to store in the memory phase (default 1000000),
+                        to push in the push phase (default 50000) or to lease
+                        in the poll-leased phase (default 100000)
   --rate N              messages per second in the push latency run, which
                         lasts --duration (default 1000)
   --tls                 start the server with a self-signed certificate and
@@ -126,6 +129,8 @@ struct Options {
     push: bool,
     /// A healthy receiver's push latency next to a slow one.
     push_slow: bool,
+    /// A poll's latency beside many leased items.
+    poll_leased: bool,
     /// `--messages`; each phase that uses it has its own default.
     messages: Option<u64>,
     /// Messages per second in the push latency run.
@@ -149,6 +154,7 @@ fn parse_args() -> Result<Options, String> {
         memory: false,
         push: false,
         push_slow: false,
+        poll_leased: false,
         messages: None,
         rate: 1000,
         compare: false,
@@ -210,6 +216,7 @@ fn parse_args() -> Result<Options, String> {
                 o.memory = false;
                 o.push = false;
                 o.push_slow = false;
+                o.poll_leased = false;
                 o.compare = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
@@ -219,6 +226,7 @@ fn parse_args() -> Result<Options, String> {
                         "memory" => o.memory = true,
                         "push" => o.push = true,
                         "push-slow" => o.push_slow = true,
+                        "poll-leased" => o.poll_leased = true,
                         "all" => {
                             o.inbound = true;
                             o.pollack = true;
@@ -227,10 +235,12 @@ fn parse_args() -> Result<Options, String> {
                         _ => return Err(format!("unknown phase {p:?}")),
                     }
                 }
-                if !(o.inbound || o.pollack || o.memory || o.push || o.push_slow || o.compare) {
+                let any = o.inbound || o.pollack || o.memory || o.push || o.push_slow;
+                let any = any || o.poll_leased;
+                if !(any || o.compare) {
                     return Err("--phase names no phase".into());
                 }
-                if o.compare && (o.inbound || o.pollack || o.memory || o.push || o.push_slow) {
+                if o.compare && any {
                     return Err("--phase compare runs inbound itself; name no other phase".into());
                 }
             }
@@ -518,6 +528,11 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
     if opts.push_slow {
         push_slow::run(&ctx, &admin_token, opts.duration).await?;
         check_alive(&mut server, "push-slow")?;
+    }
+    if opts.poll_leased {
+        let n = opts.messages.unwrap_or(100_000);
+        poll_leased::run(&ctx, &admin_token, n).await?;
+        check_alive(&mut server, "poll-leased")?;
     }
 
     if opts.memory {

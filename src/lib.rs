@@ -41,8 +41,10 @@ use crate::config::Config;
 use crate::model::Env;
 use crate::store::{MessageRec, Store};
 
-/// The notifier each receiver's long polls wait on.
-type Wakeups = HashMap<(Env, String), Arc<Notify>>;
+/// The notifiers long polls wait on, per environment, receiver and doctype filter (`None`:
+/// polls that take every doctype).
+type Wakeups = HashMap<WakeKey, Arc<Notify>>;
+type WakeKey = (Env, String, Option<String>);
 
 /// Everything a handler or worker needs, passed explicitly (no globals). Cheap to clone.
 #[derive(Clone)]
@@ -57,24 +59,43 @@ pub struct AppState {
     workers_running: Arc<AtomicBool>,
     /// The background loops, for readiness.
     pub liveness: worker::Liveness,
+    /// The main listener's connections.
+    pub connections: Arc<server::ConnStats>,
     /// Turns true when the server begins shutting down; long polls answer at once then.
     pub shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {
-    /// The notifier long polls of `receiver` wait on.
-    pub fn wakeup(&self, env: Env, receiver: &str) -> Arc<Notify> {
+    /// What a long poll of `receiver` (taking only `doctype`, if given) waits on. The
+    /// notifier is dropped from the map with the last poll that holds it.
+    pub fn wakeup(&self, env: Env, receiver: &str, doctype: Option<&str>) -> Wakeup {
+        let key = (env, receiver.to_owned(), doctype.map(str::to_owned));
         let mut map = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(map.entry((env, receiver.to_owned())).or_default())
+        let notify = Arc::clone(map.entry(key.clone()).or_default());
+        Wakeup {
+            notify,
+            key,
+            map: Arc::clone(&self.wakeups),
+        }
     }
 
-    /// Wakes the long polls of every receiver of these messages.
+    /// Tells waiting long polls about new transmissions: per transmission, one poll that
+    /// takes every doctype and one that takes its doctype are woken. Not every poll of the
+    /// receiver: the rest would only find the items taken and go back to sleep.
     pub fn wake_receivers(&self, env: Env, messages: &[MessageRec]) {
         let map = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return;
+        }
         for m in messages {
             for t in &m.transmissions {
-                if let Some(n) = map.get(&(env, t.receiver.clone())) {
-                    n.notify_waiters();
+                let mut key = (env, t.receiver.clone(), None);
+                if let Some(n) = map.get(&key) {
+                    n.notify_one();
+                }
+                key.2 = Some(m.doctype.clone());
+                if let Some(n) = map.get(&key) {
+                    n.notify_one();
                 }
             }
         }
@@ -108,6 +129,26 @@ impl AppState {
             why.push("shutting down".to_owned());
         }
         why
+    }
+}
+
+/// A long poll's notifier; removes it from the map when the last poll using it ends.
+pub struct Wakeup {
+    pub notify: Arc<Notify>,
+    key: WakeKey,
+    map: Arc<Mutex<Wakeups>>,
+}
+
+impl Drop for Wakeup {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Clones are only made under this lock: two means the map's and this one.
+        if map
+            .get(&self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) == 2)
+        {
+            map.remove(&self.key);
+        }
     }
 }
 
@@ -209,6 +250,7 @@ pub async fn run(
         disk_low: Arc::default(),
         workers_running: Arc::default(),
         liveness: worker::Liveness::default(),
+        connections: Arc::default(),
         shutdown: stop_rx,
     };
 
@@ -247,6 +289,7 @@ pub async fn run(
             plain,
             None,
             limits,
+            Arc::default(),
             until_stopped,
         )));
         tracing::info!(%redirect, "redirecting plain HTTP to HTTPS");
@@ -265,7 +308,8 @@ pub async fn run(
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
     };
-    server::serve(routes, listener, tls_config, limits, signal).await;
+    let connections = Arc::clone(&state.connections);
+    server::serve(routes, listener, tls_config, limits, connections, signal).await;
 
     state.workers_running.store(false, Ordering::Relaxed);
     // The engine stops on the shutdown signal and lets its calls under way end (bounded by

@@ -47,7 +47,7 @@ const EVICT_WAIT: Duration = Duration::from_secs(1);
 const MAX_WAITING: usize = 16;
 /// A connection idle for less than this is not closed to make room: it may be a client
 /// that has just connected and is about to send its request.
-const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
+const MIN_IDLE_TO_EVICT: Duration = Duration::from_millis(250);
 /// What a connection past the cap is told on plain HTTP before it is closed.
 fn busy_response() -> Vec<u8> {
     let body = r#"{"success":false,"data":null,"error":{"code":"too_many_connections","message":"the server has too many open connections; try again","field":null}}"#;
@@ -79,6 +79,20 @@ impl Limits {
     }
 }
 
+/// Live counts of one listener's connections, for readiness and metrics.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections holding a slot.
+    pub open: AtomicUsize,
+    /// Requests being handled.
+    pub busy: AtomicUsize,
+    /// The cap in force (after the open-file limit lowered it).
+    pub max: AtomicUsize,
+    /// Connections closed to make room, and connections refused at the cap, since start.
+    pub evicted: AtomicU64,
+    pub refused: AtomicU64,
+}
+
 /// What the socket wrapper and the service wrapper of one connection share.
 struct Conn {
     /// Requests being handled (HTTP/2 may have several).
@@ -92,11 +106,14 @@ struct Conn {
     /// The reader waiting on the socket, woken for an eviction.
     reader: AtomicWaker,
     opened: Instant,
+    stats: Arc<ConnStats>,
 }
 
 impl Conn {
-    fn new() -> Conn {
+    fn new(stats: Arc<ConnStats>) -> Conn {
+        stats.open.fetch_add(1, Ordering::Relaxed);
         Conn {
+            stats,
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -115,12 +132,19 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts a request in flight for as long as it lives.
 struct InFlight(Arc<Conn>);
 
 impl InFlight {
     fn begin(conn: &Arc<Conn>) -> InFlight {
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.stats.busy.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(conn))
     }
 }
@@ -131,6 +155,7 @@ impl Drop for InFlight {
         c.idle_since.store(c.now(), Ordering::Release);
         c.epoch.fetch_add(1, Ordering::AcqRel);
         c.in_flight.fetch_sub(1, Ordering::AcqRel);
+        c.stats.busy.fetch_sub(1, Ordering::Relaxed);
         // The reader may be parked without a timer (it was busy); let it arm one.
         c.reader.wake();
     }
@@ -173,6 +198,7 @@ impl Registry {
             .map(|(_, c)| c);
         match victim {
             Some(c) => {
+                c.stats.evicted.fetch_add(1, Ordering::Relaxed);
                 c.evict.store(true, Ordering::Release);
                 c.reader.wake();
                 true
@@ -415,8 +441,10 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
+    stats: Arc<ConnStats>,
     shutdown: impl Future<Output = ()>,
 ) {
+    stats.max.store(limits.max_connections, Ordering::Relaxed);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let service = warp::service(routes);
     let graceful = GracefulShutdown::new();
@@ -459,7 +487,10 @@ pub async fn serve(
                     );
                     last_full_warning = Some(Instant::now());
                 }
-                if waiting.load(Ordering::Acquire) >= MAX_WAITING {
+                // Counted here, not in the task: a burst is accepted before any task runs.
+                if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
                     if acceptor.is_none() {
                         let _ = stream.try_write(&busy_response());
                     }
@@ -474,29 +505,32 @@ pub async fn serve(
         let slots = Arc::clone(&slots);
         let registry = Arc::clone(&registry);
         let waiting = Arc::clone(&waiting);
+        let stats = Arc::clone(&stats);
         tokio::spawn(async move {
             let _permit = match permit {
                 Some(p) => p,
                 None => {
-                    waiting.fetch_add(1, Ordering::AcqRel);
+                    // Until EVICT_WAIT: close the longest-idle connection and wait for its
+                    // slot; when none is idle long enough, wait a little for one to be.
                     let wait = async {
-                        while registry.evict_one() {
+                        loop {
+                            let step = if registry.evict_one() { 100 } else { 50 };
                             if let Ok(Ok(p)) = tokio::time::timeout(
-                                Duration::from_millis(100),
+                                Duration::from_millis(step),
                                 Arc::clone(&slots).acquire_owned(),
                             )
                             .await
                             {
-                                return Some(p);
+                                return p;
                             }
                         }
-                        None
                     };
                     let got = tokio::time::timeout(EVICT_WAIT, wait).await;
                     waiting.fetch_sub(1, Ordering::AcqRel);
                     match got {
-                        Ok(Some(p)) => p,
+                        Ok(p) => p,
                         _ => {
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
                             if acceptor.is_none() {
                                 let _ = stream.try_write(&busy_response());
                             }
@@ -505,7 +539,7 @@ pub async fn serve(
                     }
                 }
             };
-            let conn = Arc::new(Conn::new());
+            let conn = Arc::new(Conn::new(stats));
             let _registered = registry.add(&conn);
             let service = Counted {
                 inner: TowerToHyperService::new(service),

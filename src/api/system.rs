@@ -22,9 +22,21 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(|s: AppState| {
             let why = s.not_ready();
             if why.is_empty() {
+                use std::sync::atomic::Ordering::Relaxed;
+                let c = &s.connections;
                 ok(
                     StatusCode::OK,
-                    serde_json::json!({"status": "ready", "writesQueued": s.store.writes_queued()}),
+                    serde_json::json!({
+                        "status": "ready",
+                        "writesQueued": s.store.writes_queued(),
+                        "connections": {
+                            "open": c.open.load(Relaxed),
+                            "busy": c.busy.load(Relaxed),
+                            "max": c.max.load(Relaxed),
+                            "evicted": c.evicted.load(Relaxed),
+                            "refused": c.refused.load(Relaxed),
+                        },
+                    }),
                 )
             } else {
                 let mut e = ApiError::unavailable(format!("not ready: {}", why.join("; ")));

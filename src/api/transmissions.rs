@@ -188,12 +188,12 @@ async fn poll(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     };
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    let wakeup = state.wakeup(principal.env, &principal.partner);
+    let wakeup = state.wakeup(principal.env, &principal.partner, filter.doctype.as_deref());
     let mut shutdown = state.shutdown.clone();
     loop {
         // Register for wake-ups before looking, so an arrival between the look and the
         // wait is not missed.
-        let notified = wakeup.notified();
+        let notified = wakeup.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
 

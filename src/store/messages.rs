@@ -61,6 +61,54 @@ pub enum AckOutcome {
     NotFound,
 }
 
+/// A poll-queue entry found by a poll's scan.
+enum Candidate {
+    /// In `receiver_pending`: its key and the value scanned.
+    Pending(Vec<u8>, Vec<u8>),
+    /// In `receiver_leased`, with an expired lease: its key.
+    Leased(Vec<u8>),
+}
+
+/// `env ‖ receiver ‖ 0xFF ‖ lease expiry ‖ transmission uuid`: a leased transmission.
+pub(super) fn leased_key(env: Env, receiver: &str, lease_until: i64, uuid: Uuid) -> Vec<u8> {
+    let mut k = partner_prefix(env, receiver);
+    k.extend_from_slice(&(lease_until.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(uuid.as_bytes());
+    k
+}
+
+/// The lease expiry and uuid of a [`leased_key`] whose prefix is `prefix_len` long;
+/// `None` when the key belongs to another receiver (the range has ended).
+fn split_leased_key(key: &[u8], prefix_len: usize) -> Option<(i64, Uuid)> {
+    let rest = key.get(prefix_len..)?;
+    if rest.len() != 24 {
+        return None;
+    }
+    let lease = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    Some((
+        i64::try_from(lease).ok()?,
+        Uuid::from_slice(&rest[8..]).ok()?,
+    ))
+}
+
+/// Where transmission `index` of `m` may sit in its receiver's poll queue: the pending
+/// range, and the leased range when it carries a lease. Read before an event changes the
+/// record, so that removing these keys takes it out wherever it is.
+pub(super) fn poll_queue_keys(env: Env, m: &MessageRec, index: usize) -> Vec<(Table, Vec<u8>)> {
+    let Some(tx) = m.transmissions.get(index) else {
+        return Vec::new();
+    };
+    let uuid = transmission_uuid(m.id, index);
+    let mut keys = vec![(Table::ReceiverPending, partner_id(env, &tx.receiver, uuid))];
+    if let Some(until) = tx.lease_until {
+        keys.push((
+            Table::ReceiverLeased,
+            leased_key(env, &tx.receiver, until, uuid),
+        ));
+    }
+    keys
+}
+
 impl Store {
     /// Stores one intake call: payloads in the payload log, then the request, its messages
     /// (with their transmissions) and the queue entries in one transaction on the writer;
@@ -270,6 +318,10 @@ impl Store {
     /// delivery; with a lease it is held back from other polls until the lease expires or
     /// it is acknowledged. The scan runs here; the claim re-checks every entry inside the
     /// writer's transaction, so two concurrent polls never lease the same item.
+    ///
+    /// Leased items live in `receiver_leased`, ordered by expiry, not in the pending range:
+    /// a poll reads only the expired leases and the first unleased items, so its cost does
+    /// not grow with the number of items under lease.
     pub async fn claim(
         &self,
         env: Env,
@@ -277,29 +329,54 @@ impl Store {
         filter: &PollFilter,
         now: i64,
     ) -> Result<Claimed, StoreError> {
-        let mut candidates = Vec::new();
+        let prefix = partner_prefix(env, receiver);
+        let wanted = |doctype: &str| filter.doctype.as_deref().is_none_or(|d| d == doctype);
+        let mut candidates: Vec<(Uuid, Candidate)> = Vec::new();
         let mut next_expiry: Option<i64> = None;
-        for item in self
-            .t
-            .receiver_pending
-            .scan_prefix(partner_prefix(env, receiver))
-        {
+        // Leases that have run out, in expiry order, up to the first one still running.
+        for item in self.t.receiver_leased.range(prefix.clone()..) {
             let (key, value) = item?;
-            let Some((lease, doctype)) = parse_pending_value(&value) else {
-                return Err(StoreError::Codec("bad receiver_pending entry".into()));
+            let Some((lease, uuid)) = split_leased_key(&key, prefix.len()) else {
+                break;
             };
-            if filter.doctype.as_deref().is_some_and(|d| d != doctype) {
-                continue;
-            }
             if lease > now {
-                next_expiry = Some(next_expiry.map_or(lease, |e| e.min(lease)));
+                next_expiry = Some(lease);
+                break;
+            }
+            if !wanted(std::str::from_utf8(&value).unwrap_or_default()) {
                 continue;
             }
-            candidates.push((key, value));
+            candidates.push((uuid, Candidate::Leased(key.to_vec())));
             if candidates.len() >= filter.limit {
                 break;
             }
         }
+        let mut unleased = 0;
+        for item in self.t.receiver_pending.scan_prefix(&prefix) {
+            if unleased >= filter.limit {
+                break;
+            }
+            let (key, value) = item?;
+            let Some((lease, doctype)) = parse_pending_value(&value) else {
+                return Err(StoreError::Codec("bad receiver_pending entry".into()));
+            };
+            if !wanted(doctype) {
+                continue;
+            }
+            if lease > now {
+                // An entry written by an older build; moved at open, so none is expected.
+                next_expiry = Some(next_expiry.map_or(lease, |e| e.min(lease)));
+                continue;
+            }
+            let Some(uuid) = trailing_id(&key) else {
+                continue;
+            };
+            candidates.push((uuid, Candidate::Pending(key.to_vec(), value.to_vec())));
+            unleased += 1;
+        }
+        // Oldest first across both: uuids are v7, so their order is intake order.
+        candidates.sort_by_key(|(uuid, _)| *uuid);
+        candidates.truncate(filter.limit);
         if candidates.is_empty() {
             return Ok(Claimed {
                 items: Vec::new(),
@@ -312,13 +389,18 @@ impl Store {
             .writer
             .write(move |t| {
                 let mut out = Vec::with_capacity(candidates.len());
-                for (key, scanned) in candidates {
-                    // Acknowledged or leased by a concurrent poll since the scan: skip.
-                    if t.get(Table::ReceiverPending, &key)?.as_ref() != Some(&scanned) {
+                for (uuid, candidate) in candidates {
+                    // Acknowledged, leased or released by a concurrent poll since the scan: skip.
+                    let still = match &candidate {
+                        Candidate::Pending(key, scanned) => {
+                            t.get(Table::ReceiverPending, key)?.as_deref() == Some(&scanned[..])
+                        }
+                        Candidate::Leased(key) => t.get(Table::ReceiverLeased, key)?.is_some(),
+                    };
+                    if !still {
                         continue;
                     }
-                    let Some((id, index)) = trailing_id(&key).and_then(split_transmission_uuid)
-                    else {
+                    let Some((id, index)) = split_transmission_uuid(uuid) else {
                         continue;
                     };
                     let mkey = env_id(env, id);
@@ -338,12 +420,24 @@ impl Store {
                     }
                     let record = encode(&m)?;
                     t.insert(Table::Messages, mkey, record)?;
-                    if let Some(until) = lease_until {
-                        t.insert(
-                            Table::ReceiverPending,
-                            &key,
-                            pending_value(until, &m.doctype),
-                        )?;
+                    let receiver = &m.transmissions[index].receiver;
+                    let pkey = partner_id(env, receiver, uuid);
+                    match (&candidate, lease_until) {
+                        (Candidate::Pending(..), None) => {}
+                        (Candidate::Pending(..), Some(until)) => {
+                            t.remove(Table::ReceiverPending, &pkey)?;
+                            let lkey = leased_key(env, receiver, until, uuid);
+                            t.insert(Table::ReceiverLeased, lkey, m.doctype.as_bytes())?;
+                        }
+                        (Candidate::Leased(old), None) => {
+                            t.remove(Table::ReceiverLeased, old)?;
+                            t.insert(Table::ReceiverPending, pkey, pending_value(0, &m.doctype))?;
+                        }
+                        (Candidate::Leased(old), Some(until)) => {
+                            t.remove(Table::ReceiverLeased, old)?;
+                            let lkey = leased_key(env, receiver, until, uuid);
+                            t.insert(Table::ReceiverLeased, lkey, m.doctype.as_bytes())?;
+                        }
                     }
                     out.push((m, index));
                 }
@@ -389,10 +483,10 @@ impl Store {
                     return Ok(());
                 };
                 let mut m: MessageRec = decode(&raw)?;
-                let Some(tx) = m.transmissions.get(index) else {
+                if m.transmissions.get(index).is_none() {
                     return Ok(());
-                };
-                let pkey = partner_id(env, &tx.receiver, transmission_uuid(id, index));
+                }
+                let queued = poll_queue_keys(env, &m, index);
                 let outbox = queued_push_key(&m, index);
                 let event = Event::Corrupt { error: why };
                 if m.apply(index, event, now) != Transition::Changed {
@@ -400,7 +494,9 @@ impl Store {
                 }
                 let record = encode(&m)?;
                 t.insert(Table::Messages, mkey, record)?;
-                t.remove(Table::ReceiverPending, pkey)?;
+                for (table, key) in queued {
+                    t.remove(table, key)?;
+                }
                 if let Some(k) = outbox {
                     t.remove(Table::Outbox, k)?;
                 }
@@ -425,7 +521,6 @@ impl Store {
             return Ok(AckOutcome::NotFound);
         };
         let mkey = env_id(env, id);
-        let pkey = partner_id(env, receiver, uuid);
         let receiver = receiver.to_owned();
         let event = Event::Acknowledged {
             ok,
@@ -442,6 +537,7 @@ impl Store {
                 }
                 // A push still queued for it is cancelled with the acknowledgement.
                 let outbox = queued_push_key(&m, index);
+                let queued = poll_queue_keys(env, &m, index);
                 let lost = || StoreError::Codec("lost transmission".into());
                 let outcome = m.apply(index, event, now);
                 let view = m.transmission(index).ok_or_else(lost)?;
@@ -451,7 +547,9 @@ impl Store {
                     Transition::Changed => {
                         let record = encode(&m)?;
                         t.insert(Table::Messages, mkey, record)?;
-                        t.remove(Table::ReceiverPending, &pkey)?;
+                        for (table, key) in queued {
+                            t.remove(table, key)?;
+                        }
                         if let Some(k) = outbox {
                             t.remove(Table::Outbox, k)?;
                         }
@@ -487,5 +585,125 @@ mod tests {
             transmission_uuid(later, 0) > transmission_uuid(id, 254),
             "uuids keep creation order"
         );
+    }
+
+    fn order(n: usize) -> Vec<NewMessage> {
+        (0..n)
+            .map(|_| NewMessage {
+                doctype: "order".into(),
+                version: None,
+                external_reference: None,
+                content_type: "application/json".into(),
+                payload: Bytes::from_static(b"{}"),
+                receivers: vec!["GLOBEX".into()],
+            })
+            .collect()
+    }
+
+    fn filter(limit: usize, lease_ms: i64) -> PollFilter {
+        PollFilter {
+            limit,
+            lease_ms,
+            doctype: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn leased_items_leave_the_pending_range_and_come_back_when_their_lease_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (env, now) = (Env::Live, 1_000_000);
+        let (_, msgs) = store
+            .accept(env, "ACME", None, order(3), now)
+            .await
+            .unwrap();
+        let uuids: Vec<Uuid> = msgs.iter().map(|m| transmission_uuid(m.id, 0)).collect();
+        let count = |t: &sled::Tree| t.iter().count();
+
+        let first = store
+            .claim(env, "GLOBEX", &filter(2, 1000), now)
+            .await
+            .unwrap();
+        let got: Vec<Uuid> = first.items.iter().map(|(t, _)| t.uuid).collect();
+        assert_eq!(got, uuids[..2]);
+        assert_eq!(count(&store.t.receiver_pending), 1);
+        assert_eq!(count(&store.t.receiver_leased), 2);
+
+        // Only the unleased one is handed out; the poll learns when the leases end.
+        let second = store
+            .claim(env, "GLOBEX", &filter(10, 0), now)
+            .await
+            .unwrap();
+        assert_eq!(second.items.len(), 1);
+        assert_eq!(second.items[0].0.uuid, uuids[2]);
+        assert_eq!(second.next_expiry, Some(now + 1000));
+
+        // After expiry all three come back, oldest first; a new lease moves them again.
+        let later = now + 2000;
+        let third = store
+            .claim(env, "GLOBEX", &filter(10, 500), later)
+            .await
+            .unwrap();
+        let got: Vec<Uuid> = third.items.iter().map(|(t, _)| t.uuid).collect();
+        assert_eq!(got, uuids);
+        assert_eq!(count(&store.t.receiver_pending), 0);
+        assert_eq!(count(&store.t.receiver_leased), 3);
+
+        // An acknowledgement takes a leased item out for good.
+        let ack = store
+            .acknowledge(env, "GLOBEX", uuids[0], true, None, later)
+            .await
+            .unwrap();
+        assert!(matches!(ack, AckOutcome::Done(_)));
+        assert_eq!(count(&store.t.receiver_leased), 2);
+        // An expired lease polled without a lease goes back to the pending range.
+        let fourth = store
+            .claim(env, "GLOBEX", &filter(1, 0), later + 1000)
+            .await
+            .unwrap();
+        assert_eq!(fourth.items[0].0.uuid, uuids[1]);
+        assert_eq!(count(&store.t.receiver_pending), 1);
+        assert_eq!(count(&store.t.receiver_leased), 1);
+    }
+
+    #[tokio::test]
+    async fn leases_kept_in_the_pending_range_by_older_builds_are_moved_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (env, now) = (Env::Live, 1_000_000);
+        let uuid = {
+            let store = Store::open(dir.path(), 8).unwrap();
+            let (_, msgs) = store
+                .accept(env, "ACME", None, order(1), now)
+                .await
+                .unwrap();
+            let uuid = transmission_uuid(msgs[0].id, 0);
+            let key = partner_id(env, "GLOBEX", uuid);
+            store
+                .writer
+                .write(move |t| {
+                    t.insert(
+                        Table::ReceiverPending,
+                        key,
+                        pending_value(now + 5000, "order"),
+                    )
+                })
+                .await
+                .unwrap();
+            store.close();
+            uuid
+        };
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert_eq!(store.t.receiver_pending.iter().count(), 0);
+        let leased: Vec<_> = store.t.receiver_leased.iter().keys().collect();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(
+            leased[0].as_ref().unwrap().as_ref(),
+            &leased_key(env, "GLOBEX", now + 5000, uuid)[..]
+        );
+        let polled = store
+            .claim(env, "GLOBEX", &filter(10, 0), now + 6000)
+            .await
+            .unwrap();
+        assert_eq!(polled.items.len(), 1, "handed out once its old lease ended");
     }
 }

@@ -11,7 +11,8 @@
 //! | `api_key_hash` | SHA-256 of the secret | key id |
 //! | `routes` | route id | [`RouteRec`] |
 //! | `messages` | env ‖ message id | [`MessageRec`] with its transmissions |
-//! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ transmission uuid | lease expiry ‖ doctype |
+//! | `receiver_pending` | env ‖ receiver ‖ 0xFF ‖ transmission uuid | 0 (u64) ‖ doctype |
+//! | `receiver_leased` | env ‖ receiver ‖ 0xFF ‖ lease expiry (u64 BE ms) ‖ transmission uuid | doctype |
 //! | `requests` | env ‖ sender ‖ 0xFF ‖ request id | [`RequestRec`] |
 //! | `outbox` | endpoint ‖ 0xFF ‖ due (u64 BE ms) ‖ delivery id | [`DeliveryRec`] |
 //! | `attempts` | env ‖ delivery id ‖ attempt (u32 BE) | [`AttemptRec`] |
@@ -79,6 +80,7 @@ pub struct Trees {
     attempts: sled::Tree,
     outbox: sled::Tree,
     endpoint_health: sled::Tree,
+    receiver_leased: sled::Tree,
 }
 
 impl Trees {
@@ -96,6 +98,7 @@ impl Trees {
             &self.attempts,
             &self.outbox,
             &self.endpoint_health,
+            &self.receiver_leased,
         ]
     }
 }
@@ -192,6 +195,7 @@ impl Store {
             attempts: tree("attempts")?,
             outbox: tree("outbox")?,
             endpoint_health: tree("endpoint_health")?,
+            receiver_leased: tree("receiver_leased")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -208,6 +212,10 @@ impl Store {
         let moved = store.migrate_legacy_deliveries()?;
         if moved > 0 {
             tracing::info!(moved, "moved queued pushes into the outbox");
+        }
+        let moved = store.migrate_leased_entries()?;
+        if moved > 0 {
+            tracing::info!(moved, "moved leased transmissions out of the poll queues");
         }
         Ok(store)
     }

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::codec::{decode, encode, env_id, partner_id, pending_value};
+use super::codec::{decode, encode, env_id, parse_pending_value, partner_id, pending_value};
 use super::deliveries::{due_at, outbox_key, owner_update};
 use super::records::{transmission_uuid, DeliveryRec, DeliveryRecV1, MessageRec, Target};
 use super::transitions::{Event, Transition};
@@ -173,5 +173,51 @@ impl Store {
             };
             self.writer.write_blocking(job)?;
         }
+    }
+
+    /// Moves leased entries that an older build kept in `receiver_pending` (with their
+    /// lease expiry in the value) into `receiver_leased`, where a poll does not walk them.
+    /// A scan of the poll queues at open; returns how many moved.
+    pub(super) fn migrate_leased_entries(&self) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        let mut batch = Vec::new();
+        for item in self.t.receiver_pending.iter() {
+            let (key, value) = item?;
+            let Some((lease, doctype)) = parse_pending_value(&value) else {
+                continue;
+            };
+            if lease == 0 {
+                continue;
+            }
+            let Some(split) = key.len().checked_sub(16) else {
+                continue;
+            };
+            let Ok(uuid) = Uuid::from_slice(&key[split..]) else {
+                continue;
+            };
+            let mut leased = key[..split].to_vec();
+            leased.extend_from_slice(&(lease as u64).to_be_bytes());
+            leased.extend_from_slice(uuid.as_bytes());
+            batch.push((key.to_vec(), leased, doctype.as_bytes().to_vec()));
+            if batch.len() == 1000 {
+                moved += batch.len();
+                self.move_leased(std::mem::take(&mut batch))?;
+            }
+        }
+        moved += batch.len();
+        if !batch.is_empty() {
+            self.move_leased(batch)?;
+        }
+        Ok(moved)
+    }
+
+    fn move_leased(&self, batch: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        self.writer.write_blocking(move |t| {
+            for (pending, leased, doctype) in batch {
+                t.remove(Table::ReceiverPending, pending)?;
+                t.insert(Table::ReceiverLeased, leased, doctype)?;
+            }
+            Ok(())
+        })
     }
 }

@@ -65,6 +65,7 @@ pub enum Table {
     Attempts,
     Outbox,
     EndpointHealth,
+    ReceiverLeased,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

@@ -473,15 +473,43 @@ fn connections_that_send_nothing_are_closed() {
     assert_eq!(pending(&app, &globex), 0, "the cut-off body stored nothing");
 }
 
+/// One GET on a kept-alive connection; the body of the answer.
+fn get_on(s: &mut TcpStream, path: &str) -> serde_json::Value {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return serde_json::from_str(&body[..len]).expect("json");
+            }
+        }
+    }
+}
+
 #[test]
 fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_are_not_cut() {
-    let app = spawn_app_with(|c| c.server.max_connections = 8);
+    let app = spawn_app_with(|c| c.server.max_connections = 9);
     let globex = app.partner("GLOBEX");
-    // Eight connections that send nothing fill the cap...
-    let mut idle: Vec<TcpStream> = (0..8)
+    // Nine connections that send nothing fill the cap...
+    let mut idle: Vec<TcpStream> = (0..9)
         .map(|_| TcpStream::connect(app.addr).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     // ...yet a new client is served: the longest-idle connection gives way.
     let fresh = crate::send(&crate::agent(), "GET", &app.url("/healthz"), &[], None);
     assert_eq!(fresh.status, 200);
@@ -494,32 +522,61 @@ fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_are_not_cut() 
     assert!(closed >= 1, "an idle connection was closed to make room");
     drop(idle);
 
-    // Eight long polls under way are not idle: a ninth client is told 503 and closed.
-    std::thread::scope(|s| {
+    // Eight long polls under way and one client that is never idle long fill the cap:
+    // nothing may be closed to make room, so a newcomer is told 503 and closed.
+    let mut observer = TcpStream::connect(app.addr).expect("connect");
+    let all_busy = std::sync::atomic::AtomicBool::new(false);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let last = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            // Asks /readyz every 20 ms, so this connection is never idle for long.
+            let mut last = serde_json::Value::Null;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                last = get_on(&mut observer, "/readyz");
+                // Its own request is under way too.
+                if last["data"]["connections"]["busy"] == 9 {
+                    all_busy.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            last
+        });
         let polls: Vec<_> = (0..8)
             .map(|_| {
-                let url = app.url("/api/v1/transmissions?wait=6");
+                let url = app.url("/api/v1/transmissions?wait=10");
                 let key = globex.clone();
                 s.spawn(move || {
                     crate::send(&crate::agent(), "GET", &url, &[("X-Api-Key", &key)], None)
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !all_busy.load(std::sync::atomic::Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "the polls never all started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let (text, closed) = raw(
             app.addr,
             b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
             Duration::from_secs(10),
         );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(status_of(&text), Some(503), "{text}");
         assert!(text.contains("too_many_connections") && closed, "{text}");
         for p in polls {
             assert_eq!(p.join().unwrap().status, 200, "the long polls finished");
         }
+        watcher.join().unwrap()
     });
-    assert_eq!(
-        crate::send(&crate::agent(), "GET", &app.url("/healthz"), &[], None).status,
-        200
+    assert_eq!(last["data"]["connections"]["max"], 9, "{last}");
+    let last = get_on(&mut observer, "/readyz");
+    assert!(
+        last["data"]["connections"]["refused"].as_u64() >= Some(1),
+        "{last}"
+    );
+    assert!(
+        last["data"]["connections"]["evicted"].as_u64() >= Some(1),
+        "{last}"
     );
 }
 

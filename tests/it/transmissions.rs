@@ -166,6 +166,36 @@ fn a_lease_is_stored_with_the_transmission_and_released_by_the_ack() {
 }
 
 #[test]
+fn long_polls_by_doctype_wake_for_their_doctype() {
+    let (app, acme, globex) = acme_to_globex();
+    app.route("ACME", "GLOBEX", "invoice");
+    let app = std::sync::Arc::new(app);
+    let waiter = |query: &'static str| {
+        let app = std::sync::Arc::clone(&app);
+        let globex = globex.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let items = app.poll(&globex, query);
+            (items, start.elapsed())
+        })
+    };
+    let invoices = waiter("wait=15&doctype=invoice&lease=60");
+    let anything = waiter("wait=15&lease=60");
+    std::thread::sleep(Duration::from_millis(500));
+    app.send_doc(&acme, "ACME", Some("GLOBEX"), "order", b"{}")
+        .data(202);
+    let (items, waited) = anything.join().unwrap();
+    assert_eq!(items[0]["doctype"], "order");
+    assert!(waited < Duration::from_secs(14), "woken ({waited:?})");
+    app.send_doc(&acme, "ACME", Some("GLOBEX"), "invoice", b"{}")
+        .data(202);
+    let (items, waited) = invoices.join().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["doctype"], "invoice");
+    assert!(waited < Duration::from_secs(14), "woken ({waited:?})");
+}
+
+#[test]
 fn long_poll_wakes_when_a_message_arrives() {
     let (app, acme, globex) = acme_to_globex();
     let app = std::sync::Arc::new(app);
