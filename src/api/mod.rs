@@ -372,30 +372,48 @@ pub fn check_json_payload(bytes: &[u8]) -> Result<(), ApiError> {
 
 /// Whether arrays and objects in `bytes` nest at most `max` deep (brackets inside
 /// strings do not count). A quick pass that needs no parse; it does not check syntax.
+/// Outside strings it looks bytes up in a table; inside them it jumps with `memchr` to
+/// the next quote or backslash, since most of a document's bytes are string contents.
 pub fn json_depth_within(bytes: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
+    const OPEN: u8 = 1;
+    const CLOSE: u8 = 2;
+    const QUOTE: u8 = 3;
+    const CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        t[b'[' as usize] = OPEN;
+        t[b'{' as usize] = OPEN;
+        t[b']' as usize] = CLOSE;
+        t[b'}' as usize] = CLOSE;
+        t[b'"' as usize] = QUOTE;
+        t
+    };
+    let (mut depth, mut i, n) = (0usize, 0usize, bytes.len());
+    while i < n {
+        match CLASS[usize::from(bytes[i])] {
+            0 => {}
+            OPEN => {
                 depth += 1;
                 if depth > max {
                     return false;
                 }
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+            CLOSE => depth = depth.saturating_sub(1),
+            _ => {
+                // A string: to the quote that ends it, skipping escaped characters.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or_default()) {
+                        None => return true,
+                        Some(k) if bytes[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k;
+                            break;
+                        }
+                    }
+                }
+            }
         }
+        i += 1;
     }
     true
 }
@@ -506,4 +524,43 @@ pub fn parse_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ApiError::not_found(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings_only() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(json_depth_within(nest(128).as_bytes(), 128));
+        assert!(!json_depth_within(nest(129).as_bytes(), 128));
+        assert!(json_depth_within(
+            br#"{"a":"[[[[","b":"\"[[[","c":"\\"}"#,
+            1
+        ));
+        assert!(
+            !json_depth_within(br#"{"a":"\\",[[]]}"#, 2),
+            "an escaped backslash ends no string"
+        );
+        assert!(json_depth_within(br#"[1,"unterminated [[[["#, 1));
+        assert!(json_depth_within(b"", 0));
+        for (bytes, ok) in [
+            (&b"{\"a\":[1,2,{\"b\":null}]}"[..], true),
+            (b"{\"a\":", false),
+            (b"[1] [2]", false),
+            (b"\"x\"", true),
+            (b" 12 ", true),
+            (b"", false),
+        ] {
+            assert_eq!(
+                check_json_payload(bytes).is_ok(),
+                ok,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let e = check_json_payload(nest(129).as_bytes()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+    }
 }
