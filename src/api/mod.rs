@@ -10,6 +10,8 @@ mod deliveries;
 mod documents;
 mod inbound;
 mod system;
+mod tokens;
+mod tracking;
 mod transmissions;
 
 use std::collections::HashMap;
@@ -27,7 +29,7 @@ use warp::{Buf, Filter, Rejection};
 use crate::error::ApiError;
 use crate::AppState;
 
-pub use auth::{hash_admin_token, RateLimiter};
+pub use auth::{hash_admin_token, RateLimiter, TokenKeys};
 pub use system::redirect_to_https;
 
 /// Every route of the appliance, with the envelope applied to errors.
@@ -40,6 +42,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(transmissions::routes(state.clone()))
         .unify()
         .or(deliveries::routes(state.clone()))
+        .unify()
+        .or(tokens::routes(state.clone()))
+        .unify()
+        .or(tracking::routes(state.clone()))
         .unify()
         .or(admin::routes(state))
         .unify()

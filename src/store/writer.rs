@@ -65,6 +65,9 @@ pub enum Table {
     Attempts,
     Outbox,
     EndpointHealth,
+    Tracking,
+    TrackingRefs,
+    Meta,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

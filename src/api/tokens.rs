@@ -1,0 +1,52 @@
+//! Partner tokens: `POST /api/v1/auth/token` trades an API key for a short-lived JWT,
+//! accepted wherever the key is (see `auth`).
+
+use http::StatusCode;
+use serde::Serialize;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{auth, ctx, finish, ok, rfc3339, with_state, Ctx};
+use crate::error::ApiError;
+use crate::AppState;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    warp::path!("api" / "v1" / "auth" / "token")
+        .and(warp::post())
+        .and(with_state(state))
+        .and(ctx())
+        .then(token)
+        .map(finish)
+        .boxed()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenView {
+    token: String,
+    token_type: &'static str,
+    expires_at: String,
+    /// Seconds from now.
+    expires_in: u64,
+    env: &'static str,
+    partner: String,
+}
+
+/// Mints a token for the partner and environment of the API key presented. The body, if
+/// any, is not read: everything the token says comes from the key.
+async fn token(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    let principal = auth::partner_by_key(&state, &ctx)?;
+    let minted = auth::mint(&state, &principal)?;
+    Ok(ok(
+        StatusCode::OK,
+        TokenView {
+            token: minted.token,
+            token_type: "Bearer",
+            expires_at: rfc3339(minted.expires_at as i64 * 1000),
+            expires_in: minted.expires_in,
+            env: principal.env.as_str(),
+            partner: principal.partner,
+        },
+    ))
+}
