@@ -7,7 +7,8 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
-use super::{auth, ctx, finish, ok, rfc3339, with_state, Ctx};
+use super::tracking::{refuse_unread, IGNORED_BODY};
+use super::{auth, body, ctx, finish, ok, read_body, rfc3339, with_state, BodyStream, Ctx};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -16,6 +17,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(state))
         .and(ctx())
+        .and(body())
         .then(token)
         .map(finish)
         .boxed()
@@ -33,10 +35,14 @@ struct TokenView {
     partner: String,
 }
 
-/// Mints a token for the partner and environment of the API key presented. The body, if
-/// any, is not read: everything the token says comes from the key.
-async fn token(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    let principal = auth::partner_by_key(&state, &ctx)?;
+/// Mints a token for the partner and environment of the API key presented. A body, if
+/// any, is read and ignored: everything the token says comes from the key.
+async fn token(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
+    let principal = match auth::partner_by_key(&state, &ctx) {
+        Ok(p) => p,
+        Err(e) => return Ok(refuse_unread(e)),
+    };
+    read_body(&ctx, body, IGNORED_BODY).await?;
     let minted = auth::mint(&state, &principal)?;
     Ok(ok(
         StatusCode::OK,

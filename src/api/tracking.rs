@@ -26,7 +26,7 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::model::{Env, Status};
-use crate::store::tracking::{MAX_PAYLOAD_MESSAGES, MAX_ROWS};
+use crate::store::tracking::MAX_ROWS;
 use crate::store::{
     now_ms, CancelOutcome, MessageRec, StatusSummary, TrackedRequest, TrackingQuery, TrackingSort,
 };
@@ -68,12 +68,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(ctx())
+        .and(body())
         .then(cancel)
         .map(finish);
     let admin_cancel = warp::path!("admin" / "api" / "messages" / String / "cancel")
         .and(warp::post())
         .and(with_state(state))
         .and(ctx())
+        .and(body())
         .then(admin_cancel)
         .map(finish);
     search
@@ -86,6 +88,21 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin_cancel)
         .unify()
         .boxed()
+}
+
+/// Bodies read (and ignored) by the endpoints that take none: cancellation.
+pub(super) const IGNORED_BODY: u64 = 64 * 1024;
+
+/// An error answered before the request body was read. The connection is closed after
+/// it: a body left unread would otherwise have to be skipped before the next request on
+/// a kept-alive connection, which fails when it has not fully arrived yet.
+pub(super) fn refuse_unread(e: ApiError) -> Response {
+    let mut res = e.into_response();
+    res.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 /// A 400 about the search body, naming the place at fault.
@@ -213,7 +230,8 @@ fn parse_search(env: Env, sender: &str, body: &Value, now: i64) -> Result<Search
         // Without a date, an id or a reference, the search covers today (UTC).
         let day = now.div_euclid(DAY_MS) * DAY_MS;
         query.received = Some((day, day + DAY_MS));
-        echo.push(json!({"by": "receivedDate", "value": rfc3339(day)[..10]}));
+        let date = rfc3339(day).get(..10).unwrap_or_default().to_owned();
+        echo.push(json!({"by": "receivedDate", "value": date}));
     }
 
     let paging = match root.get("paging") {
@@ -532,7 +550,10 @@ fn row(r: &TrackedRequest, feed_id: &str, client_name: &str) -> Value {
 }
 
 async fn search(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
-    let principal = auth::partner(&state, &ctx)?;
+    let principal = match auth::partner(&state, &ctx) {
+        Ok(p) => p,
+        Err(e) => return Ok(refuse_unread(e)),
+    };
     let bytes = read_body(&ctx, body, MAX_BODY).await?;
     let parsed: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
@@ -573,28 +594,36 @@ async fn search(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response,
     ))
 }
 
-/// One of the caller's requests with each message's history.
+/// One of the caller's requests with each message's history. A request may hold a
+/// thousand messages, so they are read on a blocking thread.
 async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let id = parse_id(&id, "request")?;
-    let request = state
-        .store
-        .request(principal.env, &principal.partner, id)?
-        .ok_or_else(|| ApiError::not_found("request"))?;
+    let store = std::sync::Arc::clone(&state.store);
+    let (env, sender) = (principal.env, principal.partner.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let Some(request) = store.request(env, &sender, id)? else {
+            return Ok(None);
+        };
+        let mut messages = Vec::with_capacity(request.messages.len());
+        for mid in &request.messages {
+            messages.extend(store.message(env, *mid)?);
+        }
+        Ok::<_, crate::store::StoreError>(Some((request, messages)))
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the request was interrupted"))??;
+    let (request, messages) = found.ok_or_else(|| ApiError::not_found("request"))?;
     let mut counts = [0u32; 7];
-    let mut messages = Vec::with_capacity(request.messages.len());
     let mut processed: Option<i64> = None;
     let mut unprocessed = false;
-    for mid in request.messages.iter().take(MAX_PAYLOAD_MESSAGES) {
-        if let Some(m) = state.store.message(principal.env, *mid)? {
-            if let Some(slot) = Status::ALL.iter().position(|s| *s == m.status) {
-                counts[slot] += 1;
-            }
-            match m.processed_at {
-                Some(at) => processed = processed.max(Some(at)),
-                None => unprocessed = true,
-            }
-            messages.push(message_view(&m));
+    for m in &messages {
+        if let Some(slot) = Status::ALL.iter().position(|s| *s == m.status) {
+            counts[slot] += 1;
+        }
+        match m.processed_at {
+            Some(at) => processed = processed.max(Some(at)),
+            None => unprocessed = true,
         }
     }
     let s = StatusSummary(counts);
@@ -609,7 +638,7 @@ async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, 
             "processedDate": if unprocessed { None } else { processed.map(rfc3339) },
             "requestStatus": request_status(&s),
             "messageStatusSummary": summary(&s),
-            "messages": messages,
+            "messages": messages.iter().map(message_view).collect::<Vec<_>>(),
         }),
     ))
 }
@@ -626,15 +655,33 @@ async fn get_message(id: String, state: AppState, ctx: Ctx) -> Result<Response, 
     Ok(ok(StatusCode::OK, message_view(&m)))
 }
 
-async fn cancel(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    let principal = auth::partner(&state, &ctx)?;
+/// The sender's cancellation. A body, if any, is read and ignored.
+async fn cancel(
+    id: String,
+    state: AppState,
+    ctx: Ctx,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
+    let principal = match auth::partner(&state, &ctx) {
+        Ok(p) => p,
+        Err(e) => return Ok(refuse_unread(e)),
+    };
+    read_body(&ctx, body, IGNORED_BODY).await?;
     let id = parse_id(&id, "message")?;
     cancel_as(&state, principal.env, id, Some(principal.partner)).await
 }
 
 /// An admin's cancellation (`?env=test` for test traffic).
-async fn admin_cancel(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
+async fn admin_cancel(
+    id: String,
+    state: AppState,
+    ctx: Ctx,
+    body: BodyStream,
+) -> Result<Response, ApiError> {
+    if let Err(e) = auth::admin(&state, &ctx) {
+        return Ok(refuse_unread(e));
+    }
+    read_body(&ctx, body, IGNORED_BODY).await?;
     let env = super::deliveries::env_param(&ctx)?;
     let id = parse_id(&id, "message")?;
     cancel_as(&state, env, id, None).await

@@ -679,8 +679,16 @@ fn bad_searches_are_400s_naming_the_field() {
         Some(b"{}"),
     );
     resp.error(415, "unsupported_media_type");
-    app.call("POST", "/api/v1/tracking", &[], Some(b"{}"))
-        .error(401, "unauthorized");
+    let refused = app.call("POST", "/api/v1/tracking", &[], Some(b"{}"));
+    refused.error(401, "unauthorized");
+    assert_eq!(
+        refused
+            .headers
+            .get("connection")
+            .map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "an unread body ends the connection"
+    );
     // An empty body is the default search.
     let resp = app.call("POST", "/api/v1/tracking", &[("X-Api-Key", &acme)], None);
     assert_eq!(resp.data(200)["paging"]["totalRequests"], 0);
