@@ -23,9 +23,7 @@ pub(super) fn ensure_token_key(
     if let Some(raw) = t.meta.get(NAME)? {
         return decode(&raw);
     }
-    let mut secret = vec![0u8; 32];
-    getrandom::fill(&mut secret)
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    let secret = crate::secrets::token_signing_key().map_err(|e| StoreError::Io(e.into()))?;
     let rec = super::records::TokenKeyRec {
         id: Uuid::now_v7(),
         secret,
