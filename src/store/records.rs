@@ -631,3 +631,95 @@ pub fn clip(mut text: String) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::decode;
+    use super::*;
+
+    /// A transmission as format version 2 wrote it: receiver, status, attempts, lease
+    /// until, delivered at, acknowledged at, last error, outbox due.
+    type TransmissionV2 = (
+        String,
+        Status,
+        u32,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<u64>,
+    );
+
+    /// The layout format version 2 wrote, field for field.
+    #[derive(Serialize)]
+    struct V2 {
+        id: Uuid,
+        request_id: Uuid,
+        env: Env,
+        sender: String,
+        doctype: String,
+        version: Option<String>,
+        external_reference: Option<String>,
+        content_type: String,
+        payload: PayloadRef,
+        received_at: i64,
+        status: Status,
+        history: Vec<(i64, Status)>,
+        history_dropped: u32,
+        errors: Vec<String>,
+        errors_dropped: u32,
+        processed_at: Option<i64>,
+        transmissions: Vec<TransmissionV2>,
+    }
+
+    #[test]
+    fn a_version_2_message_reads_with_times_on_its_errors_and_transmission_histories() {
+        let v2 = V2 {
+            id: new_message_id(),
+            request_id: Uuid::now_v7(),
+            env: Env::Test,
+            sender: "ACME".into(),
+            doctype: "order".into(),
+            version: Some("1".into()),
+            external_reference: Some("R".into()),
+            content_type: "application/json".into(),
+            payload: PayloadRef {
+                segment: 1,
+                offset: 2,
+                len: 3,
+                crc: 4,
+            },
+            received_at: 100,
+            status: Status::Failed,
+            history: vec![(100, Status::Queued), (200, Status::Failed)],
+            history_dropped: 0,
+            errors: vec!["GLOBEX: boom".into()],
+            errors_dropped: 0,
+            processed_at: Some(200),
+            transmissions: vec![(
+                "GLOBEX".into(),
+                Status::Failed,
+                2,
+                None,
+                Some(150),
+                Some(200),
+                Some("boom".into()),
+                None,
+            )],
+        };
+        let mut bytes = vec![2u8];
+        bincode::serde::encode_into_std_write(&v2, &mut bytes, bincode::config::standard())
+            .unwrap();
+        let m: MessageRec = decode(&bytes).unwrap();
+        assert_eq!(m.env, Env::Test);
+        assert_eq!(m.errors, vec![(200, "GLOBEX: boom".to_owned())]);
+        assert_eq!(m.history.len(), 2);
+        let t = &m.transmissions[0];
+        assert_eq!(
+            (t.receiver.as_str(), t.status, t.attempts),
+            ("GLOBEX", Status::Failed, 2)
+        );
+        assert_eq!(t.history, vec![(200, Status::Failed)]);
+        assert_eq!(t.last_error.as_deref(), Some("boom"));
+    }
+}

@@ -750,4 +750,65 @@ mod tests {
         let bytes = encode(&m).expect("under the limit");
         assert!(bytes.len() < MAX_RECORD_BYTES, "{} bytes", bytes.len());
     }
+
+    fn query(sender: &str) -> TrackingQuery {
+        TrackingQuery {
+            env: Env::Live,
+            sender: sender.into(),
+            types: Vec::new(),
+            statuses: Vec::new(),
+            received: None,
+            ids: Vec::new(),
+            refs: vec!["B-1".into()],
+            sort: TrackingSort::Received,
+            descending: true,
+            skip: 0,
+            take: MAX_ROWS,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_of_an_older_build_gets_its_index_built_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let new = |r: &str| crate::store::NewMessage {
+            doctype: "order".into(),
+            version: None,
+            external_reference: Some(r.into()),
+            content_type: "application/json".into(),
+            payload: bytes::Bytes::from_static(b"{}"),
+            receivers: vec!["GLOBEX".into()],
+        };
+        let (request, _) = store
+            .accept(
+                Env::Live,
+                "ACME",
+                Some("B-1".into()),
+                vec![new("m-1"), new("m-2")],
+                5_000,
+            )
+            .await
+            .unwrap();
+        // As an older build left it: no index, no marker.
+        store.t.tracking.clear().unwrap();
+        store.t.tracking_refs.clear().unwrap();
+        store.t.meta.remove(b"tracking_index").unwrap();
+        assert_eq!(store.track(&query("ACME")).unwrap().total, 0);
+        store.close();
+        drop(store);
+
+        let store = Store::open(dir.path(), 8).unwrap();
+        let page = store.track(&query("ACME")).unwrap();
+        assert_eq!(page.total, 1);
+        assert_eq!(page.rows[0].request.id, request.id);
+        assert_eq!(page.rows[0].summary.count(Status::Queued), 2);
+        assert_eq!(
+            page.rows[0].messages.len(),
+            2,
+            "a batch reference matches every message"
+        );
+        assert_eq!(store.track(&query("INITECH")).unwrap().total, 0);
+        assert_eq!(store.build_tracking_index().unwrap(), 0, "built once");
+        store.close();
+    }
 }
