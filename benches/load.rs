@@ -13,6 +13,8 @@
 //! * `push`:    push delivery (only when named): the server POSTs every
 //!   transmission to a receiver inside this process; how many deliveries per
 //!   second it reaches, and the intake-to-receiver latency at a fixed rate.
+//! * `tracking`: (only when named) tracking searches over a store filled with
+//!   `--messages` messages of 10 partners received over 30 days.
 //!
 //! The HTTP client is deliberately minimal (keep-alive HTTP/1.1, requests with
 //! Content-Length, responses with Content-Length or chunked bodies) because the
@@ -48,6 +50,8 @@ use tokio_rustls::TlsConnector;
 mod poll_leased;
 #[path = "load/push_slow.rs"]
 mod push_slow;
+#[path = "load/tracking.rs"]
+mod tracking;
 
 const USAGE: &str = "\
 usage: cargo bench --bench load -- [options]
@@ -58,10 +62,12 @@ usage: cargo bench --bench load -- [options]
                         push-slow, poll-leased, all (default inbound,pollack;
                         all adds memory, not push, push-slow or poll-leased),
                         or compare: inbound plain, then inbound over TLS, each
-                        on a fresh server, and the TLS/plain throughput ratio
-  --messages N          messages to store in the memory phase (default 1000000),
-                        to push in the push phase (default 50000) or to lease
-                        in the poll-leased phase (default 100000)
+                        on a fresh server, and the TLS/plain throughput ratio,
+                        or tracking: searches over a filled store (alone)
+  --messages N          messages to store in the memory and tracking phases
+                        (default 1000000), to push in the push phase (default
+                        50000) or to lease in the poll-leased phase (default
+                        100000)
   --rate N              messages per second in the push latency run, which
                         lasts --duration (default 1000)
   --tls                 start the server with a self-signed certificate and
@@ -137,6 +143,8 @@ struct Options {
     rate: u64,
     /// Inbound plain, then inbound over TLS (`--phase compare`).
     compare: bool,
+    /// Searches over a filled store (`--phase tracking`), alone.
+    tracking: bool,
     /// Serve (and talk) HTTPS when starting our own server.
     tls: bool,
     tls_ca: Option<PathBuf>,
@@ -158,6 +166,7 @@ fn parse_args() -> Result<Options, String> {
         messages: None,
         rate: 1000,
         compare: false,
+        tracking: false,
         tls: false,
         tls_ca: None,
         server: None,
@@ -218,9 +227,11 @@ fn parse_args() -> Result<Options, String> {
                 o.push_slow = false;
                 o.poll_leased = false;
                 o.compare = false;
+                o.tracking = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
                         "compare" => o.compare = true,
+                        "tracking" => o.tracking = true,
                         "inbound" => o.inbound = true,
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
@@ -235,12 +246,17 @@ fn parse_args() -> Result<Options, String> {
                         _ => return Err(format!("unknown phase {p:?}")),
                     }
                 }
-                let any = o.inbound || o.pollack || o.memory || o.push || o.push_slow;
-                let any = any || o.poll_leased;
-                if !(any || o.compare) {
+                let others = o.inbound || o.pollack || o.memory || o.push || o.push_slow;
+                let others = others || o.poll_leased;
+                if o.tracking && (others || o.compare) {
+                    return Err(
+                        "--phase tracking starts its own server; name no other phase".into(),
+                    );
+                }
+                if !(others || o.compare || o.tracking) {
                     return Err("--phase names no phase".into());
                 }
-                if o.compare && any {
+                if o.compare && others {
                     return Err("--phase compare runs inbound itself; name no other phase".into());
                 }
             }
@@ -380,6 +396,14 @@ impl TlsClient {
 }
 
 async fn run(opts: Options) -> Result<(), String> {
+    if opts.tracking {
+        if opts.server.is_some() || opts.tls {
+            return Err(
+                "--phase tracking fills a store of its own; drop --server and --tls".into(),
+            );
+        }
+        return tracking::run(opts.messages.unwrap_or(1_000_000)).await;
+    }
     if !opts.compare {
         session(&opts, opts.tls).await?;
         return Ok(());

@@ -50,6 +50,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
 }
 
 /// `[server]`: where and how the HTTP server listens.
@@ -141,6 +142,16 @@ pub struct StoreConfig {
     pub cache_mb: u64,
     /// Writes that may wait for the writer; past it, requests get 503.
     pub writer_queue: usize,
+}
+
+/// `[auth]`: partner tokens (JWT) from `POST /api/v1/auth/token`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of a token in seconds, 60 to 3600.
+    pub token_ttl_seconds: u64,
+    /// The `iss` claim tokens carry and must carry to be accepted.
+    pub token_issuer: String,
 }
 
 /// `[log]`: log output.
@@ -282,6 +293,13 @@ impl Config {
         if !(1..=self.delivery.concurrency).contains(&self.delivery.endpoint_concurrency) {
             return bad("delivery.endpoint_concurrency must be 1 to delivery.concurrency");
         }
+        if !(60..=3600).contains(&self.auth.token_ttl_seconds) {
+            return bad("auth.token_ttl_seconds must be 60-3600");
+        }
+        let issuer = &self.auth.token_issuer;
+        if issuer.is_empty() || issuer.len() > 255 || issuer.chars().any(char::is_control) {
+            return bad("auth.token_issuer must be 1-255 characters without control characters");
+        }
         for cidr in &self.outbound.allow {
             if cidr.parse::<Cidr>().is_err() {
                 return Err(ConfigError::Invalid(format!(
@@ -418,6 +436,8 @@ mod tests {
         assert_eq!(c.store.min_free_mb, 512);
         assert_eq!(c.store.cache_mb, 24);
         assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.auth.token_ttl_seconds, 3600);
+        assert_eq!(c.auth.token_issuer, "waybill");
         assert!(c.outbound.allow.is_empty());
         assert!(c.server.tls_cert.is_none());
     }
@@ -471,6 +491,8 @@ mod tests {
             &[("WAYBILL_SERVER__LISTEN", "localhost")],
             &[("WAYBILL_SERVER__TLS_CERT", "/only-cert.pem")],
             &[("WAYBILL_LOG__FORMAT", "xml")],
+            &[("WAYBILL_AUTH__TOKEN_TTL_SECONDS", "7200")],
+            &[("WAYBILL_AUTH__TOKEN_TTL_SECONDS", "0")],
         ];
         for case in cases {
             assert!(

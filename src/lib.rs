@@ -53,6 +53,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub admin_token_hash: Arc<[u8; 32]>,
     pub limiter: Arc<api::RateLimiter>,
+    /// Mints and checks partner tokens (JWT).
+    pub tokens: Arc<api::TokenKeys>,
     /// Long polls waiting per (environment, receiver).
     wakeups: Arc<Mutex<Wakeups>>,
     disk_low: Arc<AtomicBool>,
@@ -244,6 +246,11 @@ pub async fn run(
     let state = AppState {
         store: Arc::clone(&store),
         limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
+        tokens: Arc::new(api::TokenKeys::new(
+            &store.token_key().secret,
+            &config.auth.token_issuer,
+            config.auth.token_ttl_seconds,
+        )),
         config: Arc::new(config),
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
         wakeups: Arc::default(),

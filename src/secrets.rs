@@ -1,5 +1,5 @@
-//! Where every secret Waybill makes comes from: API keys, the admin token and signing
-//! secrets. All of them are drawn from the operating system's random source; nothing else in
+//! Where every secret Waybill makes comes from: API keys, the admin token, signing
+//! secrets and the key partner tokens are signed with. All of them are drawn from the operating system's random source; nothing else in
 //! the crate calls it for secrets, so there is one place to audit.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -32,6 +32,11 @@ pub fn signing_secret() -> Result<String, NoRandomness> {
     Ok(format!("whsec_{}", STANDARD.encode(random_bytes(32)?)))
 }
 
+/// A new key for signing partner tokens (HS256): 256 random bits.
+pub fn token_signing_key() -> Result<Vec<u8>, NoRandomness> {
+    random_bytes(32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +49,7 @@ mod tests {
         assert_eq!(key.len(), 32);
         let t = random_token(24).unwrap();
         assert_eq!(URL_SAFE_NO_PAD.decode(&t).unwrap().len(), 24);
+        let (k1, k2) = (token_signing_key().unwrap(), token_signing_key().unwrap());
+        assert!(k1.len() == 32 && k1 != k2);
     }
 }

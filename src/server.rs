@@ -384,9 +384,9 @@ struct Counted<S> {
     conn: Arc<Conn>,
 }
 
-impl<S, B> hyper::service::Service<http::Request<B>> for Counted<S>
+impl<S, B, R> hyper::service::Service<http::Request<B>> for Counted<S>
 where
-    S: hyper::service::Service<http::Request<B>>,
+    S: hyper::service::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -395,13 +395,34 @@ where
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
         let busy = InFlight::begin(&self.conn);
+        let has_body = has_body(req.headers());
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let out = fut.await;
+            let mut out = fut.await;
             drop(busy);
+            // An error answer may come before the body was read (credentials are checked
+            // first). The connection then closes after it, and says so, so that the
+            // client does not send its next request after a body nobody read.
+            if let Ok(res) = &mut out {
+                if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+                    res.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+            }
             out
         })
     }
+}
+
+/// Whether a request carries a body (a non-zero length, or chunked).
+fn has_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 /// Most connections the open-file limit leaves room for, after raising the soft limit to

@@ -1,18 +1,152 @@
 //! Who is calling. Partners present an API key (`Authorization: Bearer`, `X-Api-Key`, or
-//! the `apikey` query or form parameter); admins present the admin token as a bearer.
+//! the `apikey` query or form parameter) or a token minted with one (a JWT in
+//! `Authorization: Bearer`); admins present the admin token as a bearer.
+//!
+//! Tokens are HS256 JWTs signed with a key made at the first start and kept in the store.
+//! The algorithm is fixed here, never taken from the token: a token whose header names
+//! another one (`none`, RS256, ...) is refused before its signature is looked at. A token
+//! stands for the API key that minted it (`kid`): it is checked against the current
+//! directory on every request, so revoking that key or deactivating the partner ends it
+//! at once, whatever its `exp` says.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use http::StatusCode;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 use super::Ctx;
 use crate::error::ApiError;
-use crate::store::Principal;
+use crate::model::Env;
+use crate::store::{Directory, Principal};
 use crate::AppState;
+
+/// The audience every partner token is minted for and must name.
+const AUDIENCE: &str = "waybill-api";
+/// Clock skew allowed between the appliance and whoever checks a token's times, seconds.
+const LEEWAY_SECONDS: u64 = 30;
+/// The longest a token may live, whatever the configuration says.
+const MAX_TTL_SECONDS: u64 = 3600;
+
+/// The claims of a partner token.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    /// The partner code.
+    sub: String,
+    /// `live` or `test`: the environment of the minting key.
+    env: String,
+    exp: u64,
+    iat: u64,
+    /// A unique id per token, for logs and revocation lists downstream.
+    jti: String,
+}
+
+/// Mints and checks partner tokens with the store's signing key.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    ttl_seconds: u64,
+}
+
+/// A freshly minted token.
+pub struct Minted {
+    pub token: String,
+    pub expires_at: u64,
+    pub expires_in: u64,
+}
+
+impl TokenKeys {
+    /// Keys from the store's secret; tokens carry `issuer` and live `ttl_seconds`.
+    pub fn new(secret: &[u8], issuer: &str, ttl_seconds: u64) -> TokenKeys {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer: issuer.to_owned(),
+            ttl_seconds: ttl_seconds.min(MAX_TTL_SECONDS),
+        }
+    }
+
+    /// A token for `p`, minted at `now` (unix seconds).
+    pub fn mint(&self, p: &Principal, now: u64) -> Result<Minted, ApiError> {
+        let exp = now + self.ttl_seconds;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: AUDIENCE.to_owned(),
+            sub: p.partner.clone(),
+            env: p.env.as_str().to_owned(),
+            exp,
+            iat: now,
+            jti: Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(p.key_id.to_string());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| {
+            tracing::error!(error = %e, "token signing failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the token could not be made",
+            )
+        })?;
+        Ok(Minted {
+            token,
+            expires_at: exp,
+            expires_in: self.ttl_seconds,
+        })
+    }
+
+    /// The principal a token stands for at `now` (unix seconds), if it is valid: signed
+    /// with our key by HS256, ours (`iss`, `aud`), within its times (allowing
+    /// [`LEEWAY_SECONDS`] of skew), and minted by a key that is still active for an
+    /// active partner of the same code and environment.
+    pub fn verify(&self, token: &str, dir: &Directory, now: u64) -> Option<Principal> {
+        // An unknown algorithm (`none`) fails here; a known other one is refused below,
+        // and `decode` checks again against the one algorithm `validation` allows.
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::HS256 {
+            return None;
+        }
+        let kid: Uuid = header.kid?.parse().ok()?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()?
+            .claims;
+        if claims.iat > now + LEEWAY_SECONDS
+            || claims.exp > claims.iat.saturating_add(MAX_TTL_SECONDS)
+        {
+            return None;
+        }
+        let p = dir.key_principal(kid)?;
+        (p.partner == claims.sub && Env::parse(&claims.env) == Some(p.env)).then_some(p)
+    }
+}
+
+/// Whether a bearer credential is a token rather than an API key (`wb_…`).
+fn is_token(credential: &str) -> bool {
+    !credential.starts_with("wb_") && credential.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// Unix seconds now.
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// The bearer token of an `Authorization` header, if any.
 fn bearer(ctx: &Ctx) -> Option<&str> {
@@ -37,8 +171,31 @@ pub fn presents_key(ctx: &Ctx) -> bool {
 /// without a valid key, 429 when over `limits.partner_rps`. Called before a body is read,
 /// so anonymous callers cannot make the server read large bodies.
 pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
+    if let Some(token) = bearer(ctx).filter(|t| is_token(t)) {
+        let principal = state
+            .tokens
+            .verify(token, &state.store.directory(), now_seconds())
+            .ok_or_else(ApiError::unauthorized)?;
+        return limit(state, principal);
+    }
     let key = presented_key(ctx).ok_or_else(ApiError::unauthorized)?;
     authenticate(state, key)
+}
+
+/// Authenticates a partner by an API key only (a token cannot mint another token, or a
+/// stolen one could be renewed for ever): 401 without a valid key, 403 for a token.
+pub fn partner_by_key(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
+    if bearer(ctx).is_some_and(is_token) {
+        return Err(ApiError::forbidden(
+            "tokens are minted with an API key, not with another token",
+        ));
+    }
+    partner(state, ctx)
+}
+
+/// Mints a token for `principal` with the configured lifetime.
+pub fn mint(state: &AppState, principal: &Principal) -> Result<Minted, ApiError> {
+    state.tokens.mint(principal, now_seconds())
 }
 
 /// Whether a form pair (`name=value`, still encoded) is the `apikey` field.
@@ -72,8 +229,8 @@ pub fn strip_form_key(body: &bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::from(rest.join(&b'&'))
 }
 
-/// Authenticates a partner by a key found elsewhere than the headers or query.
-pub fn partner_by_key(state: &AppState, key: &str) -> Result<Principal, ApiError> {
+/// Authenticates a partner by a key found in a form body's `apikey` field.
+pub fn partner_by_form_key(state: &AppState, key: &str) -> Result<Principal, ApiError> {
     authenticate(state, key)
 }
 
@@ -83,6 +240,11 @@ fn authenticate(state: &AppState, key: &str) -> Result<Principal, ApiError> {
         .directory()
         .authenticate(key)
         .ok_or_else(ApiError::unauthorized)?;
+    limit(state, principal)
+}
+
+/// Applies the partner's rate limit: 429 when over `limits.partner_rps`.
+fn limit(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
     if !state.limiter.allow(&principal.partner) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -160,5 +322,13 @@ mod tests {
         assert_eq!(allowed, 10);
         assert!(l.allow("GLOBEX"), "partners have separate buckets");
         assert!(RateLimiter::new(0).allow("X"));
+    }
+
+    #[test]
+    fn only_three_part_bearers_that_are_not_keys_are_tokens() {
+        assert!(is_token("eyJh.eyJz.c2ln"));
+        assert!(!is_token("wb_live_abc.def.ghi"));
+        assert!(!is_token("wb_live_abcdef"));
+        assert!(!is_token("a.b"));
     }
 }

@@ -58,7 +58,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 }
 
 /// The `env` query parameter of admin calls; live when absent.
-fn env_param(ctx: &Ctx) -> Result<Env, ApiError> {
+pub(super) fn env_param(ctx: &Ctx) -> Result<Env, ApiError> {
     match ctx.param("env") {
         None | Some("") => Ok(Env::Live),
         Some(e) => Env::parse(e)

@@ -10,7 +10,7 @@ use super::inbound::{
     check_disk, opt_param, resolve_receivers, tracking_location, transmission_refs,
 };
 use super::{
-    auth, body, ctx, finish, ok, parse_id, parse_json, path_segment, read_body, rfc3339,
+    auth, body, ctx, finish, ok, parse_id, parse_json_value, path_segment, read_body, rfc3339,
     with_state, BodyStream, Ctx,
 };
 use crate::error::{ApiError, InvalidExt};
@@ -46,7 +46,7 @@ async fn create(
     check_disk(&state)?;
     let doctype = parse_doctype(&path_segment(&doctype, "doctype")?).field("doctype")?;
     // The document must be JSON; it is stored exactly as sent.
-    let _: serde_json::Value = parse_json(&ctx, &bytes)?;
+    let _: serde_json::Value = parse_json_value(&ctx, &bytes)?;
     let version = opt_param(&ctx, "version", |v| parse_short_text(v, 64))?;
     let external_reference = opt_param(&ctx, "externalReference", |v| parse_short_text(v, 256))?;
     let receivers = resolve_receivers(

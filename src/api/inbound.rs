@@ -1,5 +1,5 @@
-//! Intake: single documents (`POST /api/v1/inbound`), atomic batches
-//! (`POST /api/v1/requests`) and the request summary they point to.
+//! Intake: single documents (`POST /api/v1/inbound`) and atomic batches
+//! (`POST /api/v1/requests`). The request summary they point to is in `tracking`.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -10,15 +10,15 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::{
-    auth, body, ctx, finish, is_json_media, ok, parse_id, parse_json, read_body, rfc3339,
-    with_state, BodyStream, Ctx, Obj,
+    auth, body, ctx, finish, is_json_media, ok, parse_json, read_body, with_state, BodyStream, Ctx,
+    Obj,
 };
 use crate::error::{ApiError, InvalidExt};
 use crate::model::{
     media_essence, parse_doctype, parse_media_type, parse_partner_code, parse_short_text, Env,
 };
 use crate::store::records::MAX_RECEIVERS;
-use crate::store::{MessageRec, NewMessage, Principal};
+use crate::store::{MessageRec, NewMessage};
 use crate::AppState;
 
 /// Most messages one batch may carry.
@@ -39,13 +39,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(body(&state))
         .then(batch)
         .map(finish);
-    let get_request = warp::path!("api" / "v1" / "requests" / String)
-        .and(warp::get())
-        .and(with_state(state))
-        .and(ctx())
-        .then(get_request)
-        .map(finish);
-    inbound.or(batch).unify().or(get_request).unify().boxed()
+    inbound.or(batch).unify().boxed()
 }
 
 /// Refuses intake while the disk is nearly full (nothing is acknowledged then).
@@ -364,40 +358,6 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
             "batchReference": request.batch_reference,
             "messages": list,
             "trackingLocation": tracking_location(request.id),
-        }),
-    ))
-}
-
-/// The request summary: the caller's own requests only.
-async fn get_request(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    let principal: Principal = auth::partner(&state, &ctx)?;
-    let id = parse_id(&id, "request")?;
-    let request = state
-        .store
-        .request(principal.env, &principal.partner, id)?
-        .ok_or_else(|| ApiError::not_found("request"))?;
-    let mut messages = Vec::with_capacity(request.messages.len());
-    for mid in &request.messages {
-        if let Some(m) = state.store.message(principal.env, *mid)? {
-            messages.push(serde_json::json!({
-                "id": m.id,
-                "externalReference": m.external_reference,
-                "messageType": m.doctype,
-                "messageStatus": m.status,
-                "processedTime": m.processed_at.map(rfc3339),
-                "history": m.history.iter().map(|(at, status)| serde_json::json!({"at": rfc3339(*at), "status": status})).collect::<Vec<_>>(),
-                "errors": m.errors.iter().map(|e| serde_json::json!({"errorMessage": e})).collect::<Vec<_>>(),
-                "transmissions": transmission_refs(&m),
-            }));
-        }
-    }
-    Ok(ok(
-        StatusCode::OK,
-        serde_json::json!({
-            "id": request.id,
-            "batchReference": request.batch_reference,
-            "receivedAt": rfc3339(request.received_at),
-            "messages": messages,
         }),
     ))
 }

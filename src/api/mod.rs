@@ -10,6 +10,8 @@ mod deliveries;
 mod documents;
 mod inbound;
 mod system;
+mod tokens;
+mod tracking;
 mod transmissions;
 
 use std::collections::HashMap;
@@ -29,7 +31,7 @@ use warp::{Buf, Filter, Rejection};
 use crate::error::ApiError;
 use crate::AppState;
 
-pub use auth::{hash_admin_token, RateLimiter};
+pub use auth::{hash_admin_token, RateLimiter, TokenKeys};
 pub use system::redirect_to_https;
 
 /// Every route of the appliance, with the envelope applied to errors.
@@ -42,6 +44,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(transmissions::routes(state.clone()))
         .unify()
         .or(deliveries::routes(state.clone()))
+        .unify()
+        .or(tokens::routes(state.clone()))
+        .unify()
+        .or(tracking::routes(state.clone()))
         .unify()
         .or(admin::routes(state))
         .unify()
@@ -300,7 +306,7 @@ pub async fn read_form_with_key(
             return Err(ApiError::too_large(limit));
         }
     }
-    let principal = auth::partner_by_key(state, key.as_deref().unwrap_or_default())?;
+    let principal = auth::partner_by_form_key(state, key.as_deref().unwrap_or_default())?;
     let bytes = if done {
         buf.freeze()
     } else {
@@ -325,6 +331,20 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(ctx: &Ctx, bytes: &[u8]) -> Re
     }
     serde_json::from_slice::<Obj<T>>(bytes)
         .map(|o| o.0)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Parses a JSON body of any shape (a document, a list of criteria): 415 unless the content
+/// type is JSON (or absent), 400 for malformed JSON.
+pub fn parse_json_value(ctx: &Ctx, bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if let Some(media) = ctx.media_type() {
+        if !is_json_media(&media) {
+            return Err(ApiError::unsupported_media(format!(
+                "this endpoint reads application/json, not {media}"
+            )));
+        }
+    }
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 

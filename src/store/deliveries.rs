@@ -18,6 +18,7 @@ use super::records::{
     transmission_uuid, AttemptRec, DeliveryRec, EndpointHealthRec, MessageRec, PartnerRec, Target,
     PARKED,
 };
+use super::tracking::MessagePut;
 use super::transitions::{Event, Transition};
 use super::writer::{Table, Tx};
 use super::{Store, StoreError};
@@ -402,23 +403,17 @@ impl Store {
 pub(super) enum OwnerUpdate {
     /// Nothing to write (the owner is gone, or the event changes nothing).
     None,
-    /// The message record to store, and a poll queue entry to add.
+    /// The message to store (with its tracking entry), and a poll queue entry to add.
     Message {
-        key: [u8; 17],
-        record: Vec<u8>,
+        put: MessagePut,
         pending: Option<(Vec<u8>, Vec<u8>)>,
     },
 }
 
 impl OwnerUpdate {
     pub(super) fn write(self, t: &Tx<'_>) -> Result<(), StoreError> {
-        if let OwnerUpdate::Message {
-            key,
-            record,
-            pending,
-        } = self
-        {
-            t.insert(Table::Messages, key, record)?;
+        if let OwnerUpdate::Message { put, pending } = self {
+            put.write(t)?;
             if let Some((k, v)) = pending {
                 t.insert(Table::ReceiverPending, k, v)?;
             }
@@ -446,6 +441,7 @@ fn owner_event(
             let mut m: MessageRec = decode(&raw)?;
             let index = usize::from(*index);
             let to_polling = event == Event::ToPolling;
+            let before = m.tracked();
             let outcome = m.apply(index, event, now);
             if outcome != Transition::Changed {
                 return Ok((OwnerUpdate::None, outcome));
@@ -459,8 +455,7 @@ fn owner_event(
             };
             Ok((
                 OwnerUpdate::Message {
-                    key,
-                    record: encode(&m)?,
+                    put: MessagePut::new(&m, before)?,
                     pending,
                 },
                 outcome,

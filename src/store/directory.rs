@@ -14,6 +14,26 @@ use super::writer::{Table, Tx};
 use super::{now_ms, Store, StoreError};
 use crate::model::Env;
 
+/// The token signing key from `meta`, made and stored (durably) when there is none.
+pub(super) fn ensure_token_key(
+    t: &super::Trees,
+    writer: &super::writer::Writer,
+) -> Result<super::records::TokenKeyRec, StoreError> {
+    const NAME: &[u8] = b"token_key";
+    if let Some(raw) = t.meta.get(NAME)? {
+        return decode(&raw);
+    }
+    let secret = crate::secrets::token_signing_key().map_err(|e| StoreError::Io(e.into()))?;
+    let rec = super::records::TokenKeyRec {
+        id: Uuid::now_v7(),
+        secret,
+        created_at: now_ms(),
+    };
+    let value = encode(&rec)?;
+    writer.write_blocking(move |tx| tx.insert(Table::Meta, NAME, value))?;
+    Ok(rec)
+}
+
 /// Who is calling: the partner and environment of a valid, unrevoked key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -29,6 +49,8 @@ pub struct Directory {
     partners: HashMap<String, PartnerRec>,
     /// Active keys by the SHA-256 of their secret.
     keys: HashMap<[u8; 32], ApiKeyRec>,
+    /// The hash of each active key, by key id (tokens name the key that minted them).
+    key_ids: HashMap<Uuid, [u8; 32]>,
     routes: Vec<RouteRec>,
 }
 
@@ -42,6 +64,18 @@ impl Directory {
         if !bool::from(key.hash.ct_eq(&hash)) {
             return None;
         }
+        let partner = self.partners.get(&key.partner)?;
+        partner.active.then(|| Principal {
+            partner: key.partner.clone(),
+            env: key.env,
+            key_id: key.id,
+        })
+    }
+
+    /// The principal of an active key given by its id, if its partner is active too: what
+    /// a token minted with that key stands for.
+    pub fn key_principal(&self, id: Uuid) -> Option<Principal> {
+        let key = self.keys.get(self.key_ids.get(&id)?)?;
         let partner = self.partners.get(&key.partner)?;
         partner.active.then(|| Principal {
             partner: key.partner.clone(),
@@ -169,6 +203,7 @@ impl Store {
             let (_, v) = item?;
             let k: ApiKeyRec = decode(&v)?;
             if k.revoked_at.is_none() {
+                dir.key_ids.insert(k.id, k.hash);
                 dir.keys.insert(k.hash, k);
             }
         }

@@ -16,6 +16,7 @@ use super::records::{
     clip, new_message_id, split_transmission_uuid, transmission_uuid, DeliveryRec, MessageRec,
     RequestRec, Target, TransmissionRec, TransmissionState,
 };
+use super::tracking::{intake_entries, request_id_at, MessagePut};
 use super::transitions::{Event, Transition};
 use super::writer::{Table, LARGE_WRITE_BYTES};
 use super::{Store, StoreError};
@@ -121,7 +122,7 @@ impl Store {
         new: Vec<NewMessage>,
         now: i64,
     ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
-        let request_id = Uuid::now_v7();
+        let request_id = request_id_at(now);
         let mut messages = Vec::with_capacity(new.len());
         let mut small_payloads = Vec::with_capacity(new.len());
         for m in new {
@@ -139,16 +140,7 @@ impl Store {
             let transmissions = m
                 .receivers
                 .into_iter()
-                .map(|receiver| TransmissionState {
-                    receiver,
-                    status: Status::Queued,
-                    attempts: 0,
-                    lease_until: None,
-                    delivered_at: None,
-                    acknowledged_at: None,
-                    last_error: None,
-                    outbox_due: None,
-                })
+                .map(|receiver| TransmissionState::queued(receiver, now))
                 .collect();
             messages.push(MessageRec {
                 id: new_message_id(),
@@ -252,6 +244,7 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
+        let index = intake_entries(&request, &messages);
 
         self.writer
             .write(move |t| {
@@ -263,6 +256,9 @@ impl Store {
                 }
                 for (key, value) in outbox {
                     t.insert(Table::Outbox, key, value)?;
+                }
+                for (table, key, value) in index {
+                    t.insert(table, key, value)?;
                 }
                 t.insert(Table::Requests, request_key, request_value)
             })
@@ -415,11 +411,11 @@ impl Store {
                             continue;
                         }
                     };
+                    let before = m.tracked();
                     if m.apply(index, Event::Claimed { lease_until }, now) != Transition::Changed {
                         continue;
                     }
-                    let record = encode(&m)?;
-                    t.insert(Table::Messages, mkey, record)?;
+                    MessagePut::new(&m, before)?.write(t)?;
                     let receiver = &m.transmissions[index].receiver;
                     let pkey = partner_id(env, receiver, uuid);
                     match (&candidate, lease_until) {
@@ -489,11 +485,11 @@ impl Store {
                 let queued = poll_queue_keys(env, &m, index);
                 let outbox = queued_push_key(&m, index);
                 let event = Event::Corrupt { error: why };
+                let before = m.tracked();
                 if m.apply(index, event, now) != Transition::Changed {
                     return Ok(());
                 }
-                let record = encode(&m)?;
-                t.insert(Table::Messages, mkey, record)?;
+                MessagePut::new(&m, before)?.write(t)?;
                 for (table, key) in queued {
                     t.remove(table, key)?;
                 }
@@ -539,14 +535,14 @@ impl Store {
                 let outbox = queued_push_key(&m, index);
                 let queued = poll_queue_keys(env, &m, index);
                 let lost = || StoreError::Codec("lost transmission".into());
+                let before = m.tracked();
                 let outcome = m.apply(index, event, now);
                 let view = m.transmission(index).ok_or_else(lost)?;
                 match outcome {
                     Transition::Same => Ok(AckOutcome::Done(view)),
                     Transition::Refused => Ok(AckOutcome::Conflict(view)),
                     Transition::Changed => {
-                        let record = encode(&m)?;
-                        t.insert(Table::Messages, mkey, record)?;
+                        MessagePut::new(&m, before)?.write(t)?;
                         for (table, key) in queued {
                             t.remove(table, key)?;
                         }

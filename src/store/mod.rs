@@ -17,6 +17,9 @@
 //! | `outbox` | endpoint ‖ 0xFF ‖ due (u64 BE ms) ‖ delivery id | [`DeliveryRec`] |
 //! | `attempts` | env ‖ delivery id ‖ attempt (u32 BE) | [`AttemptRec`] |
 //! | `endpoint_health` | endpoint | [`EndpointHealthRec`] |
+//! | `tracking` | env ‖ sender ‖ 0xFF ‖ request id ‖ message id | status ‖ processed at ‖ doctype |
+//! | `tracking_refs` | env ‖ sender ‖ 0xFF ‖ reference ‖ 0xFF ‖ request id ‖ message id | (empty) |
+//! | `meta` | name | the token signing key ([`TokenKeyRec`]), one-time migration markers |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -28,6 +31,7 @@ mod messages;
 pub mod payload_log;
 pub mod records;
 mod requeue;
+pub mod tracking;
 pub mod transitions;
 mod writer;
 
@@ -38,6 +42,9 @@ pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Que
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
+pub use tracking::{
+    CancelOutcome, StatusSummary, TrackedRequest, TrackingPage, TrackingQuery, TrackingSort,
+};
 
 use payload_log::PayloadLog;
 use writer::Writer;
@@ -81,6 +88,9 @@ pub struct Trees {
     outbox: sled::Tree,
     endpoint_health: sled::Tree,
     receiver_leased: sled::Tree,
+    tracking: sled::Tree,
+    tracking_refs: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Trees {
@@ -99,6 +109,9 @@ impl Trees {
             &self.outbox,
             &self.endpoint_health,
             &self.receiver_leased,
+            &self.tracking,
+            &self.tracking_refs,
+            &self.meta,
         ]
     }
 }
@@ -163,6 +176,8 @@ pub struct Store {
     admin_lock: tokio::sync::Mutex<()>,
     /// Tells the delivery engine about new outbox entries, so it need not poll.
     pub outbox: OutboxSignal,
+    /// The key that signs and checks partner tokens (JWT, HS256), made at first start.
+    token_key: TokenKeyRec,
 }
 
 impl Store {
@@ -196,10 +211,14 @@ impl Store {
             outbox: tree("outbox")?,
             endpoint_health: tree("endpoint_health")?,
             receiver_leased: tree("receiver_leased")?,
+            tracking: tree("tracking")?,
+            tracking_refs: tree("tracking_refs")?,
+            meta: tree("meta")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
         let writer = Writer::start(Arc::clone(&t), Arc::clone(&payload_log), dir, writer_queue)?;
+        let token_key = directory::ensure_token_key(&t, &writer)?;
         let store = Store {
             t,
             payload_log,
@@ -207,8 +226,16 @@ impl Store {
             directory: RwLock::new(Arc::new(Directory::default())),
             admin_lock: tokio::sync::Mutex::new(()),
             outbox: OutboxSignal::new(),
+            token_key,
         };
         store.reload_directory()?;
+        let indexed = store.build_tracking_index()?;
+        if indexed > 0 {
+            tracing::info!(
+                indexed,
+                "built the tracking index of messages stored earlier"
+            );
+        }
         let moved = store.migrate_legacy_deliveries()?;
         if moved > 0 {
             tracing::info!(moved, "moved queued pushes into the outbox");
@@ -241,6 +268,11 @@ impl Store {
             Ok(d) => Arc::clone(&d),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// The key partner tokens are signed with, and its id.
+    pub fn token_key(&self) -> &TokenKeyRec {
+        &self.token_key
     }
 
     /// Makes everything durable and stops the writer. Called once at shutdown.

@@ -210,6 +210,27 @@ pub struct ApiKeyRec {
 }
 
 impl Record for ApiKeyRec {}
+
+/// The key that signs partner tokens. Key in `meta`: `token_key`. Made once, at the first
+/// start, from the OS random source; it never leaves the store except into memory.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenKeyRec {
+    pub id: Uuid,
+    /// 256 random bits.
+    pub secret: Vec<u8>,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for TokenKeyRec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeyRec")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Record for TokenKeyRec {}
 impl Record for PartnerRec {}
 impl Record for RouteRec {}
 impl Record for RequestRec {}
@@ -250,8 +271,9 @@ pub struct MessageRec {
     /// [`HISTORY_KEPT`] are kept; `history_dropped` counts those left out between.
     pub history: Vec<(i64, Status)>,
     pub history_dropped: u32,
-    /// The most recent [`ERRORS_KEPT`] errors; `errors_dropped` counts older ones.
-    pub errors: Vec<String>,
+    /// The most recent [`ERRORS_KEPT`] errors with their times (receiver-reported
+    /// failures, failed pushes, damaged payloads); `errors_dropped` counts older ones.
+    pub errors: Vec<(i64, String)>,
     pub errors_dropped: u32,
     /// When the message reached `processed` or a final status.
     pub processed_at: Option<i64>,
@@ -259,11 +281,12 @@ pub struct MessageRec {
 }
 
 impl Record for MessageRec {
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
         match version {
             1 => Ok(decode_body::<MessageRecV1>(body)?.into()),
+            2 => Ok(decode_body::<MessageRecV2>(body)?.into()),
             v => Err(StoreError::Codec(format!("unknown message version {v}"))),
         }
     }
@@ -273,6 +296,9 @@ impl Record for MessageRec {
 pub const HISTORY_KEPT: usize = 15;
 /// Errors kept per message.
 pub const ERRORS_KEPT: usize = 20;
+/// Status changes kept per transmission besides its first. Small, because a message may
+/// fan out to [`MAX_RECEIVERS`] transmissions and its record must stay under the limit.
+pub const TX_HISTORY_KEPT: usize = 7;
 /// The longest error text stored (longer ones are cut at a character boundary).
 pub const ERROR_CHARS: usize = 200;
 
@@ -291,6 +317,37 @@ pub struct TransmissionState {
     /// ([`PARKED`] while its endpoint is paused or disabled), so an acknowledgement or a
     /// cancellation can remove it.
     pub outbox_due: Option<u64>,
+    /// Status changes: (time, status), the first and the [`TX_HISTORY_KEPT`] most recent;
+    /// `history_dropped` counts those left out between.
+    pub history: Vec<(i64, Status)>,
+    pub history_dropped: u32,
+}
+
+impl TransmissionState {
+    /// A new transmission to `receiver`, queued at `now`.
+    pub fn queued(receiver: String, now: i64) -> TransmissionState {
+        TransmissionState {
+            receiver,
+            status: Status::Queued,
+            attempts: 0,
+            lease_until: None,
+            delivered_at: None,
+            acknowledged_at: None,
+            last_error: None,
+            outbox_due: None,
+            history: vec![(now, Status::Queued)],
+            history_dropped: 0,
+        }
+    }
+
+    /// Adds a status change to the history, keeping the first and the most recent.
+    pub fn record_status(&mut self, at: i64, status: Status) {
+        if self.history.len() > TX_HISTORY_KEPT {
+            self.history.remove(1);
+            self.history_dropped = self.history_dropped.saturating_add(1);
+        }
+        self.history.push((at, status));
+    }
 }
 
 /// The due time of a parked outbox entry: after every real time, so it is never due.
@@ -350,6 +407,8 @@ impl From<MessageRecV1> for MessageRec {
                 .transmissions
                 .into_iter()
                 .map(|t| TransmissionState {
+                    history: vec![(m.received_at, t.status)],
+                    history_dropped: 0,
                     receiver: t.receiver,
                     status: t.status,
                     attempts: t.attempts,
@@ -361,13 +420,92 @@ impl From<MessageRecV1> for MessageRec {
                 })
                 .collect(),
         };
+        // Older formats kept no time per error; the last status change is the closest.
+        let at = m.history.last().map_or(m.received_at, |(at, _)| *at);
         for (at, status) in m.history {
             out.record_status(at, status);
         }
         for e in m.errors {
-            out.record_error(e);
+            out.record_error(at, e);
         }
         out
+    }
+}
+
+/// The message record of format version 2 (errors without times, transmissions without
+/// their own history).
+#[derive(Deserialize)]
+struct MessageRecV2 {
+    id: Uuid,
+    request_id: Uuid,
+    env: Env,
+    sender: String,
+    doctype: String,
+    version: Option<String>,
+    external_reference: Option<String>,
+    content_type: String,
+    payload: PayloadRef,
+    received_at: i64,
+    status: Status,
+    history: Vec<(i64, Status)>,
+    history_dropped: u32,
+    errors: Vec<String>,
+    errors_dropped: u32,
+    processed_at: Option<i64>,
+    transmissions: Vec<TransmissionStateV2>,
+}
+
+#[derive(Deserialize)]
+struct TransmissionStateV2 {
+    receiver: String,
+    status: Status,
+    attempts: u32,
+    lease_until: Option<i64>,
+    delivered_at: Option<i64>,
+    acknowledged_at: Option<i64>,
+    last_error: Option<String>,
+    outbox_due: Option<u64>,
+}
+
+impl From<MessageRecV2> for MessageRec {
+    fn from(m: MessageRecV2) -> Self {
+        // The transmission's own history starts with its status as it was read: the
+        // times of its earlier changes were not kept.
+        let since = m.history.last().map_or(m.received_at, |(at, _)| *at);
+        MessageRec {
+            id: m.id,
+            request_id: m.request_id,
+            env: m.env,
+            sender: m.sender,
+            doctype: m.doctype,
+            version: m.version,
+            external_reference: m.external_reference,
+            content_type: m.content_type,
+            payload: m.payload,
+            received_at: m.received_at,
+            status: m.status,
+            history: m.history,
+            history_dropped: m.history_dropped,
+            errors: m.errors.into_iter().map(|e| (since, e)).collect(),
+            errors_dropped: m.errors_dropped,
+            processed_at: m.processed_at,
+            transmissions: m
+                .transmissions
+                .into_iter()
+                .map(|t| TransmissionState {
+                    history: vec![(since, t.status)],
+                    history_dropped: 0,
+                    receiver: t.receiver,
+                    status: t.status,
+                    attempts: t.attempts,
+                    lease_until: t.lease_until,
+                    delivered_at: t.delivered_at,
+                    acknowledged_at: t.acknowledged_at,
+                    last_error: t.last_error,
+                    outbox_due: t.outbox_due,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -450,13 +588,14 @@ impl MessageRec {
         self.history.push((at, status));
     }
 
-    /// Adds an error, keeping the most recent [`ERRORS_KEPT`], each cut to [`ERROR_CHARS`].
-    pub fn record_error(&mut self, error: String) {
+    /// Adds an error that happened at `at`, keeping the most recent [`ERRORS_KEPT`], each
+    /// cut to [`ERROR_CHARS`].
+    pub fn record_error(&mut self, at: i64, error: String) {
         if self.errors.len() >= ERRORS_KEPT {
             self.errors.remove(0);
             self.errors_dropped = self.errors_dropped.saturating_add(1);
         }
-        self.errors.push(clip(error));
+        self.errors.push((at, clip(error)));
     }
 
     /// Recomputes the message status from its transmissions; records a change in the history.
@@ -491,4 +630,96 @@ pub fn clip(mut text: String) -> String {
         text.push('…');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::decode;
+    use super::*;
+
+    /// A transmission as format version 2 wrote it: receiver, status, attempts, lease
+    /// until, delivered at, acknowledged at, last error, outbox due.
+    type TransmissionV2 = (
+        String,
+        Status,
+        u32,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<u64>,
+    );
+
+    /// The layout format version 2 wrote, field for field.
+    #[derive(Serialize)]
+    struct V2 {
+        id: Uuid,
+        request_id: Uuid,
+        env: Env,
+        sender: String,
+        doctype: String,
+        version: Option<String>,
+        external_reference: Option<String>,
+        content_type: String,
+        payload: PayloadRef,
+        received_at: i64,
+        status: Status,
+        history: Vec<(i64, Status)>,
+        history_dropped: u32,
+        errors: Vec<String>,
+        errors_dropped: u32,
+        processed_at: Option<i64>,
+        transmissions: Vec<TransmissionV2>,
+    }
+
+    #[test]
+    fn a_version_2_message_reads_with_times_on_its_errors_and_transmission_histories() {
+        let v2 = V2 {
+            id: new_message_id(),
+            request_id: Uuid::now_v7(),
+            env: Env::Test,
+            sender: "ACME".into(),
+            doctype: "order".into(),
+            version: Some("1".into()),
+            external_reference: Some("R".into()),
+            content_type: "application/json".into(),
+            payload: PayloadRef {
+                segment: 1,
+                offset: 2,
+                len: 3,
+                crc: 4,
+            },
+            received_at: 100,
+            status: Status::Failed,
+            history: vec![(100, Status::Queued), (200, Status::Failed)],
+            history_dropped: 0,
+            errors: vec!["GLOBEX: boom".into()],
+            errors_dropped: 0,
+            processed_at: Some(200),
+            transmissions: vec![(
+                "GLOBEX".into(),
+                Status::Failed,
+                2,
+                None,
+                Some(150),
+                Some(200),
+                Some("boom".into()),
+                None,
+            )],
+        };
+        let mut bytes = vec![2u8];
+        bincode::serde::encode_into_std_write(&v2, &mut bytes, bincode::config::standard())
+            .unwrap();
+        let m: MessageRec = decode(&bytes).unwrap();
+        assert_eq!(m.env, Env::Test);
+        assert_eq!(m.errors, vec![(200, "GLOBEX: boom".to_owned())]);
+        assert_eq!(m.history.len(), 2);
+        let t = &m.transmissions[0];
+        assert_eq!(
+            (t.receiver.as_str(), t.status, t.attempts),
+            ("GLOBEX", Status::Failed, 2)
+        );
+        assert_eq!(t.history, vec![(200, Status::Failed)]);
+        assert_eq!(t.last_error.as_deref(), Some("boom"));
+    }
 }

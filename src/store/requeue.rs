@@ -6,6 +6,7 @@ use uuid::Uuid;
 use super::codec::{decode, encode, env_id, parse_pending_value, partner_id, pending_value};
 use super::deliveries::{due_at, outbox_key, owner_update};
 use super::records::{transmission_uuid, DeliveryRec, DeliveryRecV1, MessageRec, Target};
+use super::tracking::MessagePut;
 use super::transitions::{Event, Transition};
 use super::writer::{Table, Tx};
 use super::{Store, StoreError};
@@ -72,6 +73,7 @@ impl Store {
                     let event = Event::Redelivered {
                         due: pushed.then_some(due),
                     };
+                    let before = m.tracked();
                     if m.apply(index, event, now) != Transition::Changed {
                         continue;
                     }
@@ -93,11 +95,11 @@ impl Store {
                         let key = partner_id(env, &receiver, uuid);
                         (Table::ReceiverPending, key, pending_value(0, &m.doctype))
                     };
-                    writes.push((mkey, encode(&m)?, queue));
+                    writes.push((MessagePut::new(&m, before)?, queue));
                 }
                 let n = writes.len();
-                for (mkey, record, (table, key, value)) in writes {
-                    t.insert(Table::Messages, mkey, record)?;
+                for (put, (table, key, value)) in writes {
+                    put.write(t)?;
                     t.insert(table, key, value)?;
                 }
                 Ok(n)

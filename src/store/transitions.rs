@@ -155,9 +155,12 @@ impl MessageRec {
             }
             _ => Transition::Refused,
         };
+        if result == Transition::Changed && tx.status != status {
+            tx.record_status(now, tx.status);
+        }
         if let Some(e) = error {
             let receiver = tx.receiver.clone();
-            self.record_error(format!("{receiver}: {e}"));
+            self.record_error(now, format!("{receiver}: {e}"));
         }
         if result == Transition::Changed {
             self.refresh_status(now);
@@ -207,6 +210,8 @@ mod tests {
                 acknowledged_at: None,
                 last_error: None,
                 outbox_due: Some(5),
+                history: vec![(0, status)],
+                history_dropped: 0,
             }],
         }
     }
@@ -359,7 +364,15 @@ mod tests {
         assert_eq!(m.history[0], (0, Queued), "the first entry stays");
         assert!(m.history_dropped > 1000);
         assert_eq!(m.errors.len(), super::super::records::ERRORS_KEPT);
-        assert!(m.errors.iter().all(|e| e.chars().count() <= 201));
+        assert!(m.errors.iter().all(|(_, e)| e.chars().count() <= 201));
+        let tx = &m.transmissions[0];
+        assert_eq!(tx.history.len(), super::super::records::TX_HISTORY_KEPT + 1);
+        assert_eq!(
+            tx.history[0],
+            (0, Queued),
+            "the transmission's first entry stays"
+        );
+        assert!(tx.history_dropped > 1000);
         assert!(
             super::super::codec::encode(&m).unwrap().len() < 8192,
             "a long-lived record stays small"

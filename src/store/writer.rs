@@ -66,6 +66,9 @@ pub enum Table {
     Outbox,
     EndpointHealth,
     ReceiverLeased,
+    Tracking,
+    TrackingRefs,
+    Meta,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

@@ -221,8 +221,10 @@ fn credentials_are_checked_before_large_bodies_are_read() {
 
     // Admin endpoints check the token before reading anything.
     let head = "POST /admin/api/partners HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wba_wrong\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n";
-    let (text, _) = raw(app.addr, head.as_bytes(), wait);
+    let (text, closed) = raw(app.addr, head.as_bytes(), wait);
     assert_eq!(status_of(&text), Some(401), "{text}");
+    // The body was never read, so the connection is not reused: the answer says so.
+    assert!(text.to_ascii_lowercase().contains("connection: close") && closed, "{text}");
 
     // A key in the form, early in a large body, is still accepted, and stripped.
     let mut body = format!("apikey={acme}&data=").into_bytes();

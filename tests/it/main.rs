@@ -13,6 +13,7 @@ mod packaging;
 mod process;
 mod push;
 mod receiver;
+mod tracking;
 mod transmissions;
 
 use std::net::SocketAddr;
@@ -83,7 +84,16 @@ pub fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts the server as [`spawn_app_with`] does, spoken to as `scheme://localhost` with `agent`.
 pub fn spawn_app_on(scheme: &str, agent: ureq::Agent, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
+    spawn_app_in(tempfile::tempdir().expect("tempdir"), scheme, agent, tweak)
+}
+
+/// Starts the server on the data directory `dir`, which may hold an earlier server's data.
+pub fn spawn_app_in(
+    dir: tempfile::TempDir,
+    scheme: &str,
+    agent: ureq::Agent,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     let overrides = Overrides {
         data_dir: Some(dir.path().to_owned()),
         listen: Some("127.0.0.1:0".into()),

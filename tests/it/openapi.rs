@@ -21,7 +21,14 @@ const SERVED: &[(&str, &str)] = &[
     // inbound.rs
     ("post", "/api/v1/inbound"),
     ("post", "/api/v1/requests"),
+    // tracking.rs
+    ("post", "/api/v1/tracking"),
     ("get", "/api/v1/requests/{id}"),
+    ("get", "/api/v1/messages/{id}"),
+    ("post", "/api/v1/messages/{id}/cancel"),
+    ("post", "/admin/api/messages/{id}/cancel"),
+    // tokens.rs
+    ("post", "/api/v1/auth/token"),
     // documents.rs
     ("post", "/api/v1/documents/{doctype}"),
     ("get", "/api/v1/documents/{doctype}/{id}"),
