@@ -51,6 +51,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
 }
 
 /// `[server]`: where and how the HTTP server listens.
@@ -152,6 +153,19 @@ pub struct AuthConfig {
     pub token_ttl_seconds: u64,
     /// The `iss` claim tokens carry and must carry to be accepted.
     pub token_issuer: String,
+}
+
+/// `[admin]`: admin users' sessions.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A session unused for this many minutes ends.
+    pub session_idle_minutes: u64,
+    /// A session ends this many hours after login, however active.
+    pub session_max_hours: u64,
+    /// Mark the session cookie `Secure` although this server speaks plain HTTP (behind a
+    /// TLS-terminating proxy). With HTTPS on it is always `Secure`.
+    pub secure_cookies: bool,
 }
 
 /// `[log]`: log output.
@@ -268,6 +282,12 @@ impl Config {
                     "server.{name} must be 1-3600 seconds"
                 )));
             }
+        }
+        if !(1..=1440).contains(&self.admin.session_idle_minutes) {
+            return bad("admin.session_idle_minutes must be 1-1440");
+        }
+        if !(1..=720).contains(&self.admin.session_max_hours) {
+            return bad("admin.session_max_hours must be 1-720");
         }
         if self.store.writer_queue == 0 {
             return bad("store.writer_queue must be greater than 0");

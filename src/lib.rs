@@ -53,6 +53,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub admin_token_hash: Arc<[u8; 32]>,
     pub limiter: Arc<api::RateLimiter>,
+    /// Failed admin logins, per username and source address.
+    pub logins: Arc<api::admin_auth::LoginLimiter>,
     /// Mints and checks partner tokens (JWT).
     pub tokens: Arc<api::TokenKeys>,
     /// Long polls waiting per (environment, receiver).
@@ -246,6 +248,7 @@ pub async fn run(
     let state = AppState {
         store: Arc::clone(&store),
         limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
+        logins: Arc::default(),
         tokens: Arc::new(api::TokenKeys::new(
             &store.token_key().secret,
             &config.auth.token_issuer,

@@ -377,11 +377,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
+/// The address of the client, put in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
+
 /// The route service with each request counted in flight on its connection.
 #[derive(Clone)]
 struct Counted<S> {
     inner: S,
     conn: Arc<Conn>,
+    remote: std::net::SocketAddr,
 }
 
 impl<S, B, R> hyper::service::Service<http::Request<B>> for Counted<S>
@@ -393,7 +398,8 @@ where
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
-    fn call(&self, req: http::Request<B>) -> Self::Future {
+    fn call(&self, mut req: http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(RemoteAddr(self.remote));
         let busy = InFlight::begin(&self.conn);
         let has_body = has_body(req.headers());
         let fut = self.inner.call(req);
@@ -476,7 +482,7 @@ pub async fn serve(
     let mut out_of_files: Option<Instant> = None;
     let mut last_full_warning: Option<Instant> = None;
     loop {
-        let (stream, _remote) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -565,6 +571,7 @@ pub async fn serve(
             let service = Counted {
                 inner: TowerToHyperService::new(service),
                 conn: Arc::clone(&conn),
+                remote,
             };
             let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {

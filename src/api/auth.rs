@@ -17,7 +17,6 @@ use http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::Ctx;
@@ -262,15 +261,9 @@ pub fn hash_admin_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
-/// Checks the admin bearer token in constant time.
-pub fn admin(state: &AppState, ctx: &Ctx) -> Result<(), ApiError> {
-    let token = bearer(ctx).ok_or_else(ApiError::unauthorized)?;
-    let given = hash_admin_token(token);
-    if bool::from(given.ct_eq(&*state.admin_token_hash)) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+/// Authenticates an admin call: the admin token, or a user's session (see `admin_auth`).
+pub fn admin(state: &AppState, ctx: &Ctx) -> Result<super::admin_auth::Actor, ApiError> {
+    super::admin_auth::admin(state, ctx)
 }
 
 /// Token buckets per partner: `rps` tokens a second, holding at most twice that.

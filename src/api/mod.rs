@@ -5,6 +5,8 @@
 //! maps what is left (unknown paths, wrong methods) to the JSON envelope.
 
 mod admin;
+pub mod admin_auth;
+mod admin_users;
 mod auth;
 mod deliveries;
 mod documents;
@@ -32,11 +34,11 @@ use crate::error::ApiError;
 use crate::AppState;
 
 pub use auth::{hash_admin_token, RateLimiter, TokenKeys};
-pub use system::redirect_to_https;
+pub use system::{redirect_to_https, OPENAPI};
 
 /// Every route of the appliance, with the envelope applied to errors.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    system::routes(state.clone())
+    let all = system::routes(state.clone())
         .or(inbound::routes(state.clone()))
         .unify()
         .or(documents::routes(state.clone()))
@@ -49,7 +51,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(tracking::routes(state.clone()))
         .unify()
-        .or(admin::routes(state))
+        .or(admin_users::routes(state.clone()))
+        .unify()
+        .or(admin::routes(state.clone()))
+        .unify()
+        .boxed();
+    // Admin calls go through the audit log; everything else skips it at the first segment.
+    admin_users::audited(state, all.clone())
+        .or(all)
         .unify()
         .recover(recover)
         .unify()
@@ -61,6 +70,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 pub struct Ctx {
     pub headers: HeaderMap,
     pub query: HashMap<String, String>,
+    pub method: http::Method,
+    /// The client's address, as the server accepted it.
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 impl Ctx {
@@ -121,12 +133,18 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 fn ctx() -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
     warp::header::headers_cloned()
         .and(warp::query::raw().or_else(|_| async { Ok::<_, Rejection>((String::new(),)) }))
-        .map(|headers, raw: String| Ctx {
-            headers,
-            query: form_urlencoded::parse(raw.as_bytes())
-                .into_owned()
-                .collect(),
-        })
+        .and(warp::method())
+        .and(warp::ext::optional::<crate::server::RemoteAddr>())
+        .map(
+            |headers, raw: String, method, remote: Option<crate::server::RemoteAddr>| Ctx {
+                headers,
+                query: form_urlencoded::parse(raw.as_bytes())
+                    .into_owned()
+                    .collect(),
+                method,
+                remote: remote.map(|r| r.0),
+            },
+        )
 }
 
 fn body(state: &AppState) -> impl Filter<Extract = (BodyStream,), Error = Rejection> + Clone {

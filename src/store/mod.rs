@@ -24,6 +24,7 @@
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
 
+pub mod admins;
 mod codec;
 mod deliveries;
 pub mod directory;
@@ -91,6 +92,9 @@ pub struct Trees {
     tracking: sled::Tree,
     tracking_refs: sled::Tree,
     meta: sled::Tree,
+    admin_users: sled::Tree,
+    admin_sessions: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl Trees {
@@ -112,6 +116,9 @@ impl Trees {
             &self.tracking,
             &self.tracking_refs,
             &self.meta,
+            &self.admin_users,
+            &self.admin_sessions,
+            &self.audit,
         ]
     }
 }
@@ -214,6 +221,9 @@ impl Store {
             tracking: tree("tracking")?,
             tracking_refs: tree("tracking_refs")?,
             meta: tree("meta")?,
+            admin_users: tree("admin_users")?,
+            admin_sessions: tree("admin_sessions")?,
+            audit: tree("audit")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);

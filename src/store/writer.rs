@@ -69,6 +69,9 @@ pub enum Table {
     Tracking,
     TrackingRefs,
     Meta,
+    AdminUsers,
+    AdminSessions,
+    Audit,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

@@ -37,6 +37,15 @@ const SERVED: &[(&str, &str)] = &[
     ("put", "/api/v1/transmissions/status/{uuid}"),
     ("get", "/api/v1/transmissions/{uuid}"),
     ("get", "/api/v1/transmissions/{uuid}/payload"),
+    // admin_users.rs
+    ("post", "/admin/api/login"),
+    ("post", "/admin/api/logout"),
+    ("get", "/admin/api/me"),
+    ("post", "/admin/api/users"),
+    ("get", "/admin/api/users"),
+    ("delete", "/admin/api/users/{username}"),
+    ("put", "/admin/api/users/{username}/password"),
+    ("get", "/admin/api/audit"),
     // admin.rs
     ("post", "/admin/api/partners"),
     ("get", "/admin/api/partners"),
