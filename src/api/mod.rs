@@ -6,8 +6,10 @@
 
 mod admin;
 mod auth;
+pub mod background;
 mod deliveries;
 mod documents;
+pub mod idempotency;
 mod inbound;
 mod system;
 mod tokens;
@@ -36,7 +38,11 @@ pub use system::redirect_to_https;
 
 /// Every route of the appliance, with the envelope applied to errors.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    system::routes(state.clone())
+    background::intercept(state.clone())
+        .or(system::routes(state.clone()))
+        .unify()
+        .or(background::routes(state.clone()))
+        .unify()
         .or(inbound::routes(state.clone()))
         .unify()
         .or(documents::routes(state.clone()))
@@ -61,6 +67,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 pub struct Ctx {
     pub headers: HeaderMap,
     pub query: HashMap<String, String>,
+    pub method: http::Method,
+    /// The path as sent (still percent-encoded).
+    pub path: String,
+    /// The query string as sent.
+    pub raw_query: String,
+    /// Set only on a background job's replay, in-process: who the job runs as.
+    pub injected: Option<background::Injected>,
 }
 
 impl Ctx {
@@ -121,12 +134,21 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 fn ctx() -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
     warp::header::headers_cloned()
         .and(warp::query::raw().or_else(|_| async { Ok::<_, Rejection>((String::new(),)) }))
-        .map(|headers, raw: String| Ctx {
-            headers,
-            query: form_urlencoded::parse(raw.as_bytes())
-                .into_owned()
-                .collect(),
-        })
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::ext::optional::<background::Injected>())
+        .map(
+            |headers, raw: String, method, path: warp::path::FullPath, injected| Ctx {
+                headers,
+                query: form_urlencoded::parse(raw.as_bytes())
+                    .into_owned()
+                    .collect(),
+                method,
+                path: path.as_str().to_owned(),
+                raw_query: raw,
+                injected,
+            },
+        )
 }
 
 fn body(state: &AppState) -> impl Filter<Extract = (BodyStream,), Error = Rejection> + Clone {
@@ -455,6 +477,27 @@ pub fn is_json_media(media: &str) -> bool {
 /// Answers a handler's result: the reply, or the error envelope.
 fn finish(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// The bytes of the success envelope around `data`.
+pub fn envelope<T: Serialize>(data: T) -> Bytes {
+    #[derive(Serialize)]
+    struct Envelope<T> {
+        success: bool,
+        data: T,
+        error: Option<()>,
+    }
+    match serde_json::to_vec(&Envelope {
+        success: true,
+        data,
+        error: None,
+    }) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            tracing::error!(error = %e, "response serialization failed");
+            Bytes::from_static(br#"{"success":false,"data":null,"error":{"code":"internal","message":"internal error","field":null}}"#)
+        }
+    }
 }
 
 /// A JSON response with the given status.

@@ -69,6 +69,12 @@ pub enum Table {
     Tracking,
     TrackingRefs,
     Meta,
+    Jobs,
+    JobsQueued,
+    JobsRunning,
+    JobContent,
+    Idempotency,
+    IdempotencyExpiry,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

@@ -224,7 +224,10 @@ fn credentials_are_checked_before_large_bodies_are_read() {
     let (text, closed) = raw(app.addr, head.as_bytes(), wait);
     assert_eq!(status_of(&text), Some(401), "{text}");
     // The body was never read, so the connection is not reused: the answer says so.
-    assert!(text.to_ascii_lowercase().contains("connection: close") && closed, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close") && closed,
+        "{text}"
+    );
 
     // A key in the form, early in a large body, is still accepted, and stripped.
     let mut body = format!("apikey={acme}&data=").into_bytes();
