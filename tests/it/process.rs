@@ -512,7 +512,11 @@ fn background_jobs_queued_or_running_at_sigkill_each_have_one_effect_after_resta
         )
         .data(200)
     };
-    assert_eq!(state(&server, &globex, &running)["state"], "running");
+    let until = Instant::now() + Duration::from_secs(10);
+    while state(&server, &globex, &running)["state"] != "running" {
+        assert!(Instant::now() < until, "the long poll never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 
