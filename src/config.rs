@@ -45,6 +45,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub outbound: OutboundConfig,
     pub delivery: DeliveryConfig,
+    pub background: BackgroundConfig,
     pub subscriptions: SubscriptionsConfig,
     pub retention: RetentionConfig,
     pub limits: LimitsConfig,
@@ -107,6 +108,18 @@ pub struct DeliveryConfig {
     pub endpoint_concurrency: usize,
     /// The longest wait a receiver's `Retry-After` can ask for, in seconds.
     pub max_retry_after_seconds: u64,
+}
+
+/// `[background]`: the workers that run background jobs.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackgroundConfig {
+    /// Jobs running at once.
+    pub concurrency: usize,
+    /// Time limit of one job's call, in seconds.
+    pub timeout_seconds: u64,
+    /// The largest answer kept as a job's content, in bytes.
+    pub max_content_bytes: u64,
 }
 
 /// `[subscriptions]`: event callback batching.
@@ -306,6 +319,15 @@ impl Config {
         }
         if self.delivery.timeout_seconds == 0 {
             return bad("delivery.timeout_seconds must be greater than 0");
+        }
+        if !(1..=256).contains(&self.background.concurrency) {
+            return bad("background.concurrency must be 1-256");
+        }
+        if !(1..=86_400).contains(&self.background.timeout_seconds) {
+            return bad("background.timeout_seconds must be 1-86400");
+        }
+        if !(1024..=1 << 30).contains(&self.background.max_content_bytes) {
+            return bad("background.max_content_bytes must be 1024 to 1073741824");
         }
         if !(1..=1024).contains(&self.delivery.concurrency) {
             return bad("delivery.concurrency must be 1-1024");

@@ -57,6 +57,10 @@ pub struct AppState {
     pub logins: Arc<api::admin_auth::LoginLimiter>,
     /// Mints and checks partner tokens (JWT).
     pub tokens: Arc<api::TokenKeys>,
+    /// Idempotency keys whose first call is still running.
+    pub in_flight: Arc<api::idempotency::InFlight>,
+    /// Wakes the background workers when a job is queued.
+    pub jobs_queued: Arc<Notify>,
     /// Long polls waiting per (environment, receiver).
     wakeups: Arc<Mutex<Wakeups>>,
     disk_low: Arc<AtomicBool>,
@@ -256,6 +260,8 @@ pub async fn run(
         )),
         config: Arc::new(config),
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
+        in_flight: Arc::default(),
+        jobs_queued: Arc::default(),
         wakeups: Arc::default(),
         disk_low: Arc::default(),
         workers_running: Arc::default(),

@@ -163,13 +163,25 @@ fn presented_key(ctx: &Ctx) -> Option<&str> {
 
 /// Whether the request carries an API key outside its body.
 pub fn presents_key(ctx: &Ctx) -> bool {
-    presented_key(ctx).is_some()
+    ctx.injected.is_some() || presented_key(ctx).is_some()
 }
 
 /// Authenticates a partner by a header or query key and applies its rate limit: 401
 /// without a valid key, 429 when over `limits.partner_rps`. Called before a body is read,
 /// so anonymous callers cannot make the server read large bodies.
+///
+/// A background job's replay carries its identity instead of credentials (set only
+/// in-process, never from the network): it is honoured while the key it was submitted
+/// with is still active for an active partner, and it does not use up the rate limit.
 pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
+    if let Some(job) = &ctx.injected {
+        return state
+            .store
+            .directory()
+            .key_principal(job.key_id)
+            .filter(|p| p.partner == job.partner && p.env == job.env)
+            .ok_or_else(ApiError::unauthorized);
+    }
     if let Some(token) = bearer(ctx).filter(|t| is_token(t)) {
         let principal = state
             .tokens
@@ -184,6 +196,12 @@ pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
 /// Authenticates a partner by an API key only (a token cannot mint another token, or a
 /// stolen one could be renewed for ever): 401 without a valid key, 403 for a token.
 pub fn partner_by_key(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
+    if ctx.injected.is_some() {
+        // Its answer would be kept as the job's content: a credential at rest.
+        return Err(ApiError::forbidden(
+            "tokens are not minted in the background",
+        ));
+    }
     if bearer(ctx).is_some_and(is_token) {
         return Err(ApiError::forbidden(
             "tokens are minted with an API key, not with another token",

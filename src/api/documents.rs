@@ -6,6 +6,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
+use super::idempotency::Answer;
 use super::inbound::{
     check_disk, opt_param, resolve_receivers, tracking_location, transmission_refs,
 };
@@ -15,7 +16,7 @@ use super::{
 };
 use crate::error::{ApiError, InvalidExt};
 use crate::model::{parse_doctype, parse_short_text};
-use crate::store::NewMessage;
+use crate::store::{MessageRec, NewMessage, RequestRec};
 use crate::AppState;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -43,6 +44,10 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+        Ok(c) => c,
+        Err(replay) => return Ok(replay),
+    };
     check_disk(&state)?;
     let doctype = parse_doctype(&path_segment(&doctype, "doctype")?).field("doctype")?;
     // The document must be JSON; it is stored exactly as sent.
@@ -65,19 +70,38 @@ async fn create(
         payload: bytes,
         receivers,
     };
+    let mut reply = None;
     let (request, messages) = state
         .store
-        .accept(
+        .accept_remembered(
             principal.env,
             &principal.partner,
             None,
             vec![message],
             crate::store::now_ms(),
+            |request, messages| {
+                let answer = created(request, messages);
+                let put = claim.as_ref().map(|c| c.put(&state, &answer)).transpose();
+                reply = Some(answer);
+                put
+            },
         )
         .await?;
     state.wake_receivers(principal.env, &messages);
-    let m = &messages[0];
-    let mut res = ok(
+    Ok(reply
+        .unwrap_or_else(|| created(&request, &messages))
+        .into_response())
+}
+
+/// The 201 of a creation, with the document's location.
+fn created(request: &RequestRec, messages: &[MessageRec]) -> Answer {
+    let Some(m) = messages.first() else {
+        return Answer::ok(
+            StatusCode::CREATED,
+            serde_json::json!({"requestId": request.id}),
+        );
+    };
+    Answer::ok(
         StatusCode::CREATED,
         serde_json::json!({
             "id": m.id,
@@ -87,12 +111,11 @@ async fn create(
             "transmissions": transmission_refs(m),
             "trackingLocation": tracking_location(request.id),
         }),
-    );
-    let location = format!("/api/v1/documents/{}/{}", m.doctype, m.id);
-    if let Ok(v) = http::HeaderValue::from_str(&location) {
-        res.headers_mut().insert(http::header::LOCATION, v);
-    }
-    Ok(res)
+    )
+    .header(
+        "location",
+        format!("/api/v1/documents/{}/{}", m.doctype, m.id),
+    )
 }
 
 /// A document, to its sender and its receivers.

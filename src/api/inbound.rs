@@ -9,16 +9,16 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
+use super::idempotency::Answer;
 use super::{
-    auth, body, ctx, finish, is_json_media, ok, parse_json, read_body, with_state, BodyStream, Ctx,
-    Obj,
+    auth, body, ctx, finish, is_json_media, parse_json, read_body, with_state, BodyStream, Ctx, Obj,
 };
 use crate::error::{ApiError, InvalidExt};
 use crate::model::{
     media_essence, parse_doctype, parse_media_type, parse_partner_code, parse_short_text, Env,
 };
 use crate::store::records::MAX_RECEIVERS;
-use crate::store::{MessageRec, NewMessage};
+use crate::store::{MessageRec, NewMessage, RequestRec};
 use crate::AppState;
 
 /// Most messages one batch may carry.
@@ -153,6 +153,10 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
     } else {
         return Err(ApiError::unauthorized());
     };
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &payload)?.split() {
+        Ok(c) => c,
+        Err(replay) => return Ok(replay),
+    };
     if media.as_deref().is_some_and(is_json_media) {
         super::check_json_payload(&payload)?;
     }
@@ -190,19 +194,37 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
         payload,
         receivers,
     };
+    let mut reply = None;
     let (request, messages) = state
         .store
-        .accept(
+        .accept_remembered(
             principal.env,
             &sender,
             None,
             vec![message],
             crate::store::now_ms(),
+            |request, messages| {
+                let answer = inbound_answer(request, messages);
+                let put = claim.as_ref().map(|c| c.put(&state, &answer)).transpose();
+                reply = Some(answer);
+                put
+            },
         )
         .await?;
     state.wake_receivers(principal.env, &messages);
-    let m = &messages[0];
-    Ok(ok(
+    Ok(reply
+        .unwrap_or_else(|| inbound_answer(&request, &messages))
+        .into_response())
+}
+
+fn inbound_answer(request: &RequestRec, messages: &[MessageRec]) -> Answer {
+    let Some(m) = messages.first() else {
+        return Answer::ok(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"requestId": request.id}),
+        );
+    };
+    Answer::ok(
         StatusCode::ACCEPTED,
         serde_json::json!({
             "id": m.id,
@@ -211,7 +233,7 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
             "transmissions": transmission_refs(m),
             "trackingLocation": tracking_location(request.id),
         }),
-    ))
+    )
 }
 
 #[derive(Deserialize)]
@@ -325,21 +347,38 @@ fn validate_batch(
 async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+        Ok(c) => c,
+        Err(replay) => return Ok(replay),
+    };
     check_disk(&state)?;
     let parsed: BatchBody = parse_json(&ctx, &bytes)?;
     let (batch_reference, messages) =
         validate_batch(&state, principal.env, &principal.partner, parsed)?;
+    let mut reply = None;
     let (request, messages) = state
         .store
-        .accept(
+        .accept_remembered(
             principal.env,
             &principal.partner,
             batch_reference,
             messages,
             crate::store::now_ms(),
+            |request, messages| {
+                let answer = batch_answer(request, messages);
+                let put = claim.as_ref().map(|c| c.put(&state, &answer)).transpose();
+                reply = Some(answer);
+                put
+            },
         )
         .await?;
     state.wake_receivers(principal.env, &messages);
+    Ok(reply
+        .unwrap_or_else(|| batch_answer(&request, &messages))
+        .into_response())
+}
+
+fn batch_answer(request: &RequestRec, messages: &[MessageRec]) -> Answer {
     let list: Vec<_> = messages
         .iter()
         .map(|m| {
@@ -351,7 +390,7 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
             })
         })
         .collect();
-    Ok(ok(
+    Answer::ok(
         StatusCode::ACCEPTED,
         serde_json::json!({
             "id": request.id,
@@ -359,5 +398,5 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
             "messages": list,
             "trackingLocation": tracking_location(request.id),
         }),
-    ))
+    )
 }

@@ -8,8 +8,10 @@ mod admin;
 pub mod admin_auth;
 mod admin_users;
 mod auth;
+pub mod background;
 mod deliveries;
 mod documents;
+pub mod idempotency;
 mod inbound;
 mod system;
 mod tokens;
@@ -38,7 +40,11 @@ pub use system::{redirect_to_https, OPENAPI};
 
 /// Every route of the appliance, with the envelope applied to errors.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let all = system::routes(state.clone())
+    let all = background::intercept(state.clone())
+        .or(system::routes(state.clone()))
+        .unify()
+        .or(background::routes(state.clone()))
+        .unify()
         .or(inbound::routes(state.clone()))
         .unify()
         .or(documents::routes(state.clone()))
@@ -73,6 +79,12 @@ pub struct Ctx {
     pub method: http::Method,
     /// The client's address, as the server accepted it.
     pub remote: Option<std::net::SocketAddr>,
+    /// The path as sent (still percent-encoded).
+    pub path: String,
+    /// The query string as sent.
+    pub raw_query: String,
+    /// Set only on a background job's replay, in-process: who the job runs as.
+    pub injected: Option<background::Injected>,
 }
 
 impl Ctx {
@@ -135,14 +147,24 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
         .and(warp::query::raw().or_else(|_| async { Ok::<_, Rejection>((String::new(),)) }))
         .and(warp::method())
         .and(warp::ext::optional::<crate::server::RemoteAddr>())
+        .and(warp::path::full())
+        .and(warp::ext::optional::<background::Injected>())
         .map(
-            |headers, raw: String, method, remote: Option<crate::server::RemoteAddr>| Ctx {
+            |headers,
+             raw: String,
+             method,
+             remote: Option<crate::server::RemoteAddr>,
+             path: warp::path::FullPath,
+             injected| Ctx {
                 headers,
                 query: form_urlencoded::parse(raw.as_bytes())
                     .into_owned()
                     .collect(),
                 method,
                 remote: remote.map(|r| r.0),
+                path: path.as_str().to_owned(),
+                raw_query: raw,
+                injected,
             },
         )
 }
@@ -473,6 +495,27 @@ pub fn is_json_media(media: &str) -> bool {
 /// Answers a handler's result: the reply, or the error envelope.
 fn finish(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
+}
+
+/// The bytes of the success envelope around `data`.
+pub fn envelope<T: Serialize>(data: T) -> Bytes {
+    #[derive(Serialize)]
+    struct Envelope<T> {
+        success: bool,
+        data: T,
+        error: Option<()>,
+    }
+    match serde_json::to_vec(&Envelope {
+        success: true,
+        data,
+        error: None,
+    }) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            tracing::error!(error = %e, "response serialization failed");
+            Bytes::from_static(br#"{"success":false,"data":null,"error":{"code":"internal","message":"internal error","field":null}}"#)
+        }
+    }
 }
 
 /// A JSON response with the given status.

@@ -540,6 +540,10 @@ fn row(r: &TrackedRequest, feed_id: &str, client_name: &str) -> Value {
 async fn search(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, MAX_BODY).await?;
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+        Ok(c) => c,
+        Err(replay) => return Ok(replay),
+    };
     let parsed: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -563,7 +567,7 @@ async fn search(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response,
         .iter()
         .map(|r| row(r, &principal.partner, client_name))
         .collect();
-    Ok(ok(
+    let answer = super::idempotency::Answer::ok(
         StatusCode::OK,
         json!({
             "search": search.echo,
@@ -576,7 +580,12 @@ async fn search(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response,
             },
             "requests": requests,
         }),
-    ))
+    );
+    // A search changes nothing: its answer is stored on its own.
+    if let Some(c) = &claim {
+        c.store_after(&state, &answer).await;
+    }
+    Ok(answer.into_response())
 }
 
 /// One of the caller's requests with each message's history. A request may hold a
@@ -648,9 +657,22 @@ async fn cancel(
     body: BodyStream,
 ) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
-    read_body(&ctx, body, IGNORED_BODY).await?;
+    let bytes = read_body(&ctx, body, IGNORED_BODY).await?;
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+        Ok(c) => c,
+        Err(replay) => return Ok(replay),
+    };
     let id = parse_id(&id, "message")?;
-    cancel_as(&state, principal.env, id, Some(principal.partner)).await
+    let remember = claim.as_ref().map(|c| {
+        c.remember(|o: &CancelOutcome| match o {
+            CancelOutcome::Done(m) => Some(super::idempotency::Answer::ok(
+                StatusCode::OK,
+                message_view(m),
+            )),
+            _ => None,
+        })
+    });
+    cancel_as(&state, principal.env, id, Some(principal.partner), remember).await
 }
 
 /// An admin's cancellation (`?env=test` for test traffic).
@@ -664,7 +686,7 @@ async fn admin_cancel(
     read_body(&ctx, body, IGNORED_BODY).await?;
     let env = super::deliveries::env_param(&ctx)?;
     let id = parse_id(&id, "message")?;
-    cancel_as(&state, env, id, None).await
+    cancel_as(&state, env, id, None, None).await
 }
 
 async fn cancel_as(
@@ -672,8 +694,13 @@ async fn cancel_as(
     env: Env,
     id: Uuid,
     sender: Option<String>,
+    remember: Option<crate::store::Remember<CancelOutcome>>,
 ) -> Result<Response, ApiError> {
-    match state.store.cancel(env, id, sender, now_ms()).await? {
+    match state
+        .store
+        .cancel(env, id, sender, now_ms(), remember)
+        .await?
+    {
         CancelOutcome::Done(m) => Ok(ok(StatusCode::OK, message_view(&m))),
         CancelOutcome::Conflict(m) => {
             let mut e = ApiError::conflict(format!(

@@ -269,6 +269,10 @@ async fn acknowledge(
 ) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, 64 * 1024).await?;
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+        Ok(c) => c,
+        Err(replay) => return Ok(replay),
+    };
     let uuid = parse_id(&id, "transmission")?;
     let ack: AckBody = parse_json(&ctx, &bytes)?;
     let ok_status = match ack.status.as_deref() {
@@ -299,6 +303,15 @@ async fn acknowledge(
             ok_status,
             note,
             now_ms(),
+            claim.as_ref().map(|c| {
+                c.remember(|o: &AckOutcome| match o {
+                    AckOutcome::Done(t) => Some(super::idempotency::Answer::ok(
+                        StatusCode::OK,
+                        view(t, None),
+                    )),
+                    _ => None,
+                })
+            }),
         )
         .await?
     {

@@ -151,6 +151,8 @@ fn held_in_tx(t: &Tx<'_>, env: Env, target: &Target) -> Result<Option<bool>, Sto
             }
             Ok(Some(p.push_held(env).is_some()))
         }
+        // A job's webhook is never held: it goes to the URL the job named.
+        Target::Webhook { .. } => Ok(Some(false)),
     }
 }
 
@@ -461,6 +463,9 @@ fn owner_event(
                 outcome,
             ))
         }
+        // A webhook has no owner whose state its outcome changes; the attempt log is
+        // its record.
+        Target::Webhook { .. } => Ok((OwnerUpdate::None, Transition::Changed)),
     }
 }
 

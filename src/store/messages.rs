@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use super::background::{IdemPut, Remember};
 use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
@@ -121,6 +122,21 @@ impl Store {
         batch_reference: Option<String>,
         new: Vec<NewMessage>,
         now: i64,
+    ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
+        self.accept_remembered(env, sender, batch_reference, new, now, |_, _| Ok(None))
+            .await
+    }
+
+    /// [`Store::accept`], storing the answer that `answer` makes of the stored request
+    /// (under its idempotency key) in the same transaction as the messages.
+    pub async fn accept_remembered(
+        &self,
+        env: Env,
+        sender: &str,
+        batch_reference: Option<String>,
+        new: Vec<NewMessage>,
+        now: i64,
+        answer: impl FnOnce(&RequestRec, &[MessageRec]) -> Result<Option<IdemPut>, StoreError>,
     ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
         let request_id = request_id_at(now);
         let mut messages = Vec::with_capacity(new.len());
@@ -245,6 +261,7 @@ impl Store {
         let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
         let index = intake_entries(&request, &messages);
+        let remembered = answer(&request, &messages)?;
 
         self.writer
             .write(move |t| {
@@ -259,6 +276,9 @@ impl Store {
                 }
                 for (table, key, value) in index {
                     t.insert(table, key, value)?;
+                }
+                if let Some(put) = remembered {
+                    put.write(t)?;
                 }
                 t.insert(Table::Requests, request_key, request_value)
             })
@@ -504,6 +524,7 @@ impl Store {
     /// Records a receiver's verdict on a transmission: `ok` makes it `complete`, otherwise
     /// `failed` with `note` as the error. After it the transmission is never handed out
     /// again. Repeating the same verdict returns the same result without writing.
+    #[allow(clippy::too_many_arguments)]
     pub async fn acknowledge(
         &self,
         env: Env,
@@ -512,6 +533,7 @@ impl Store {
         ok: bool,
         note: Option<String>,
         now: i64,
+        idem: Option<Remember<AckOutcome>>,
     ) -> Result<AckOutcome, StoreError> {
         let Some((id, index)) = split_transmission_uuid(uuid) else {
             return Ok(AckOutcome::NotFound);
@@ -524,36 +546,57 @@ impl Store {
         };
         self.writer
             .write(move |t| {
-                let Some(raw) = t.get(Table::Messages, mkey)? else {
-                    return Ok(AckOutcome::NotFound);
-                };
-                let mut m: MessageRec = decode(&raw)?;
-                if m.transmissions.get(index).map(|tx| tx.receiver.as_str()) != Some(&receiver) {
-                    return Ok(AckOutcome::NotFound);
+                let outcome = ack_job(t, env, mkey, index, &receiver, event, now)?;
+                if let Some(r) = idem {
+                    r.write(t, &outcome)?;
                 }
-                // A push still queued for it is cancelled with the acknowledgement.
-                let outbox = queued_push_key(&m, index);
-                let queued = poll_queue_keys(env, &m, index);
-                let lost = || StoreError::Codec("lost transmission".into());
-                let before = m.tracked();
-                let outcome = m.apply(index, event, now);
-                let view = m.transmission(index).ok_or_else(lost)?;
-                match outcome {
-                    Transition::Same => Ok(AckOutcome::Done(view)),
-                    Transition::Refused => Ok(AckOutcome::Conflict(view)),
-                    Transition::Changed => {
-                        MessagePut::new(&m, before)?.write(t)?;
-                        for (table, key) in queued {
-                            t.remove(table, key)?;
-                        }
-                        if let Some(k) = outbox {
-                            t.remove(Table::Outbox, k)?;
-                        }
-                        Ok(AckOutcome::Done(view))
-                    }
-                }
+                Ok(outcome)
             })
             .await
+    }
+}
+
+/// The writer job of [`Store::acknowledge`].
+fn ack_job(
+    t: &super::writer::Tx<'_>,
+    env: Env,
+    mkey: [u8; 17],
+    index: usize,
+    receiver: &str,
+    event: Event,
+    now: i64,
+) -> Result<AckOutcome, StoreError> {
+    {
+        {
+            let Some(raw) = t.get(Table::Messages, mkey)? else {
+                return Ok(AckOutcome::NotFound);
+            };
+            let mut m: MessageRec = decode(&raw)?;
+            if m.transmissions.get(index).map(|tx| tx.receiver.as_str()) != Some(receiver) {
+                return Ok(AckOutcome::NotFound);
+            }
+            // A push still queued for it is cancelled with the acknowledgement.
+            let outbox = queued_push_key(&m, index);
+            let queued = poll_queue_keys(env, &m, index);
+            let lost = || StoreError::Codec("lost transmission".into());
+            let before = m.tracked();
+            let outcome = m.apply(index, event, now);
+            let view = m.transmission(index).ok_or_else(lost)?;
+            match outcome {
+                Transition::Same => Ok(AckOutcome::Done(view)),
+                Transition::Refused => Ok(AckOutcome::Conflict(view)),
+                Transition::Changed => {
+                    MessagePut::new(&m, before)?.write(t)?;
+                    for (table, key) in queued {
+                        t.remove(table, key)?;
+                    }
+                    if let Some(k) = outbox {
+                        t.remove(Table::Outbox, k)?;
+                    }
+                    Ok(AckOutcome::Done(view))
+                }
+            }
+        }
     }
 }
 
@@ -647,7 +690,7 @@ mod tests {
 
         // An acknowledgement takes a leased item out for good.
         let ack = store
-            .acknowledge(env, "GLOBEX", uuids[0], true, None, later)
+            .acknowledge(env, "GLOBEX", uuids[0], true, None, later, None)
             .await
             .unwrap();
         assert!(matches!(ack, AckOutcome::Done(_)));

@@ -20,11 +20,18 @@
 //! | `tracking` | env ‖ sender ‖ 0xFF ‖ request id ‖ message id | status ‖ processed at ‖ doctype |
 //! | `tracking_refs` | env ‖ sender ‖ 0xFF ‖ reference ‖ 0xFF ‖ request id ‖ message id | (empty) |
 //! | `meta` | name | the token signing key ([`TokenKeyRec`]), one-time migration markers |
+//! | `jobs` | env ‖ job id | [`JobRec`]: a background request and its state |
+//! | `jobs_queued` | job id | env: jobs waiting for a worker, oldest first |
+//! | `jobs_running` | lease expiry (u64 BE ms) ‖ job id | env: jobs under way |
+//! | `job_content` | env ‖ job id | [`StoredResponse`]: what the job's call answered |
+//! | `idempotency` | env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer |
+//! | `idempotency_expiry` | expiry (u64 BE ms) ‖ idempotency key | (empty) |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
 
 pub mod admins;
+pub mod background;
 mod codec;
 mod deliveries;
 pub mod directory;
@@ -39,6 +46,10 @@ mod writer;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+pub use background::{
+    IdemPut, IdemSlot, JobFilter, JobRec, JobState, Remember, StoredBody, StoredResponse,
+    INLINE_BODY_BYTES,
+};
 pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
@@ -95,6 +106,12 @@ pub struct Trees {
     admin_users: sled::Tree,
     admin_sessions: sled::Tree,
     audit: sled::Tree,
+    jobs: sled::Tree,
+    jobs_queued: sled::Tree,
+    jobs_running: sled::Tree,
+    job_content: sled::Tree,
+    idempotency: sled::Tree,
+    idempotency_expiry: sled::Tree,
 }
 
 impl Trees {
@@ -119,6 +136,12 @@ impl Trees {
             &self.admin_users,
             &self.admin_sessions,
             &self.audit,
+            &self.jobs,
+            &self.jobs_queued,
+            &self.jobs_running,
+            &self.job_content,
+            &self.idempotency,
+            &self.idempotency_expiry,
         ]
     }
 }
@@ -224,6 +247,12 @@ impl Store {
             admin_users: tree("admin_users")?,
             admin_sessions: tree("admin_sessions")?,
             audit: tree("audit")?,
+            jobs: tree("jobs")?,
+            jobs_queued: tree("jobs_queued")?,
+            jobs_running: tree("jobs_running")?,
+            job_content: tree("job_content")?,
+            idempotency: tree("idempotency")?,
+            idempotency_expiry: tree("idempotency_expiry")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);

@@ -117,6 +117,13 @@ pub enum Target {
         index: u8,
         receiver: String,
     },
+    /// The completion of background job `job_id`, announced to the `url` its partner
+    /// gave. Its body is read from the job when the attempt is made.
+    Webhook {
+        job_id: Uuid,
+        partner: String,
+        url: String,
+    },
 }
 
 impl Target {
@@ -125,6 +132,7 @@ impl Target {
     pub fn endpoint(&self, env: Env) -> Vec<u8> {
         match self {
             Target::Transmission { receiver, .. } => push_endpoint(env, receiver),
+            Target::Webhook { partner, .. } => super::background::webhook_endpoint(env, partner),
         }
     }
 }

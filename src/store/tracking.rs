@@ -540,44 +540,15 @@ impl Store {
         id: Uuid,
         sender: Option<String>,
         now: i64,
+        idem: Option<super::background::Remember<CancelOutcome>>,
     ) -> Result<CancelOutcome, StoreError> {
         self.writer
             .write(move |t| {
-                let Some(raw) = t.get(Table::Messages, env_id(env, id))? else {
-                    return Ok(CancelOutcome::NotFound);
-                };
-                let mut m: MessageRec = decode(&raw)?;
-                if sender.as_ref().is_some_and(|s| *s != m.sender) {
-                    return Ok(CancelOutcome::NotFound);
+                let outcome = cancel_in(t, env, id, sender.as_deref(), now)?;
+                if let Some(r) = idem {
+                    r.write(t, &outcome)?;
                 }
-                if m.status == Status::Cancelled {
-                    return Ok(CancelOutcome::Done(m));
-                }
-                let open = |s: Status| matches!(s, Status::Queued | Status::Processing);
-                if !m
-                    .transmissions
-                    .iter()
-                    .all(|tx| open(tx.status) || tx.status == Status::Cancelled)
-                {
-                    return Ok(CancelOutcome::Conflict(m));
-                }
-                let before = m.tracked();
-                let mut removals = Vec::new();
-                for index in 0..m.transmissions.len() {
-                    let queued = super::messages::poll_queue_keys(env, &m, index);
-                    let outbox = queued_push_key(&m, index);
-                    if m.apply(index, Event::Cancelled, now) == Transition::Changed {
-                        removals.extend(queued);
-                        removals.extend(outbox.map(|k| (Table::Outbox, k)));
-                    }
-                }
-                let put = MessagePut::new(&m, before)?;
-                // Writes only from here on.
-                put.write(t)?;
-                for (table, key) in removals {
-                    t.remove(table, key)?;
-                }
-                Ok(CancelOutcome::Done(m))
+                Ok(outcome)
             })
             .await
     }
@@ -617,6 +588,51 @@ impl Store {
         flush(&mut batch)?;
         Ok(built)
     }
+}
+
+/// The writer job of [`Store::cancel`].
+fn cancel_in(
+    t: &super::writer::Tx<'_>,
+    env: Env,
+    id: Uuid,
+    sender: Option<&str>,
+    now: i64,
+) -> Result<CancelOutcome, StoreError> {
+    let Some(raw) = t.get(Table::Messages, env_id(env, id))? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let mut m: MessageRec = decode(&raw)?;
+    if sender.is_some_and(|s| s != m.sender) {
+        return Ok(CancelOutcome::NotFound);
+    }
+    if m.status == Status::Cancelled {
+        return Ok(CancelOutcome::Done(m));
+    }
+    let open = |s: Status| matches!(s, Status::Queued | Status::Processing);
+    if !m
+        .transmissions
+        .iter()
+        .all(|tx| open(tx.status) || tx.status == Status::Cancelled)
+    {
+        return Ok(CancelOutcome::Conflict(m));
+    }
+    let before = m.tracked();
+    let mut removals = Vec::new();
+    for index in 0..m.transmissions.len() {
+        let queued = super::messages::poll_queue_keys(env, &m, index);
+        let outbox = queued_push_key(&m, index);
+        if m.apply(index, Event::Cancelled, now) == Transition::Changed {
+            removals.extend(queued);
+            removals.extend(outbox.map(|k| (Table::Outbox, k)));
+        }
+    }
+    let put = MessagePut::new(&m, before)?;
+    // Writes only from here on.
+    put.write(t)?;
+    for (table, key) in removals {
+        t.remove(table, key)?;
+    }
+    Ok(CancelOutcome::Done(m))
 }
 
 fn codec_err(e: uuid::Error) -> StoreError {

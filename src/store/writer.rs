@@ -72,6 +72,12 @@ pub enum Table {
     AdminUsers,
     AdminSessions,
     Audit,
+    Jobs,
+    JobsQueued,
+    JobsRunning,
+    JobContent,
+    Idempotency,
+    IdempotencyExpiry,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

@@ -2,6 +2,7 @@
 //! stops. The delivery engine is told to stop and lets its attempts under way finish; the
 //! others hold no state an abort could lose, and are aborted.
 
+pub mod background;
 pub mod delivery;
 pub mod push;
 
@@ -27,10 +28,11 @@ pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
     let stop = state.shutdown.clone();
     let live = state.liveness.clone();
     Workers {
-        delivery: tokio::spawn(live.watch("delivery", delivery::run(state.clone(), stop))),
-        others: vec![tokio::spawn(
-            live.watch("disk-watch", watch_disk(state, disk_low)),
-        )],
+        delivery: tokio::spawn(live.watch("delivery", delivery::run(state.clone(), stop.clone()))),
+        others: vec![
+            tokio::spawn(live.watch("background", background::run(state.clone(), stop.clone()))),
+            tokio::spawn(live.watch("disk-watch", watch_disk(state, disk_low))),
+        ],
     }
 }
 

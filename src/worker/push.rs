@@ -57,11 +57,18 @@ pub async fn disable(state: &AppState, endpoint: &[u8], reason: String) {
 /// Reads what an attempt of `q` needs, or decides that none is made.
 pub fn prepare(state: &AppState, q: &Queued) -> Result<Prepared, StoreError> {
     let d = &q.delivery;
-    let Target::Transmission {
-        message_id,
-        index,
-        receiver,
-    } = &d.target;
+    let (message_id, index, receiver) = match &d.target {
+        Target::Transmission {
+            message_id,
+            index,
+            receiver,
+        } => (message_id, index, receiver),
+        Target::Webhook {
+            job_id,
+            partner,
+            url,
+        } => return webhook(state, d, *job_id, partner, url),
+    };
     let finish = |next| Ok(Prepared::Finish(next));
     let (m, payload) = match &q.prefetched {
         // Handed over by intake a moment ago: its entry is still there unless an
@@ -103,6 +110,46 @@ pub fn prepare(state: &AppState, q: &Queued) -> Result<Prepared, StoreError> {
         Err(e) => return Err(e),
     };
     Ok(Prepared::Call(call(p, &m, *index, d, url, body)))
+}
+
+/// The completion webhook of a background job: `{id, state, responseStatus,
+/// stateLocation, contentLocation}` as the job is now, signed with its partner's secret
+/// for the job's environment. The address is checked when the call connects, like every
+/// outbound call.
+fn webhook(
+    state: &AppState,
+    d: &DeliveryRec,
+    job_id: uuid::Uuid,
+    partner: &str,
+    url: &str,
+) -> Result<Prepared, StoreError> {
+    let Some(job) = state.store.job(d.env, job_id)? else {
+        return Ok(Prepared::Finish(Next::Drop));
+    };
+    let dir = state.store.directory();
+    let Some(p) = dir.partner(partner) else {
+        return Ok(Prepared::Finish(Next::Drop));
+    };
+    let body = serde_json::json!({
+        "id": job.id,
+        "state": job.state.as_str(),
+        "responseStatus": job.response_status,
+        "stateLocation": format!("/api/v1/background/{}", job.id),
+        "contentLocation": format!("/api/v1/background/{}/content", job.id),
+    });
+    Ok(Prepared::Call(Call {
+        url: url.to_owned(),
+        headers: vec![("waybill-background".into(), job.id.to_string())],
+        content_type: "application/json".into(),
+        body: bytes::Bytes::from(body.to_string()),
+        webhook_id: format!("job_{}", d.id.simple()),
+        signing_secrets: p
+            .signing_for(d.env)
+            .active(now_ms())
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    }))
 }
 
 /// The signed call of a push.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_users;
+mod background;
 mod delivery;
 mod edge;
 mod environments;

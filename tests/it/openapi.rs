@@ -21,6 +21,12 @@ const SERVED: &[(&str, &str)] = &[
     // inbound.rs
     ("post", "/api/v1/inbound"),
     ("post", "/api/v1/requests"),
+    // background.rs
+    ("get", "/api/v1/background/{id}"),
+    ("delete", "/api/v1/background/{id}"),
+    ("get", "/api/v1/background/{id}/content"),
+    ("get", "/admin/api/jobs"),
+    ("post", "/admin/api/jobs/{id}/retry"),
     // tracking.rs
     ("post", "/api/v1/tracking"),
     ("get", "/api/v1/requests/{id}"),

@@ -460,3 +460,94 @@ fn endpoint_health_survives_a_restart() {
     let after = health(&server);
     assert_eq!(after["failingSince"], before["failingSince"], "{after}");
 }
+
+#[test]
+fn background_jobs_queued_or_running_at_sigkill_each_have_one_effect_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_at_a_time = [("WAYBILL_BACKGROUND__CONCURRENCY", "1")];
+    let mut server = start_with(dir.path(), &one_at_a_time);
+    let (acme, globex) = server.acme_to_globex(json!({}));
+    let submit = |server: &Server, key: &str, method: &str, path: &str, body: Option<&[u8]>| {
+        send(
+            &agent(),
+            method,
+            &format!("{}{path}", server.base),
+            &[
+                ("X-Api-Key", key),
+                ("Content-Type", "application/json"),
+                ("Waybill-Background", "none"),
+            ],
+            body,
+        )
+        .data(202)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // A long poll holds the only slot: it is mid-run at the kill, the creations queued.
+    let running = submit(
+        &server,
+        &globex,
+        "GET",
+        "/api/v1/transmissions?wait=3",
+        None,
+    );
+    let creations: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            let reference = format!("kill-{i}");
+            let path = format!("/api/v1/documents/order?externalReference={reference}");
+            (
+                submit(&server, &acme, "POST", &path, Some(b"{}")),
+                reference,
+            )
+        })
+        .collect();
+    let state = |server: &Server, key: &str, id: &str| {
+        send(
+            &agent(),
+            "GET",
+            &format!("{}/api/v1/background/{id}", server.base),
+            &[("X-Api-Key", key)],
+            None,
+        )
+        .data(200)
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while state(&server, &globex, &running)["state"] != "running" {
+        assert!(Instant::now() < until, "the long poll never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = start_with(dir.path(), &one_at_a_time);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (id, key) in
+        std::iter::once((&running, &globex)).chain(creations.iter().map(|(id, _)| (id, &acme)))
+    {
+        loop {
+            let s = state(&server, key, id);
+            if s["state"] == "completed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job never completed: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Each creation made exactly one message.
+    for (_, reference) in &creations {
+        let found = send(
+            &agent(),
+            "POST",
+            &format!("{}/api/v1/tracking", server.base),
+            &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+            Some(
+                json!({"search": [{"by": "externalReference", "value": reference}]})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+        .data(200);
+        assert_eq!(found["paging"]["totalRequests"], 1, "{reference}: {found}");
+    }
+}

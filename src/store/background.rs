@@ -1,0 +1,812 @@
+//! Background jobs and stored answers.
+//!
+//! Both rest on one idea: an answer is stored in the same writer job as the change it
+//! answers. An intake with an `Idempotency-Key` writes its messages and the 202 it
+//! returns in one transaction, so after a crash either both exist or neither does. A
+//! background job replays its request with its own id as that key, which is what makes a
+//! job that died after its effect but before it was marked done safe to run again: the
+//! second run finds the stored answer instead of making a second effect.
+//!
+//! Trees:
+//! - `jobs`: `env ‖ job id` → [`JobRec`].
+//! - `jobs_queued`: `job id` → env byte; v7 ids, so oldest first.
+//! - `jobs_running`: `lease expiry (u64 BE ms) ‖ job id` → env byte, in expiry order.
+//! - `job_content`: `env ‖ job id` → [`StoredResponse`].
+//! - `idempotency`: `env ‖ partner ‖ 0xFF ‖ key` → [`IdempotencyRec`].
+//! - `idempotency_expiry`: `expiry (u64 BE ms) ‖ idempotency key` → nothing, for pruning.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::codec::{decode, encode, env_id, partner_prefix, Record};
+use super::deliveries::{due_at, outbox_key, Queued};
+use super::payload_log::PayloadRef;
+use super::records::{DeliveryRec, Target};
+use super::writer::{Table, Tx, LARGE_WRITE_BYTES};
+use super::{Store, StoreError};
+use crate::model::Env;
+
+/// Response bodies up to this size live inside their record; larger ones in the payload log.
+pub const INLINE_BODY_BYTES: usize = 32 * 1024;
+
+/// Most headers bytes kept of a stored request or response.
+pub const MAX_STORED_HEADER_BYTES: usize = 8 * 1024;
+
+/// Where a background job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running,
+    /// The call ran; its answer (whatever its status) is the job's content.
+    Completed,
+    /// The appliance could not run the call (time limit, answer too large).
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "completed" => JobState::Completed,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A background request: what to replay, as whom, and where it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRec {
+    pub id: Uuid,
+    pub env: Env,
+    pub partner: String,
+    /// The API key the submission was authenticated with; the replay runs only while it
+    /// is still active.
+    pub key_id: Uuid,
+    pub method: String,
+    pub path: String,
+    /// The query string without credentials.
+    pub query: String,
+    /// The request headers the call needs (content type and the like), never credentials.
+    pub headers: Vec<(String, String)>,
+    /// The request body; `None` when it was empty.
+    pub body: Option<PayloadRef>,
+    /// Where the completion is announced; `None` for `none` and `Prefer: respond-async`.
+    pub webhook: Option<String>,
+    pub state: JobState,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// While running: when the run is considered dead and the job queued again.
+    pub lease_until: Option<i64>,
+    /// Runs started (more than one after a crash or an admin's retry).
+    pub runs: u32,
+    pub response_status: Option<u16>,
+    /// Why a failed job failed.
+    pub error: Option<String>,
+}
+
+impl Record for JobRec {}
+
+/// A response body as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StoredBody {
+    Inline(Vec<u8>),
+    Logged(PayloadRef),
+}
+
+/// A stored HTTP answer: its status, the headers that matter, and its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: StoredBody,
+}
+
+impl Record for StoredResponse {}
+
+impl StoredResponse {
+    /// A response whose body fits inside its record; `None` when it does not.
+    pub fn inline(status: u16, headers: Vec<(String, String)>, body: &[u8]) -> Option<Self> {
+        (body.len() <= INLINE_BODY_BYTES).then(|| StoredResponse {
+            status,
+            headers,
+            body: StoredBody::Inline(body.to_vec()),
+        })
+    }
+}
+
+/// The first answer given under an idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdempotencyRec {
+    /// SHA-256 of method, path, query and body: what a repeat must match.
+    pub fingerprint: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub response: StoredResponse,
+}
+
+impl Record for IdempotencyRec {}
+
+/// Where an answer under an idempotency key is stored.
+#[derive(Debug, Clone)]
+pub struct IdemSlot {
+    pub key: Vec<u8>,
+    pub fingerprint: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl IdemSlot {
+    /// The slot of `key` for `partner` in `env`.
+    pub fn new(
+        env: Env,
+        partner: &str,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: i64,
+        ttl_ms: i64,
+    ) -> IdemSlot {
+        let mut k = partner_prefix(env, partner);
+        k.extend_from_slice(key.as_bytes());
+        IdemSlot {
+            key: k,
+            fingerprint,
+            created_at: now,
+            expires_at: now.saturating_add(ttl_ms),
+        }
+    }
+
+    fn expiry_key(&self) -> Vec<u8> {
+        let mut k = due_at(self.expires_at).to_be_bytes().to_vec();
+        k.extend_from_slice(&self.key);
+        k
+    }
+
+    /// The record storing `response` here, encoded.
+    pub fn encode(&self, response: StoredResponse) -> Result<Vec<u8>, StoreError> {
+        encode(&IdempotencyRec {
+            fingerprint: self.fingerprint,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            response,
+        })
+    }
+}
+
+/// An answer encoded ahead, to be written with the change it answers.
+#[derive(Debug)]
+pub struct IdemPut {
+    pub slot: IdemSlot,
+    pub value: Vec<u8>,
+}
+
+impl IdemPut {
+    pub fn new(slot: IdemSlot, response: StoredResponse) -> Result<IdemPut, StoreError> {
+        let value = slot.encode(response)?;
+        Ok(IdemPut { slot, value })
+    }
+
+    /// Writes the answer and its expiry entry.
+    pub fn write(self, t: &Tx<'_>) -> Result<(), StoreError> {
+        t.insert(Table::IdempotencyExpiry, self.slot.expiry_key(), Vec::new())?;
+        t.insert(Table::Idempotency, self.slot.key, self.value)
+    }
+}
+
+/// An answer that depends on what a writer job finds: rendered inside the job from its
+/// result, and written in the same transaction as the job's changes. A rendering of
+/// `None` (the call changed nothing, e.g. a 404) stores nothing.
+pub struct Remember<R> {
+    pub slot: IdemSlot,
+    #[allow(clippy::type_complexity)]
+    pub render: Box<dyn FnOnce(&R) -> Option<StoredResponse> + Send>,
+}
+
+impl<R> Remember<R> {
+    /// Renders and writes the answer for `result`. A rendering too large to keep is not
+    /// stored (the caller sees the answer; a repeat runs again and changes nothing).
+    pub fn write(self, t: &Tx<'_>, result: &R) -> Result<(), StoreError> {
+        let Some(response) = (self.render)(result) else {
+            return Ok(());
+        };
+        match self.slot.encode(response) {
+            Ok(value) => IdemPut {
+                slot: self.slot,
+                value,
+            }
+            .write(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "an answer too large to keep under its idempotency key");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum JobEnd {
+    Completed(StoredResponse),
+    Failed(String),
+}
+
+/// The result of a cancellation.
+#[derive(Debug)]
+pub enum JobCancel {
+    Done(JobRec),
+    /// Already running or finished.
+    Conflict(JobRec),
+    NotFound,
+}
+
+/// Which jobs an admin listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub env: Option<Env>,
+    pub state: Option<JobState>,
+    pub partner: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Only jobs with an id before this one (paging, newest first).
+    pub before: Option<Uuid>,
+    pub limit: usize,
+}
+
+fn running_key(lease_until: i64, id: Uuid) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&due_at(lease_until).to_be_bytes());
+    k[8..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// The endpoint key of a partner's job webhooks in `env`: `w ‖ env ‖ code`.
+pub fn webhook_endpoint(env: Env, partner: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + partner.len());
+    k.push(b'w');
+    k.push(env.byte());
+    k.extend_from_slice(partner.as_bytes());
+    k
+}
+
+/// The webhook delivery of a job that ended, when it has a webhook URL.
+fn webhook_delivery(job: &JobRec, now: i64) -> Option<Queued> {
+    let url = job.webhook.clone()?;
+    let delivery = DeliveryRec {
+        id: Uuid::now_v7(),
+        env: job.env,
+        target: Target::Webhook {
+            job_id: job.id,
+            partner: job.partner.clone(),
+            url,
+        },
+        attempt: 0,
+        tries: 0,
+    };
+    let due = due_at(now);
+    Some(Queued {
+        key: outbox_key(&delivery.target.endpoint(job.env), due, delivery.id),
+        due,
+        delivery,
+        prefetched: None,
+    })
+}
+
+fn get_job(t: &Tx<'_>, env: Env, id: Uuid) -> Result<Option<JobRec>, StoreError> {
+    t.get(Table::Jobs, env_id(env, id))?
+        .map(|raw| decode(&raw))
+        .transpose()
+}
+
+impl Store {
+    /// The answer stored under an idempotency slot key, if any.
+    pub fn idempotency(&self, key: &[u8]) -> Result<Option<IdempotencyRec>, StoreError> {
+        self.t.idempotency.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Stores an answer on its own: for calls that change nothing else.
+    pub async fn remember(&self, put: IdemPut) -> Result<(), StoreError> {
+        self.writer.write(move |t| put.write(t)).await
+    }
+
+    /// A response ready to store: small bodies inline, larger ones appended to the
+    /// payload log (synced before the record pointing at them is flushed).
+    pub async fn stored_response(
+        &self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Result<StoredResponse, StoreError> {
+        let body = if body.len() <= INLINE_BODY_BYTES {
+            StoredBody::Inline(body.to_vec())
+        } else {
+            StoredBody::Logged(self.append_payload(body).await?)
+        };
+        Ok(StoredResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// [`Store::stored_response`] on the calling thread, for answers of modest size.
+    pub fn stored_response_now(
+        &self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> Result<StoredResponse, StoreError> {
+        let body = if body.len() <= INLINE_BODY_BYTES {
+            StoredBody::Inline(body.to_vec())
+        } else {
+            StoredBody::Logged(self.payload_log.append(body)?)
+        };
+        Ok(StoredResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn append_payload(&self, bytes: Bytes) -> Result<PayloadRef, StoreError> {
+        if bytes.len() >= LARGE_WRITE_BYTES {
+            let log = std::sync::Arc::clone(&self.payload_log);
+            tokio::task::spawn_blocking(move || log.append(&bytes))
+                .await
+                .map_err(|_| StoreError::Closed)?
+        } else {
+            self.payload_log.append(&bytes)
+        }
+    }
+
+    /// The body of a stored response.
+    pub fn response_body(&self, r: &StoredResponse) -> Result<Bytes, StoreError> {
+        match &r.body {
+            StoredBody::Inline(b) => Ok(Bytes::copy_from_slice(b)),
+            StoredBody::Logged(p) => self.payload_log.read(p),
+        }
+    }
+
+    /// Persists a new job (state queued) with its request body, and the submission's own
+    /// answer when it carried an idempotency key.
+    pub async fn submit_job(
+        &self,
+        mut job: JobRec,
+        body: Bytes,
+        idem: Option<IdemPut>,
+    ) -> Result<JobRec, StoreError> {
+        if !body.is_empty() {
+            job.body = Some(self.append_payload(body).await?);
+        }
+        let key = env_id(job.env, job.id);
+        let value = encode(&job)?;
+        let (id, env) = (job.id, job.env);
+        self.writer
+            .write(move |t| {
+                t.insert(Table::Jobs, key, value)?;
+                t.insert(Table::JobsQueued, id.as_bytes(), vec![env.byte()])?;
+                match idem {
+                    Some(put) => put.write(t),
+                    None => Ok(()),
+                }
+            })
+            .await?;
+        Ok(job)
+    }
+
+    /// A job, if it exists in `env`.
+    pub fn job(&self, env: Env, id: Uuid) -> Result<Option<JobRec>, StoreError> {
+        self.t
+            .jobs
+            .get(env_id(env, id))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// A completed job's stored answer.
+    pub fn job_content(&self, env: Env, id: Uuid) -> Result<Option<StoredResponse>, StoreError> {
+        self.t
+            .job_content
+            .get(env_id(env, id))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// A job's request body.
+    pub fn job_body(&self, job: &JobRec) -> Result<Bytes, StoreError> {
+        match &job.body {
+            Some(p) => self.payload_log.read(p),
+            None => Ok(Bytes::new()),
+        }
+    }
+
+    /// The oldest queued jobs, at most `limit`.
+    pub fn queued_jobs(&self, limit: usize) -> Result<Vec<(Env, Uuid)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.t.jobs_queued.iter().take(limit) {
+            let (k, v) = entry?;
+            let (Ok(id), Some(env)) = (
+                Uuid::from_slice(&k),
+                v.first().copied().and_then(Env::from_byte),
+            ) else {
+                continue;
+            };
+            out.push((env, id));
+        }
+        Ok(out)
+    }
+
+    /// Takes a queued job for a run leased until `lease_until`; `None` when it is no
+    /// longer queued (cancelled meanwhile).
+    pub async fn start_job(
+        &self,
+        env: Env,
+        id: Uuid,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Option<JobRec>, StoreError> {
+        self.writer
+            .write_waiting(move |t| {
+                let job = get_job(t, env, id)?;
+                let Some(mut job) = job.filter(|j| j.state == JobState::Queued) else {
+                    t.remove(Table::JobsQueued, id.as_bytes())?;
+                    return Ok(None);
+                };
+                job.state = JobState::Running;
+                job.started_at = Some(now);
+                job.lease_until = Some(lease_until);
+                job.runs = job.runs.saturating_add(1);
+                let value = encode(&job)?;
+                t.remove(Table::JobsQueued, id.as_bytes())?;
+                t.insert(
+                    Table::JobsRunning,
+                    running_key(lease_until, id),
+                    vec![env.byte()],
+                )?;
+                t.insert(Table::Jobs, env_id(env, id), value)?;
+                Ok(Some(job))
+            })
+            .await
+    }
+
+    /// Records how a run ended, with the content and the webhook delivery in the same
+    /// write. A job that is no longer running (taken back after its lease ended) is
+    /// left alone.
+    pub async fn finish_job(
+        &self,
+        env: Env,
+        id: Uuid,
+        end: JobEnd,
+        now: i64,
+    ) -> Result<Option<JobRec>, StoreError> {
+        let content = match &end {
+            JobEnd::Completed(r) => Some(encode(r)?),
+            JobEnd::Failed(_) => None,
+        };
+        let done = self
+            .writer
+            .write_waiting(move |t| {
+                let job = get_job(t, env, id)?;
+                let Some(mut job) = job.filter(|j| j.state == JobState::Running) else {
+                    return Ok(None);
+                };
+                let lease = job.lease_until.take().unwrap_or_default();
+                match end {
+                    JobEnd::Completed(r) => {
+                        job.state = JobState::Completed;
+                        job.response_status = Some(r.status);
+                        job.error = None;
+                    }
+                    JobEnd::Failed(why) => {
+                        job.state = JobState::Failed;
+                        job.response_status = None;
+                        job.error = Some(why);
+                    }
+                }
+                job.finished_at = Some(now);
+                let webhook = webhook_delivery(&job, now);
+                let outbox = webhook
+                    .as_ref()
+                    .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
+                    .transpose()?;
+                let value = encode(&job)?;
+                t.remove(Table::JobsRunning, running_key(lease, id))?;
+                if let Some(c) = content {
+                    t.insert(Table::JobContent, env_id(env, id), c)?;
+                }
+                if let Some((k, v)) = outbox {
+                    t.insert(Table::Outbox, k, v)?;
+                }
+                t.insert(Table::Jobs, env_id(env, id), value)?;
+                Ok(Some((job, webhook)))
+            })
+            .await?;
+        Ok(done.map(|(job, webhook)| {
+            if let Some(q) = webhook {
+                self.outbox.offer(vec![q]);
+            }
+            job
+        }))
+    }
+
+    /// Cancels a queued job of `partner` (any partner's for `None`, an admin).
+    pub async fn cancel_job(
+        &self,
+        env: Env,
+        partner: Option<String>,
+        id: Uuid,
+        idem: Option<Remember<JobCancel>>,
+        now: i64,
+    ) -> Result<JobCancel, StoreError> {
+        let (outcome, webhook) = self
+            .writer
+            .write(move |t| {
+                let job = get_job(t, env, id)?
+                    .filter(|j| partner.as_ref().is_none_or(|p| *p == j.partner));
+                let Some(mut job) = job else {
+                    return Ok((JobCancel::NotFound, None));
+                };
+                if job.state != JobState::Queued {
+                    return Ok((JobCancel::Conflict(job), None));
+                }
+                job.state = JobState::Cancelled;
+                job.finished_at = Some(now);
+                let webhook = webhook_delivery(&job, now);
+                let outbox = webhook
+                    .as_ref()
+                    .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
+                    .transpose()?;
+                let value = encode(&job)?;
+                t.remove(Table::JobsQueued, id.as_bytes())?;
+                t.insert(Table::Jobs, env_id(env, id), value)?;
+                if let Some((k, v)) = outbox {
+                    t.insert(Table::Outbox, k, v)?;
+                }
+                let outcome = JobCancel::Done(job);
+                if let Some(r) = idem {
+                    r.write(t, &outcome)?;
+                }
+                Ok((outcome, webhook))
+            })
+            .await?;
+        if let Some(q) = webhook {
+            self.outbox.offer(vec![q]);
+        }
+        Ok(outcome)
+    }
+
+    /// Puts running jobs back in the queue: every one (`before` = `None`, at start, when
+    /// no run can be under way) or those whose lease ended before `before`.
+    pub async fn requeue_running(&self, before: Option<i64>) -> Result<usize, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.t.jobs_running.iter() {
+            let (k, v) = entry?;
+            if let Some(limit) = before {
+                let lease = k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if lease >= due_at(limit) {
+                    break;
+                }
+            }
+            let (Some(id), Some(env)) = (
+                k.get(8..).and_then(|b| Uuid::from_slice(b).ok()),
+                v.first().copied().and_then(Env::from_byte),
+            ) else {
+                continue;
+            };
+            found.push((k.to_vec(), env, id));
+        }
+        if found.is_empty() {
+            return Ok(0);
+        }
+        self.writer
+            .write_waiting(move |t| {
+                let mut n = 0;
+                for (key, env, id) in found {
+                    t.remove(Table::JobsRunning, key)?;
+                    let Some(mut job) = get_job(t, env, id)? else {
+                        continue;
+                    };
+                    if job.state != JobState::Running {
+                        continue;
+                    }
+                    job.state = JobState::Queued;
+                    job.lease_until = None;
+                    t.insert(Table::Jobs, env_id(env, id), encode(&job)?)?;
+                    t.insert(Table::JobsQueued, id.as_bytes(), vec![env.byte()])?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    /// An admin's retry of a failed job: queued again, its error cleared.
+    pub async fn retry_job(&self, env: Env, id: Uuid) -> Result<JobCancel, StoreError> {
+        self.writer
+            .write_waiting(move |t| {
+                let Some(mut job) = get_job(t, env, id)? else {
+                    return Ok(JobCancel::NotFound);
+                };
+                if job.state != JobState::Failed {
+                    return Ok(JobCancel::Conflict(job));
+                }
+                job.state = JobState::Queued;
+                job.error = None;
+                job.finished_at = None;
+                t.insert(Table::Jobs, env_id(env, id), encode(&job)?)?;
+                t.insert(Table::JobsQueued, id.as_bytes(), vec![env.byte()])?;
+                Ok(JobCancel::Done(job))
+            })
+            .await
+    }
+
+    /// Jobs matching `f`, newest first. Reads at most 100,000 records.
+    pub fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRec>, StoreError> {
+        let mut out = Vec::new();
+        let envs = match f.env {
+            Some(e) => vec![e],
+            None => vec![Env::Live, Env::Test],
+        };
+        for env in envs {
+            let start = [env.byte()];
+            let end = match f.before {
+                Some(id) => env_id(env, id).to_vec(),
+                None => vec![env.byte().saturating_add(1)],
+            };
+            for entry in self.t.jobs.range(start.to_vec()..end).rev().take(100_000) {
+                let (_, v) = entry?;
+                let job: JobRec = decode(&v)?;
+                if f.state.is_some_and(|s| s != job.state)
+                    || f.partner.as_ref().is_some_and(|p| *p != job.partner)
+                    || f.from.is_some_and(|from| job.created_at < from)
+                    || f.to.is_some_and(|to| job.created_at >= to)
+                {
+                    continue;
+                }
+                out.push(job);
+                if out.len() >= f.limit {
+                    break;
+                }
+            }
+        }
+        out.sort_by_key(|j| std::cmp::Reverse(j.id));
+        out.truncate(f.limit);
+        Ok(out)
+    }
+
+    /// Removes idempotency answers past their expiry, and finished jobs (with their
+    /// content) that ended before `finished_before`. At most `max` of each per call;
+    /// returns how many were removed.
+    pub async fn prune_background(
+        &self,
+        now: i64,
+        finished_before: i64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.t.idempotency_expiry.iter().take(max) {
+            let (k, _) = entry?;
+            let at = k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if at > due_at(now) {
+                break;
+            }
+            expired.push(k.to_vec());
+        }
+        let mut old = Vec::new();
+        'envs: for env in [Env::Live, Env::Test] {
+            for entry in self.t.jobs.scan_prefix([env.byte()]) {
+                if old.len() >= max {
+                    break 'envs;
+                }
+                let (k, v) = entry?;
+                let Ok(job) = decode::<JobRec>(&v) else {
+                    continue;
+                };
+                // Ids are v7: once a job was created after the cut-off, the rest were too.
+                if job.created_at >= finished_before {
+                    break;
+                }
+                if job.state.is_final() && job.finished_at.is_some_and(|f| f < finished_before) {
+                    old.push(k.to_vec());
+                }
+            }
+        }
+        if expired.is_empty() && old.is_empty() {
+            return Ok(0);
+        }
+        self.writer
+            .write_waiting(move |t| {
+                let mut n = 0;
+                for k in expired {
+                    t.remove(Table::IdempotencyExpiry, &k)?;
+                    let slot = &k[8..];
+                    // A key stored again after expiring has a later expiry: keep it.
+                    let current = t.get(Table::Idempotency, slot)?;
+                    let still_old = match current {
+                        Some(raw) => decode::<IdempotencyRec>(&raw)
+                            .map(|r| r.expires_at <= now)
+                            .unwrap_or(true),
+                        None => false,
+                    };
+                    if still_old {
+                        t.remove(Table::Idempotency, slot)?;
+                        n += 1;
+                    }
+                }
+                for k in old {
+                    t.remove(Table::Jobs, &k)?;
+                    t.remove(Table::JobContent, &k)?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    /// Waits until every write queued before this call has been applied and flushed.
+    pub async fn write_barrier(&self) -> Result<(), StoreError> {
+        self.writer.write_waiting(|_| Ok(())).await
+    }
+
+    /// Jobs queued and running, for stats.
+    pub fn job_counts(&self) -> (usize, usize) {
+        (self.t.jobs_queued.len(), self.t.jobs_running.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_back_and_final_ones_are_final() {
+        for s in [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Cancelled,
+        ] {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert!(!JobState::Running.is_final() && JobState::Failed.is_final());
+        assert_eq!(JobState::parse("done"), None);
+    }
+
+    #[test]
+    fn running_keys_sort_by_lease_then_id() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(running_key(5, b) < running_key(6, a));
+        assert!(running_key(5, a) < running_key(5, b));
+    }
+}

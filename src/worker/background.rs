@@ -1,0 +1,243 @@
+//! The background workers: take queued jobs, oldest first, at most
+//! `background.concurrency` at once, and replay each one's stored request through the
+//! very route tree the server answers with (`warp::service` over `api::routes`), as the
+//! job's partner and environment. The replay carries its identity as a request extension
+//! (no stored secret) and, for anything but a GET, the job id as its idempotency key.
+//!
+//! A job is leased while it runs. At start every running job is queued again: its worker
+//! died with the process. Run again, a job whose call had already changed something finds
+//! the answer stored with that change under its key, so each job has one effect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::api::background::Injected;
+use crate::api::idempotency;
+use crate::store::background::{IdemSlot, JobEnd, JobRec};
+use crate::store::{now_ms, StoreError};
+use crate::AppState;
+
+/// Jobs read from the queue per look.
+const BATCH: usize = 64;
+/// How often expired leases are looked for and old jobs pruned.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// The route tree as a service that takes a stored request.
+pub trait Routes:
+    hyper::service::Service<
+        http::Request<Full<Bytes>>,
+        Response = warp::reply::Response,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Routes for T where
+    T: hyper::service::Service<
+            http::Request<Full<Bytes>>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+            Future: Send,
+        > + Send
+        + Sync
+        + 'static
+{
+}
+
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    match state.store.requeue_running(None).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            jobs = n,
+            "background jobs that were running are queued again"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot queue interrupted background jobs again"),
+    }
+    let routes = Arc::new(TowerToHyperService::new(warp::service(crate::api::routes(
+        state.clone(),
+    ))));
+    let slots = Arc::new(Semaphore::new(state.config.background.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut housekeeping = tokio::time::Instant::now();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        while tasks.try_join_next().is_some() {}
+        if tokio::time::Instant::now() >= housekeeping {
+            housekeeping = tokio::time::Instant::now() + HOUSEKEEPING;
+            housekeep(&state).await;
+        }
+        let queued = match state.store.queued_jobs(BATCH) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job queue");
+                Vec::new()
+            }
+        };
+        let idle = queued.is_empty();
+        for (env, id) in queued {
+            let permit = tokio::select! {
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = stop.changed() => break,
+            };
+            let lease = lease_ms(&state);
+            let now = now_ms();
+            match state.store.start_job(env, id, now + lease, now).await {
+                Ok(Some(job)) => {
+                    let (s, r) = (state.clone(), Arc::clone(&routes));
+                    tasks.spawn(run_one(s, r, job, permit));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, %id, "cannot start a background job");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        if idle {
+            tokio::select! {
+                _ = state.jobs_queued.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    // Runs under way stop here; their leases send them round again at the next start.
+    tasks.shutdown().await;
+}
+
+/// How long a run holds its job: its time limit, and a margin to record the outcome.
+fn lease_ms(state: &AppState) -> i64 {
+    (state.config.background.timeout_seconds as i64 + 30) * 1000
+}
+
+async fn housekeep(state: &AppState) {
+    if let Err(e) = state.store.requeue_running(Some(now_ms())).await {
+        tracing::error!(error = %e, "cannot queue jobs with ended leases again");
+    }
+    let now = now_ms();
+    let retention = state.config.retention.days as i64 * 86_400_000;
+    match state
+        .store
+        .prune_background(now, now - retention, 1000)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "pruned old jobs and idempotency answers"),
+        Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(job = %job.id, partner = %job.partner))]
+async fn run_one<R: Routes>(
+    state: AppState,
+    routes: Arc<R>,
+    job: JobRec,
+    _slot: OwnedSemaphorePermit,
+) {
+    let limit = Duration::from_secs(state.config.background.timeout_seconds);
+    let end = match tokio::time::timeout(limit, replay(&state, &routes, &job)).await {
+        Ok(Ok(end)) => end,
+        Ok(Err(e)) => JobEnd::Failed(format!("the stored request could not be run: {e}")),
+        Err(_) => after_timeout(&state, &job).await,
+    };
+    if let Err(e) = state.store.finish_job(job.env, job.id, end, now_ms()).await {
+        // The lease sends it round again.
+        tracing::error!(error = %e, "cannot record a job's outcome");
+    }
+}
+
+/// A call cut off by the time limit may already have queued its change: wait for the
+/// writer to apply everything queued so far, then look for the answer stored with it.
+async fn after_timeout(state: &AppState, job: &JobRec) -> JobEnd {
+    let failed = || {
+        JobEnd::Failed(format!(
+            "the call did not finish within background.timeout_seconds ({} s)",
+            state.config.background.timeout_seconds
+        ))
+    };
+    if state.store.write_barrier().await.is_err() {
+        return failed();
+    }
+    let slot = IdemSlot::new(job.env, &job.partner, &job.id.to_string(), [0; 32], 0, 0);
+    match state.store.idempotency(&slot.key) {
+        Ok(Some(rec)) => JobEnd::Completed(rec.response),
+        _ => failed(),
+    }
+}
+
+/// Runs the job's request through the routes and stores what they answer.
+async fn replay<R: Routes>(
+    state: &AppState,
+    routes: &R,
+    job: &JobRec,
+) -> Result<JobEnd, StoreError> {
+    let body = match state.store.job_body(job) {
+        Ok(b) => b,
+        Err(StoreError::Corrupt(why)) => {
+            return Ok(JobEnd::Failed(format!(
+                "the stored request body is damaged: {why}"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let uri = if job.query.is_empty() {
+        job.path.clone()
+    } else {
+        format!("{}?{}", job.path, job.query)
+    };
+    let mut builder = http::Request::builder()
+        .method(job.method.as_str())
+        .uri(uri)
+        .header(http::header::CONTENT_LENGTH, body.len());
+    for (k, v) in &job.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let mut req = match builder.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(JobEnd::Failed(format!(
+                "the stored request is not valid: {e}"
+            )))
+        }
+    };
+    req.extensions_mut().insert(Injected {
+        job_id: job.id,
+        partner: job.partner.clone(),
+        env: job.env,
+        key_id: job.key_id,
+    });
+    let res = match routes.call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = res.status().as_u16();
+    let headers = idempotency::kept_headers(res.headers());
+    let max = state.config.background.max_content_bytes;
+    let bytes: Bytes = match Limited::new(res.into_body(), max as usize).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let why = if e.is::<http_body_util::LengthLimitError>() {
+                format!("the answer is larger than background.max_content_bytes ({max} bytes)")
+            } else {
+                format!("the answer could not be read: {e}")
+            };
+            return Ok(JobEnd::Failed(why));
+        }
+    };
+    let stored = state.store.stored_response(status, headers, bytes).await?;
+    Ok(JobEnd::Completed(stored))
+}
