@@ -76,12 +76,60 @@ pub enum RouteCmd {
     Remove { id: String },
 }
 
+/// `waybill user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create an admin user; the password is asked for (or read from standard input).
+    Add {
+        name: String,
+        /// `admin` (everything, the default) or `viewer` (reads only).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List admin users.
+    List,
+    /// Delete an admin user; their sessions end at once.
+    Remove { name: String },
+    /// Set an admin user's password; their sessions end.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
 /// Any admin subcommand.
 #[derive(Debug)]
 pub enum AdminCommand {
     Partner(PartnerCmd),
     Key(KeyCmd),
     Route(RouteCmd),
+    User(UserCmd),
+}
+
+/// A new password: the first line of standard input, or typed twice at a prompt that does
+/// not echo it.
+fn read_password(from_stdin: bool) -> Result<String, CliError> {
+    let fail = |message: String| CliError::Refused { status: 0, message };
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| fail(format!("cannot read the password: {e}")))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password("New password: ")
+        .map_err(|e| fail(format!("cannot read the password: {e}")))?;
+    let again = rpassword::prompt_password("Again: ")
+        .map_err(|e| fail(format!("cannot read the password: {e}")))?;
+    if first != again {
+        return Err(fail("the passwords differ".into()));
+    }
+    Ok(first)
 }
 
 /// Why an admin command failed.
@@ -155,6 +203,51 @@ pub fn run(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
                     p["pushUrl"].as_str().unwrap_or("-"),
                 );
             }
+        }
+        AdminCommand::User(UserCmd::Add {
+            name,
+            role,
+            password_stdin,
+        }) => {
+            let password = read_password(password_stdin)?;
+            let u = client.call(
+                "POST",
+                "/admin/api/users",
+                Some(json!({"username": name, "password": password, "role": role})),
+            )?;
+            println!(
+                "created {} user {}",
+                u["role"].as_str().unwrap_or_default(),
+                u["username"].as_str().unwrap_or_default()
+            );
+        }
+        AdminCommand::User(UserCmd::List) => {
+            let list = client.call("GET", "/admin/api/users", None)?;
+            println!("{:<24} {:<8} LAST LOGIN", "USERNAME", "ROLE");
+            for u in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<8} {}",
+                    u["username"].as_str().unwrap_or_default(),
+                    u["role"].as_str().unwrap_or_default(),
+                    u["lastLoginAt"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        AdminCommand::User(UserCmd::Remove { name }) => {
+            client.call("DELETE", &format!("/admin/api/users/{name}"), None)?;
+            println!("removed user {name}");
+        }
+        AdminCommand::User(UserCmd::Passwd {
+            name,
+            password_stdin,
+        }) => {
+            let password = read_password(password_stdin)?;
+            client.call(
+                "PUT",
+                &format!("/admin/api/users/{name}/password"),
+                Some(json!({"password": password})),
+            )?;
+            println!("password of {name} changed; their sessions ended");
         }
         AdminCommand::Partner(PartnerCmd::Remove { code }) => {
             client.call("DELETE", &format!("/admin/api/partners/{code}"), None)?;
@@ -263,6 +356,10 @@ impl Client {
         let response = match (method, body) {
             ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
             ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            ("PUT", body) => agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_json(body.unwrap_or_else(|| json!({}))),
             (_, body) => agent
                 .post(&url)
                 .header("Authorization", &auth)

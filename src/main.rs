@@ -68,6 +68,9 @@ enum Command {
     /// Manage routes on the running server.
     #[command(subcommand)]
     Route(cli::RouteCmd),
+    /// Manage admin users (who sign in to the admin API and UI) on the running server.
+    #[command(subcommand)]
+    User(cli::UserCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_name = "SHELL")]
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::Partner(c) => admin(AdminCommand::Partner(c)),
         Command::Key(c) => admin(AdminCommand::Key(c)),
         Command::Route(c) => admin(AdminCommand::Route(c)),
+        Command::User(c) => admin(AdminCommand::User(c)),
         // Answered before the configuration was loaded.
         Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
     }

@@ -325,6 +325,93 @@ fn the_cli_manages_partners_keys_and_routes_on_the_running_server() {
     assert!(!out.contains("GLOBEX"), "{out}");
 }
 
+/// Runs the CLI with `input` on its standard input.
+fn cli_with_input(server: &Server, dir: &Path, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", &server.listen])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cli");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_cli_manages_admin_users_who_then_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let d = dir.path();
+    let add = ["user", "add", "alice", "--password-stdin"];
+    let (ok, out) = cli_with_input(&server, d, &add, "too short\n");
+    assert!(!ok && out.contains("12"), "{out}");
+    let (ok, out) = cli_with_input(&server, d, &add, "a long enough secret\n");
+    assert!(ok && out.contains("created admin user alice"), "{out}");
+    let (ok, out) = cli_with_input(
+        &server,
+        d,
+        &[
+            "user",
+            "add",
+            "vera",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ],
+        "another long secret\n",
+    );
+    assert!(ok, "{out}");
+    let (ok, out, _) = cli(&server, d, &["user", "list"]);
+    assert!(
+        ok && out.contains("alice") && out.contains("viewer"),
+        "{out}"
+    );
+    let login = |user: &str, password: &str| {
+        send(
+            &agent(),
+            "POST",
+            &format!("{}/admin/api/login", server.base),
+            &[("Content-Type", "application/json")],
+            Some(
+                json!({"username": user, "password": password})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+        .status
+    };
+    assert_eq!(login("alice", "a long enough secret"), 200);
+    let (ok, out) = cli_with_input(
+        &server,
+        d,
+        &["user", "passwd", "alice", "--password-stdin"],
+        "a brand new secret\n",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(login("alice", "a long enough secret"), 401);
+    assert_eq!(login("alice", "a brand new secret"), 200);
+    assert!(cli(&server, d, &["user", "remove", "vera"]).0);
+    assert_eq!(login("vera", "another long secret"), 401);
+}
+
 #[test]
 fn check_config_shows_the_effective_settings_and_refuses_bad_ones() {
     let out = Command::new(BIN)
