@@ -15,6 +15,9 @@
 //!   second it reaches, and the intake-to-receiver latency at a fixed rate.
 //! * `tracking`: (only when named) tracking searches over a store filled with
 //!   `--messages` messages of 10 partners received over 30 days.
+//! * `background`: (only when named) background calls: jobs accepted per
+//!   second, submit-to-completion latency next to the synchronous call, and
+//!   the cost of Idempotency-Key on intake.
 //!
 //! The HTTP client is deliberately minimal (keep-alive HTTP/1.1, requests with
 //! Content-Length, responses with Content-Length or chunked bodies) because the
@@ -46,6 +49,8 @@ use tokio::time::{sleep, timeout};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+#[path = "load/background.rs"]
+mod background;
 #[path = "load/poll_leased.rs"]
 mod poll_leased;
 #[path = "load/push_slow.rs"]
@@ -57,10 +62,12 @@ const USAGE: &str = "\
 usage: cargo bench --bench load -- [options]
 
   --duration SECS       measured time per phase (default 10)
-  --connections N       connections for the inbound phase (default 64)
+  --connections N       connections for the inbound phase and the background
+                        throughput runs (default 64)
   --phase LIST          comma-separated: inbound, pollack, memory, push,
-                        push-slow, poll-leased, all (default inbound,pollack;
-                        all adds memory, not push, push-slow or poll-leased),
+                        push-slow, poll-leased, background, all (default
+                        inbound,pollack; all adds memory, not push, push-slow,
+                        poll-leased or background),
                         or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio,
                         or tracking: searches over a filled store (alone)
@@ -79,7 +86,7 @@ usage: cargo bench --bench load -- [options]
   --threads N           client runtime threads (default 2)
 
 The push phase starts an HTTP receiver on 127.0.0.1 and sets GLOBEX's pushUrl
-to it; a server we start gets WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8, an external
+to it (the background phase one for its completion webhooks); a server we start gets WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8, an external
 one must allow loopback targets itself and run on this host.
 
 The server binary is the one cargo built for this package; WAYBILL_BIN overrides it.";
@@ -137,6 +144,8 @@ struct Options {
     push_slow: bool,
     /// A poll's latency beside many leased items.
     poll_leased: bool,
+    /// Background jobs and Idempotency-Key.
+    background: bool,
     /// `--messages`; each phase that uses it has its own default.
     messages: Option<u64>,
     /// Messages per second in the push latency run.
@@ -163,6 +172,7 @@ fn parse_args() -> Result<Options, String> {
         push: false,
         push_slow: false,
         poll_leased: false,
+        background: false,
         messages: None,
         rate: 1000,
         compare: false,
@@ -226,6 +236,7 @@ fn parse_args() -> Result<Options, String> {
                 o.push = false;
                 o.push_slow = false;
                 o.poll_leased = false;
+                o.background = false;
                 o.compare = false;
                 o.tracking = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -238,6 +249,7 @@ fn parse_args() -> Result<Options, String> {
                         "push" => o.push = true,
                         "push-slow" => o.push_slow = true,
                         "poll-leased" => o.poll_leased = true,
+                        "background" => o.background = true,
                         "all" => {
                             o.inbound = true;
                             o.pollack = true;
@@ -247,7 +259,7 @@ fn parse_args() -> Result<Options, String> {
                     }
                 }
                 let others = o.inbound || o.pollack || o.memory || o.push || o.push_slow;
-                let others = others || o.poll_leased;
+                let others = others || o.poll_leased || o.background;
                 if o.tracking && (others || o.compare) {
                     return Err(
                         "--phase tracking starts its own server; name no other phase".into(),
@@ -446,9 +458,9 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
             (target, token)
         }
         None => {
-            // Only a push run needs loopback targets; other runs keep the
-            // server's default policy.
-            let pushes = opts.push || opts.push_slow;
+            // Only pushes and job webhooks need loopback targets; other
+            // runs keep the server's default policy.
+            let pushes = opts.push || opts.push_slow || opts.background;
             let s = server.insert(Server::start(server_binary(), tls, pushes)?);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
             let target = s.target();
@@ -557,6 +569,10 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
         let n = opts.messages.unwrap_or(100_000);
         poll_leased::run(&ctx, &admin_token, n).await?;
         check_alive(&mut server, "poll-leased")?;
+    }
+    if opts.background {
+        background::run(&ctx, &admin_token, opts.connections, opts.duration).await?;
+        check_alive(&mut server, "background")?;
     }
 
     if opts.memory {
