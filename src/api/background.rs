@@ -190,8 +190,21 @@ fn content_location(id: Uuid) -> String {
 
 /// Every `/api/v1/*` request that asks for the background; the others pass on.
 pub fn intercept(state: AppState) -> BoxedFilter<(Response,)> {
+    // A cheap look at two headers first, so ordinary calls do not pay for a second copy
+    // of all their headers and query here; `wanted` then decides on the full request.
+    let may_want = warp::header::optional::<String>("waybill-background")
+        .and(warp::header::optional::<String>("prefer"))
+        .and_then(|bg: Option<String>, prefer: Option<String>| async move {
+            if bg.is_some() || prefer.is_some() {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one();
     warp::path("api")
         .and(warp::path("v1"))
+        .and(may_want)
         .and(ctx())
         .and_then(|ctx: Ctx| async move {
             if wanted(&ctx) {
