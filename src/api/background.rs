@@ -17,7 +17,7 @@ use warp::Filter;
 
 use super::idempotency::{self, Answer};
 use super::{
-    auth, body, ctx, finish, ok, parse_id, read_body, rfc3339, with_state, BodyStream, Ctx,
+    auth, body, ctx, finish, ok, parse_id, read_body, rfc3339_ms, with_state, BodyStream, Ctx,
 };
 use crate::error::ApiError;
 use crate::model::Env;
@@ -293,9 +293,9 @@ fn view(job: &JobRec) -> Value {
         "method": job.method,
         "path": job.path,
         "query": job.query,
-        "createdAt": rfc3339(job.created_at),
-        "startedAt": job.started_at.map(rfc3339),
-        "finishedAt": job.finished_at.map(rfc3339),
+        "createdAt": rfc3339_ms(job.created_at),
+        "startedAt": job.started_at.map(rfc3339_ms),
+        "finishedAt": job.finished_at.map(rfc3339_ms),
         "responseStatus": job.response_status,
         "error": job.error,
         "runs": job.runs,

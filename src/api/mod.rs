@@ -597,6 +597,17 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// RFC 3339 UTC text of a unix-milliseconds time, to the millisecond, for times that
+/// are read as durations (a background job's queue wait and run time).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&f).unwrap_or_default()
+}
+
 /// Parses a path id (percent-decoded first); anything that is not a UUID is simply not
 /// found.
 pub fn parse_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
@@ -610,6 +621,13 @@ pub fn parse_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millisecond_times_keep_their_milliseconds() {
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(rfc3339(1_700_000_000_999), "2023-11-14T22:13:20Z");
+    }
 
     #[test]
     fn json_depth_counts_brackets_outside_strings_only() {

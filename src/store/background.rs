@@ -458,35 +458,41 @@ impl Store {
         Ok(out)
     }
 
-    /// Takes a queued job for a run leased until `lease_until`; `None` when it is no
-    /// longer queued (cancelled meanwhile).
-    pub async fn start_job(
+    /// Takes queued jobs for runs leased until `lease_until`, all in one write, and
+    /// returns those still queued (a job cancelled meanwhile is left out).
+    pub async fn start_jobs(
         &self,
-        env: Env,
-        id: Uuid,
+        picks: Vec<(Env, Uuid)>,
         lease_until: i64,
         now: i64,
-    ) -> Result<Option<JobRec>, StoreError> {
+    ) -> Result<Vec<JobRec>, StoreError> {
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
         self.writer
             .write_waiting(move |t| {
-                let job = get_job(t, env, id)?;
-                let Some(mut job) = job.filter(|j| j.state == JobState::Queued) else {
+                let mut started = Vec::with_capacity(picks.len());
+                for (env, id) in picks {
+                    let job = get_job(t, env, id)?;
+                    let Some(mut job) = job.filter(|j| j.state == JobState::Queued) else {
+                        t.remove(Table::JobsQueued, id.as_bytes())?;
+                        continue;
+                    };
+                    job.state = JobState::Running;
+                    job.started_at = Some(now);
+                    job.lease_until = Some(lease_until);
+                    job.runs = job.runs.saturating_add(1);
+                    let value = encode(&job)?;
                     t.remove(Table::JobsQueued, id.as_bytes())?;
-                    return Ok(None);
-                };
-                job.state = JobState::Running;
-                job.started_at = Some(now);
-                job.lease_until = Some(lease_until);
-                job.runs = job.runs.saturating_add(1);
-                let value = encode(&job)?;
-                t.remove(Table::JobsQueued, id.as_bytes())?;
-                t.insert(
-                    Table::JobsRunning,
-                    running_key(lease_until, id),
-                    vec![env.byte()],
-                )?;
-                t.insert(Table::Jobs, env_id(env, id), value)?;
-                Ok(Some(job))
+                    t.insert(
+                        Table::JobsRunning,
+                        running_key(lease_until, id),
+                        vec![env.byte()],
+                    )?;
+                    t.insert(Table::Jobs, env_id(env, id), value)?;
+                    started.push(job);
+                }
+                Ok(started)
             })
             .await
     }

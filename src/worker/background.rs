@@ -23,7 +23,7 @@ use crate::store::background::{IdemSlot, JobEnd, JobRec};
 use crate::store::{now_ms, StoreError};
 use crate::AppState;
 
-/// Jobs read from the queue per look.
+/// Jobs started per write, at most.
 const BATCH: usize = 64;
 /// How often expired leases are looked for and old jobs pruned.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
@@ -77,41 +77,49 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             housekeeping = tokio::time::Instant::now() + HOUSEKEEPING;
             housekeep(&state).await;
         }
-        let queued = match state.store.queued_jobs(BATCH) {
+        // Wait for a free slot, then take as many more as are free now: one write
+        // starts every job they can run, so a burst does not start jobs one flush at a time.
+        let first = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => continue,
+        };
+        let mut permits = vec![first];
+        while permits.len() < BATCH {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let queued = match state.store.queued_jobs(permits.len()) {
             Ok(q) => q,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the job queue");
                 Vec::new()
             }
         };
-        let idle = queued.is_empty();
-        for (env, id) in queued {
-            let permit = tokio::select! {
-                p = Arc::clone(&slots).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = stop.changed() => break,
-            };
-            let lease = lease_ms(&state);
-            let now = now_ms();
-            match state.store.start_job(env, id, now + lease, now).await {
-                Ok(Some(job)) => {
-                    let (s, r) = (state.clone(), Arc::clone(&routes));
-                    tasks.spawn(run_one(s, r, job, permit));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, %id, "cannot start a background job");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        if idle {
+        if queued.is_empty() {
+            drop(permits);
             tokio::select! {
                 _ = state.jobs_queued.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let now = now_ms();
+        match state.store.start_jobs(queued, now + lease_ms(&state), now).await {
+            Ok(jobs) => {
+                for (job, permit) in jobs.into_iter().zip(permits) {
+                    let (s, r) = (state.clone(), Arc::clone(&routes));
+                    tasks.spawn(run_one(s, r, job, permit));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start background jobs");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
