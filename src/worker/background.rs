@@ -110,7 +110,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let now = now_ms();
-        match state.store.start_jobs(queued, now + lease_ms(&state), now).await {
+        match state
+            .store
+            .start_jobs(queued, now + lease_ms(&state), now)
+            .await
+        {
             Ok(jobs) => {
                 for (job, permit) in jobs.into_iter().zip(permits) {
                     let (s, r) = (state.clone(), Arc::clone(&routes));
@@ -162,9 +166,22 @@ async fn run_one<R: Routes>(
         Ok(Err(e)) => JobEnd::Failed(format!("the stored request could not be run: {e}")),
         Err(_) => after_timeout(&state, &job).await,
     };
+    crash_point_after_effect();
     if let Err(e) = state.store.finish_job(job.env, job.id, end, now_ms()).await {
         // The lease sends it round again.
         tracing::error!(error = %e, "cannot record a job's outcome");
+    }
+}
+
+/// Debug builds only: with `WAYBILL_CRASH_AFTER_JOB_EFFECT` set, the process dies here,
+/// after a job's call has made its change and before the job is recorded as done. This
+/// is the one moment kill -9 cannot be timed to hit; the test that starts the binary
+/// this way proves the run after the restart finds the stored answer instead of acting
+/// again.
+fn crash_point_after_effect() {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("WAYBILL_CRASH_AFTER_JOB_EFFECT").is_some() {
+        std::process::abort();
     }
 }
 

@@ -638,3 +638,91 @@ fn background_jobs_queued_or_running_at_sigkill_each_have_one_effect_after_resta
         assert_eq!(found["paging"]["totalRequests"], 1, "{reference}: {found}");
     }
 }
+
+#[test]
+fn a_job_that_crashed_after_its_effect_and_before_it_was_done_has_one_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_with(dir.path(), &[("WAYBILL_CRASH_AFTER_JOB_EFFECT", "1")]);
+    let (acme, _) = server.acme_to_globex(json!({}));
+    let reference = "crash-after-effect";
+    let submitted = send(
+        &agent(),
+        "POST",
+        &format!(
+            "{}/api/v1/documents/order?externalReference={reference}",
+            server.base
+        ),
+        &[
+            ("X-Api-Key", &acme),
+            ("Content-Type", "application/json"),
+            ("Waybill-Background", "none"),
+        ],
+        Some(b"{}"),
+    )
+    .data(202);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    // The run makes its change, then the process dies before recording the job done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not stop at the crash point"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status:?}");
+
+    let server = start_with(dir.path(), &[]);
+    let job = |server: &Server| {
+        send(
+            &agent(),
+            "GET",
+            &format!("{}/api/v1/background/{id}", server.base),
+            &[("X-Api-Key", &acme)],
+            None,
+        )
+        .data(200)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let j = job(&server);
+        if j["state"] == "completed" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "job never completed: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // It ran twice, and the second run found the first run's stored answer.
+    assert_eq!(done["runs"], 2, "{done}");
+    assert_eq!(done["responseStatus"], 201, "{done}");
+    let content = send(
+        &agent(),
+        "GET",
+        &format!("{}/api/v1/background/{id}/content", server.base),
+        &[("X-Api-Key", &acme)],
+        None,
+    );
+    assert_eq!(content.status, 201);
+    let created = content.json()["data"].clone();
+    let found = send(
+        &agent(),
+        "POST",
+        &format!("{}/api/v1/tracking", server.base),
+        &[("X-Api-Key", &acme), ("Content-Type", "application/json")],
+        Some(
+            json!({"search": [{"by": "externalReference", "value": reference}]})
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .data(200);
+    assert_eq!(found["paging"]["totalRequests"], 1, "{found}");
+    let listed = found.to_string();
+    let request = created["requestId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no request id in {created}"));
+    assert!(listed.contains(request), "{request} not in {listed}");
+}
