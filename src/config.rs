@@ -51,6 +51,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
 }
@@ -144,6 +145,9 @@ pub struct RetentionConfig {
 pub struct LimitsConfig {
     /// Requests per second per partner; 0 = unlimited.
     pub partner_rps: u32,
+    /// Failed authentications per minute allowed from one source address before its
+    /// calls are answered 429; 0 = no limit.
+    pub auth_failures_per_minute: u32,
 }
 
 /// `[store]`: the embedded database.
@@ -179,6 +183,14 @@ pub struct AdminConfig {
     /// Mark the session cookie `Secure` although this server speaks plain HTTP (behind a
     /// TLS-terminating proxy). With HTTPS on it is always `Secure`.
     pub secure_cookies: bool,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// When not empty, `/metrics` asks for `Authorization: Bearer <token>`.
+    pub token: String,
 }
 
 /// `[log]`: log output.

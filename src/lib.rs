@@ -20,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod outbound;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub admin_token_hash: Arc<[u8; 32]>,
     pub limiter: Arc<api::RateLimiter>,
+    /// Failed authentications per source address: the brute-force guard.
+    pub auth_failures: Arc<api::AuthFailures>,
     /// Failed admin logins, per username and source address.
     pub logins: Arc<api::admin_auth::LoginLimiter>,
     /// Mints and checks partner tokens (JWT).
@@ -71,6 +74,10 @@ pub struct AppState {
     pub connections: Arc<server::ConnStats>,
     /// Turns true when the server begins shutting down; long polls answer at once then.
     pub shutdown: watch::Receiver<bool>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<metrics::Metrics>,
+    /// When this process began serving, for the uptime.
+    pub started: std::time::Instant,
 }
 
 impl AppState {
@@ -85,6 +92,12 @@ impl AppState {
             key,
             map: Arc::clone(&self.wakeups),
         }
+    }
+
+    /// After an intake stored `messages`: counts them and wakes the polls waiting for them.
+    pub fn accepted(&self, env: Env, messages: &[MessageRec]) {
+        self.metrics.accepted(messages.len() as u64, 0);
+        self.wake_receivers(env, messages);
     }
 
     /// Tells waiting long polls about new transmissions: per transmission, one poll that
@@ -252,6 +265,9 @@ pub async fn run(
     let state = AppState {
         store: Arc::clone(&store),
         limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
+        auth_failures: Arc::new(api::AuthFailures::new(
+            config.limits.auth_failures_per_minute,
+        )),
         logins: Arc::default(),
         tokens: Arc::new(api::TokenKeys::new(
             &store.token_key().secret,
@@ -268,7 +284,11 @@ pub async fn run(
         liveness: worker::Liveness::default(),
         connections: Arc::default(),
         shutdown: stop_rx,
+        metrics: Arc::default(),
+        started: std::time::Instant::now(),
     };
+    let m = Arc::clone(&state.metrics);
+    store.observe_writer(Box::new(move |group, flush| m.writer_round(group, flush)));
 
     let worker::Workers {
         delivery,
@@ -306,6 +326,7 @@ pub async fn run(
             None,
             limits,
             Arc::default(),
+            None,
             until_stopped,
         )));
         tracing::info!(%redirect, "redirecting plain HTTP to HTTPS");
@@ -325,7 +346,17 @@ pub async fn run(
         let _ = stop_tx.send(true);
     };
     let connections = Arc::clone(&state.connections);
-    server::serve(routes, listener, tls_config, limits, connections, signal).await;
+    let metrics = Some(Arc::clone(&state.metrics));
+    server::serve(
+        routes,
+        listener,
+        tls_config,
+        limits,
+        connections,
+        metrics,
+        signal,
+    )
+    .await;
 
     state.workers_running.store(false, Ordering::Relaxed);
     // The engine stops on the shutdown signal and lets its calls under way end (bounded by

@@ -387,6 +387,24 @@ struct Counted<S> {
     inner: S,
     conn: Arc<Conn>,
     remote: std::net::SocketAddr,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// The id a request is known by in the logs and in its answer's `X-Request-Id`: the
+/// client's own when it sent a short plain one, else a new one.
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("unknown"))
 }
 
 impl<S, B, R> hyper::service::Service<http::Request<B>> for Counted<S>
@@ -399,22 +417,53 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn call(&self, mut req: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        let started = Instant::now();
         req.extensions_mut().insert(RemoteAddr(self.remote));
         let busy = InFlight::begin(&self.conn);
         let has_body = has_body(req.headers());
-        let fut = self.inner.call(req);
+        let id = request_id(req.headers());
+        let method = req.method().clone();
+        let route = match &self.metrics {
+            Some(m) => m.route_of(req.uri().path()),
+            None => "",
+        };
+        // `partner` is filled in by authentication, `status` once answered.
+        let span = tracing::info_span!(
+            "request",
+            id = %id.to_str().unwrap_or_default(),
+            method = %method,
+            route,
+            partner = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        let fut = self.inner.call(req).instrument(span.clone());
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let mut out = fut.await;
             drop(busy);
-            // An error answer may come before the body was read (credentials are checked
-            // first). The connection then closes after it, and says so, so that the
-            // client does not send its next request after a body nobody read.
             if let Ok(res) = &mut out {
-                if has_body && (res.status().is_client_error() || res.status().is_server_error()) {
+                let status = res.status();
+                // An error answer may come before the body was read (credentials are
+                // checked first). The connection then closes after it, and says so, so
+                // that the client does not send its next request after a body nobody read.
+                if has_body && (status.is_client_error() || status.is_server_error()) {
                     res.headers_mut().insert(
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),
                     );
+                }
+                res.headers_mut().insert("x-request-id", id);
+                let took = started.elapsed();
+                if let Some(m) = &metrics {
+                    m.request(&method, route, status.as_u16(), took);
+                }
+                span.record("status", status.as_u16());
+                let ms = took.as_secs_f64() * 1000.0;
+                if status.is_server_error() {
+                    tracing::warn!(parent: &span, ms, "answered");
+                } else {
+                    tracing::debug!(parent: &span, ms, "answered");
                 }
             }
             out
@@ -469,6 +518,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
     stats: Arc<ConnStats>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     shutdown: impl Future<Output = ()>,
 ) {
     stats.max.store(limits.max_connections, Ordering::Relaxed);
@@ -527,6 +577,7 @@ pub async fn serve(
             }
         };
         let service = service.clone();
+        let metrics = metrics.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let slots = Arc::clone(&slots);
@@ -572,6 +623,7 @@ pub async fn serve(
                 inner: TowerToHyperService::new(service),
                 conn: Arc::clone(&conn),
                 remote,
+                metrics: metrics.clone(),
             };
             let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {

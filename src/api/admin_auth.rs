@@ -99,12 +99,14 @@ pub fn changes_state(method: &http::Method) -> bool {
 /// The bearer admin token needs no CSRF defence (a browser never sends it by itself).
 pub fn admin(state: &AppState, ctx: &Ctx) -> Result<Actor, ApiError> {
     if let Some(token) = bearer(ctx) {
-        let given = super::auth::hash_admin_token(token);
-        return if bool::from(given.ct_eq(&*state.admin_token_hash)) {
-            Ok(Actor::Token)
-        } else {
-            Err(ApiError::unauthorized())
-        };
+        return super::auth::guarded(state, ctx, || {
+            let given = super::auth::hash_admin_token(token);
+            if bool::from(given.ct_eq(&*state.admin_token_hash)) {
+                Ok(Actor::Token)
+            } else {
+                Err(ApiError::unauthorized())
+            }
+        });
     }
     let (actor, csrf) = session(state, ctx)?.ok_or_else(ApiError::unauthorized)?;
     if changes_state(&ctx.method) {

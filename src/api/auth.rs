@@ -182,15 +182,107 @@ pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
             .filter(|p| p.partner == job.partner && p.env == job.env)
             .ok_or_else(ApiError::unauthorized);
     }
-    if let Some(token) = bearer(ctx).filter(|t| is_token(t)) {
-        let principal = state
-            .tokens
-            .verify(token, &state.store.directory(), now_seconds())
-            .ok_or_else(ApiError::unauthorized)?;
-        return limit(state, principal);
+    let found = guarded(state, ctx, || {
+        if let Some(token) = bearer(ctx).filter(|t| is_token(t)) {
+            return state
+                .tokens
+                .verify(token, &state.store.directory(), now_seconds())
+                .ok_or_else(ApiError::unauthorized);
+        }
+        let key = presented_key(ctx).ok_or_else(ApiError::unauthorized)?;
+        state
+            .store
+            .directory()
+            .authenticate(key)
+            .ok_or_else(ApiError::unauthorized)
+    })?;
+    limit(state, found)
+}
+
+/// Runs a credential check for a caller at `ctx.remote`: refused at once with 429 while
+/// that address is over `limits.auth_failures_per_minute`, and a 401 it returns is
+/// counted against the address.
+pub fn guarded<T>(
+    state: &AppState,
+    ctx: &Ctx,
+    check: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let ip = ctx.remote.map(|r| r.ip());
+    if let Some(ip) = ip {
+        if let Some(wait) = state.auth_failures.blocked(ip) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                "too many failed authentications from this address; try again later",
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
     }
-    let key = presented_key(ctx).ok_or_else(ApiError::unauthorized)?;
-    authenticate(state, key)
+    let out = check();
+    if let (Err(e), Some(ip)) = (&out, ip) {
+        if e.status == StatusCode::UNAUTHORIZED {
+            state.auth_failures.failed(ip);
+        }
+    }
+    out
+}
+
+/// Failed authentications per source address in the current minute: the brute-force
+/// guard. Bounded: past [`FAILURE_ADDRESSES`] addresses, finished minutes are dropped
+/// first, then everything.
+pub struct AuthFailures {
+    per_minute: u32,
+    /// Whether any address is counted: the common case (no failures) takes no lock.
+    any: std::sync::atomic::AtomicBool,
+    map: std::sync::Mutex<HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+const FAILURE_ADDRESSES: usize = 10_000;
+const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl AuthFailures {
+    pub fn new(per_minute: u32) -> AuthFailures {
+        AuthFailures {
+            per_minute,
+            any: Default::default(),
+            map: Default::default(),
+        }
+    }
+
+    /// Seconds `ip` must wait, when it is over the limit.
+    pub fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.per_minute == 0 || !self.any.load(Relaxed) {
+            return None;
+        }
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, n) = map.get(&ip)?;
+        let elapsed = since.elapsed();
+        (elapsed < FAILURE_WINDOW && *n >= self.per_minute)
+            .then(|| FAILURE_WINDOW.saturating_sub(elapsed).as_secs() + 1)
+    }
+
+    /// Counts one failure of `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.per_minute == 0 {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= FAILURE_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+            if map.len() >= FAILURE_ADDRESSES {
+                map.clear();
+            }
+        }
+        let entry = map.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        self.any.store(true, Relaxed);
+    }
 }
 
 /// Authenticates a partner by an API key only (a token cannot mint another token, or a
@@ -247,21 +339,21 @@ pub fn strip_form_key(body: &bytes::Bytes) -> bytes::Bytes {
 }
 
 /// Authenticates a partner by a key found in a form body's `apikey` field.
-pub fn partner_by_form_key(state: &AppState, key: &str) -> Result<Principal, ApiError> {
-    authenticate(state, key)
-}
-
-fn authenticate(state: &AppState, key: &str) -> Result<Principal, ApiError> {
-    let principal = state
-        .store
-        .directory()
-        .authenticate(key)
-        .ok_or_else(ApiError::unauthorized)?;
+pub fn partner_by_form_key(state: &AppState, ctx: &Ctx, key: &str) -> Result<Principal, ApiError> {
+    let principal = guarded(state, ctx, || {
+        state
+            .store
+            .directory()
+            .authenticate(key)
+            .ok_or_else(ApiError::unauthorized)
+    })?;
     limit(state, principal)
 }
 
 /// Applies the partner's rate limit: 429 when over `limits.partner_rps`.
 fn limit(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
+    // The request's log span (see `server::Counted`) names the caller from here on.
+    tracing::Span::current().record("partner", principal.partner.as_str());
     if !state.limiter.allow(&principal.partner) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -87,7 +87,7 @@ async fn create(
             },
         )
         .await?;
-    state.wake_receivers(principal.env, &messages);
+    state.accepted(principal.env, &messages);
     Ok(reply
         .unwrap_or_else(|| created(&request, &messages))
         .into_response())

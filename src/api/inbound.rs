@@ -211,7 +211,7 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
             },
         )
         .await?;
-    state.wake_receivers(principal.env, &messages);
+    state.accepted(principal.env, &messages);
     Ok(reply
         .unwrap_or_else(|| inbound_answer(&request, &messages))
         .into_response())
@@ -372,7 +372,7 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
             },
         )
         .await?;
-    state.wake_receivers(principal.env, &messages);
+    state.accepted(principal.env, &messages);
     Ok(reply
         .unwrap_or_else(|| batch_answer(&request, &messages))
         .into_response())

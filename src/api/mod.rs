@@ -35,7 +35,7 @@ use warp::{Buf, Filter, Rejection};
 use crate::error::ApiError;
 use crate::AppState;
 
-pub use auth::{hash_admin_token, RateLimiter, TokenKeys};
+pub use auth::{hash_admin_token, AuthFailures, RateLimiter, TokenKeys};
 pub use system::{redirect_to_https, OPENAPI};
 
 /// Every route of the appliance, with the envelope applied to errors.
@@ -346,7 +346,7 @@ pub async fn read_form_with_key(
             return Err(ApiError::too_large(limit));
         }
     }
-    let principal = auth::partner_by_form_key(state, key.as_deref().unwrap_or_default())?;
+    let principal = auth::partner_by_form_key(state, ctx, key.as_deref().unwrap_or_default())?;
     let bytes = if done {
         buf.freeze()
     } else {

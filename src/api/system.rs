@@ -18,7 +18,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(|| ok(StatusCode::OK, serde_json::json!({"status": "up"})));
     let readyz = warp::path!("readyz")
         .and(warp::get())
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .map(|s: AppState| {
             let why = s.not_ready();
             if why.is_empty() {
@@ -54,7 +54,70 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             );
             res
         });
-    healthz.or(readyz).unify().or(openapi).unify().boxed()
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .and(warp::header::optional::<String>("authorization"))
+        .then(metrics);
+    healthz
+        .or(readyz)
+        .unify()
+        .or(openapi)
+        .unify()
+        .or(metrics)
+        .unify()
+        .boxed()
+}
+
+/// `GET /metrics`: the Prometheus text exposition; behind a bearer token when
+/// `metrics.token` is set.
+async fn metrics(state: AppState, authorization: Option<String>) -> Response {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let token = state.config.metrics.token.trim();
+    if !token.is_empty() {
+        let given = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let (want, got): ([u8; 32], [u8; 32]) = (
+            Sha256::digest(token.as_bytes()).into(),
+            Sha256::digest(given.trim().as_bytes()).into(),
+        );
+        if !bool::from(want.ct_eq(&got)) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    let levels = {
+        let s = state.clone();
+        tokio::task::spawn_blocking(move || levels(&s))
+            .await
+            .unwrap_or_default()
+    };
+    let mut res = Response::new(state.metrics.render(&levels).into());
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    res
+}
+
+/// What `/metrics` reads at the moment it is asked.
+fn levels(state: &AppState) -> crate::metrics::Levels {
+    let (payload_bytes, store_bytes) = state.store.disk_usage();
+    let (jobs_queued, jobs_running) = state.store.job_counts();
+    crate::metrics::Levels {
+        writer_queue: state.store.writes_queued() as u64,
+        queues: vec![
+            ("jobs_queued", jobs_queued as u64),
+            ("jobs_running", jobs_running as u64),
+        ],
+        messages: Vec::new(),
+        payload_bytes,
+        store_bytes,
+        free_disk_bytes: crate::worker::free_bytes(&state.config.server.data_dir).unwrap_or(0),
+        uptime: state.started.elapsed(),
+    }
 }
 
 /// The routes of the plain-HTTP listener next to HTTPS (`server.redirect_http`): every

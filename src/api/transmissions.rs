@@ -204,6 +204,7 @@ async fn poll(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
             .await?;
         let now_instant = tokio::time::Instant::now();
         if !claimed.items.is_empty() || now_instant >= deadline || *shutdown.borrow() {
+            state.metrics.handed_out(claimed.items.len() as u64);
             let items: Vec<View<'_>> = claimed
                 .items
                 .iter()
@@ -315,7 +316,10 @@ async fn acknowledge(
         )
         .await?
     {
-        AckOutcome::Done(t) => Ok(ok(StatusCode::OK, view(&t, None))),
+        AckOutcome::Done(t) => {
+            state.metrics.acknowledged();
+            Ok(ok(StatusCode::OK, view(&t, None)))
+        }
         AckOutcome::Conflict(t) => Err(ApiError::conflict(format!(
             "transmission {} was already acknowledged as {}",
             t.uuid,

@@ -59,6 +59,7 @@ pub use tracking::{
 };
 
 use payload_log::PayloadLog;
+pub use writer::RoundObserver;
 use writer::Writer;
 
 /// A storage fault. The API answers 503 for all of them and logs the detail.
@@ -299,6 +300,17 @@ impl Store {
     /// Writes waiting for the writer (queued or in its current round).
     pub fn writes_queued(&self) -> usize {
         self.writer.queued()
+    }
+
+    /// Sets what is told of every writer round (its size and flush time).
+    pub fn observe_writer(&self, f: writer::RoundObserver) {
+        self.writer.observe(f);
+    }
+
+    /// Bytes on disk: (payload segment files, sled's own files).
+    pub fn disk_usage(&self) -> (u64, u64) {
+        let sled = self.t.db.size_on_disk().unwrap_or(0);
+        (self.payload_log.bytes_on_disk(), sled)
     }
 
     /// The current partners, keys and routes.

@@ -55,6 +55,21 @@ pub struct PayloadLog {
     readers: RwLock<HashMap<u32, Arc<File>>>,
 }
 
+impl PayloadLog {
+    /// The size of every segment file together.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("{segment:08}.seg"))
 }

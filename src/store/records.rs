@@ -127,6 +127,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// The kind of call, as the metrics name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Transmission { .. } => "push",
+            Target::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+impl Target {
     /// The endpoint this target is delivered to: what the per-endpoint concurrency cap,
     /// parking and health are counted by. `kind ‖ env ‖ name`, never containing 0xFF.
     pub fn endpoint(&self, env: Env) -> Vec<u8> {

@@ -134,6 +134,8 @@ impl Tx<'_> {
 /// Called after the flush that covers the job, with whether it succeeded.
 type Completion = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&Tx<'_>) -> Completion + Send>;
+/// Told of each round: how many jobs it applied and how long its flush took.
+pub type RoundObserver = Box<dyn Fn(usize, std::time::Duration) + Send + Sync>;
 
 /// Handle to the writer thread.
 pub struct Writer {
@@ -144,6 +146,7 @@ pub struct Writer {
     capacity: usize,
     failed: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    observer: Arc<std::sync::OnceLock<RoundObserver>>,
 }
 
 impl Writer {
@@ -160,16 +163,25 @@ impl Writer {
         let capacity = queue.clamp(1, Semaphore::MAX_PERMITS);
         let failed = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&failed);
+        let observer = Arc::new(std::sync::OnceLock::new());
+        let watch = Arc::clone(&observer);
         let thread = std::thread::Builder::new()
             .name("waybill-writer".into())
-            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &flag))?;
+            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &flag, &watch))?;
         Ok(Writer {
             queue: Mutex::new(Some(tx)),
             room: Arc::new(Semaphore::new(capacity)),
             capacity,
             failed,
             thread: Mutex::new(Some(thread)),
+            observer,
         })
+    }
+
+    /// Sets what is told of every round from now on (the metrics). Only the first call
+    /// counts.
+    pub fn observe(&self, f: RoundObserver) {
+        let _ = self.observer.set(f);
     }
 
     /// Runs `job` on the writer thread and answers once its effects are on disk.
@@ -300,6 +312,7 @@ fn write_loop(
     db_file: &File,
     payloads: &PayloadLog,
     failed: &AtomicBool,
+    observer: &std::sync::OnceLock<RoundObserver>,
 ) {
     let (mut rounds, mut jobs, mut busy) = (0u64, 0u64, std::time::Duration::ZERO);
     // `recv` fails once every sender is gone: at shutdown, after the queue is drained.
@@ -328,7 +341,11 @@ fn write_loop(
             tracing::error!("the store refuses writes from now on");
             failed.store(true, Ordering::SeqCst);
         }
-        busy += started.elapsed();
+        let took = started.elapsed();
+        if let Some(observe) = observer.get() {
+            observe(count as usize, took);
+        }
+        busy += took;
         rounds += 1;
         jobs += count;
         // Dropping the completions of an aborted round answers their jobs with an error.

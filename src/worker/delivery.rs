@@ -499,6 +499,15 @@ impl Attempt {
                 let Ok(outcome) = outcome else {
                     return done(None, false);
                 };
+                self.state.metrics.delivery(
+                    q.delivery.target.kind(),
+                    if outcome.succeeded() {
+                        "delivered"
+                    } else {
+                        "failed"
+                    },
+                    Duration::from_millis(outcome.latency_ms),
+                );
                 let (next, health) = self.decide(&endpoint, &q.delivery, &outcome).await;
                 (Some(attempt_record(outcome)), next, health)
             }

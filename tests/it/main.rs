@@ -10,6 +10,7 @@ mod environments;
 mod errors;
 mod https;
 mod intake;
+mod metrics;
 mod openapi;
 mod packaging;
 mod process;
