@@ -262,6 +262,9 @@ fn authenticate(state: &AppState, key: &str) -> Result<Principal, ApiError> {
 
 /// Applies the partner's rate limit: 429 when over `limits.partner_rps`.
 fn limit(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
+    state
+        .store
+        .note_key_use(principal.key_id, crate::store::now_ms());
     if !state.limiter.allow(&principal.partner) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

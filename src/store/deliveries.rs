@@ -35,7 +35,7 @@ pub(super) fn outbox_key(endpoint: &[u8], due: u64, id: Uuid) -> Vec<u8> {
 }
 
 /// The endpoint, due time and id of an outbox key.
-fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u64, Uuid)> {
+pub(super) fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u64, Uuid)> {
     let split = key.len().checked_sub(25)?;
     let (endpoint, rest) = key.split_at(split);
     if rest[0] != SEP {

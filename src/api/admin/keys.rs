@@ -49,8 +49,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-pub(super) fn key_view(k: &ApiKeyRec) -> Value {
-    json!({
+/// A key as the admin sees it: never its secret; when it was last used (to the minute
+/// after a restart).
+pub(super) fn key_view(state: &AppState, k: &ApiKeyRec) -> Result<Value, ApiError> {
+    Ok(json!({
         "id": k.id,
         "partner": k.partner,
         "prefix": k.prefix,
@@ -59,7 +61,8 @@ pub(super) fn key_view(k: &ApiKeyRec) -> Value {
         "createdAt": rfc3339(k.created_at),
         "revokedAt": k.revoked_at.map(rfc3339),
         "active": k.revoked_at.is_none(),
-    })
+        "lastUsedAt": state.store.key_last_used(k.id)?.map(rfc3339),
+    }))
 }
 
 #[derive(Deserialize, Default)]
@@ -93,7 +96,7 @@ async fn create_key(
         .map(|l| parse_short_text(&l, 200).field("label"))
         .transpose()?;
     let created = state.store.create_key(&code, env, label).await?;
-    let mut v = key_view(&created.record);
+    let mut v = key_view(&state, &created.record)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("key".into(), Value::String(created.secret));
     }
@@ -118,8 +121,8 @@ async fn list_keys(code: String, state: AppState, ctx: Ctx) -> Result<Response, 
         .list_keys(&code)?
         .iter()
         .filter(|k| env.is_none_or(|e| k.env == e))
-        .map(key_view)
-        .collect();
+        .map(|k| key_view(&state, k))
+        .collect::<Result<_, _>>()?;
     Ok(ok(StatusCode::OK, keys))
 }
 
@@ -133,5 +136,5 @@ async fn revoke_key(
     let code = path_segment(&code, "code")?;
     let id = parse_id(&id, "key")?;
     let k = state.store.revoke_key(&code, id).await?;
-    Ok(ok(StatusCode::OK, key_view(&k)))
+    Ok(ok(StatusCode::OK, key_view(&state, &k)?))
 }

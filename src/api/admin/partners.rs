@@ -252,7 +252,12 @@ async fn get_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response
         .partner(&code)
         .ok_or_else(|| ApiError::not_found("partner"))?;
     let mut v = with_health(&state, p)?;
-    let keys: Vec<Value> = state.store.list_keys(&code)?.iter().map(key_view).collect();
+    let keys: Vec<Value> = state
+        .store
+        .list_keys(&code)?
+        .iter()
+        .map(|k| key_view(&state, k))
+        .collect::<Result<_, _>>()?;
     let routes: Vec<Value> = dir
         .routes()
         .iter()
