@@ -125,17 +125,6 @@ pub struct OutboxEndpoint {
     pub parked: bool,
 }
 
-/// How many entries the outbox holds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OutboxCounts {
-    /// Due now (attempts under way included).
-    pub due: u64,
-    /// Waiting for a retry time.
-    pub scheduled: u64,
-    /// Parked behind a paused or disabled endpoint.
-    pub held: u64,
-}
-
 /// Whether `target`'s endpoint holds its deliveries back, judged on the records inside the
 /// writer's transaction (not a directory snapshot that may be a moment old). `None`: the
 /// receiver no longer has a push URL.
@@ -229,20 +218,6 @@ impl Store {
             });
         }
         Ok((taken, None))
-    }
-
-    /// How many entries wait, by kind of wait. A scan of the whole outbox: an admin view.
-    pub fn outbox_counts(&self, now: i64) -> Result<OutboxCounts, StoreError> {
-        let now = due_at(now);
-        let mut c = OutboxCounts::default();
-        for item in self.t.outbox.iter().keys() {
-            match split_outbox_key(&item?) {
-                Some((_, PARKED, _)) => c.held += 1,
-                Some((_, due, _)) if due <= now => c.due += 1,
-                _ => c.scheduled += 1,
-            }
-        }
-        Ok(c)
     }
 
     /// Records the end of an attempt (or of a decision not to make one): the attempt log,

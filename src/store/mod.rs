@@ -56,7 +56,7 @@ pub use background::{
     IdemPut, IdemSlot, JobFilter, JobRec, JobState, Remember, StoredBody, StoredResponse,
     INLINE_BODY_BYTES,
 };
-pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Queued};
+pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
