@@ -37,7 +37,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             tokio::select! {
                 _ = state.store.bulk_created.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(pause)) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    // A dropped sender also means the server is going away.
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

@@ -17,10 +17,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         pass(&state).await;
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            return;
+            changed = stop.changed() => {
+                // A dropped sender also means the server is going away.
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
         }
     }
 }
