@@ -15,6 +15,8 @@
 //!   second it reaches, and the intake-to-receiver latency at a fixed rate.
 //! * `tracking`: (only when named) tracking searches over a store filled with
 //!   `--messages` messages of 10 partners received over 30 days.
+//! * `admin`: (only when named) the admin API's message listing and stats over a
+//!   store filled as for `tracking`.
 //! * `background`: (only when named) background calls: jobs accepted per
 //!   second, submit-to-completion latency next to the synchronous call, and
 //!   the cost of Idempotency-Key on intake.
@@ -49,6 +51,8 @@ use tokio::time::{sleep, timeout};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+#[path = "load/admin.rs"]
+mod admin;
 #[path = "load/background.rs"]
 mod background;
 #[path = "load/poll_leased.rs"]
@@ -70,8 +74,10 @@ usage: cargo bench --bench load -- [options]
                         poll-leased or background),
                         or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio,
-                        or tracking: searches over a filled store (alone)
-  --messages N          messages to store in the memory and tracking phases
+                        or tracking: searches over a filled store (alone),
+                        or admin: the admin message listing and stats over
+                        a filled store (alone)
+  --messages N          messages to store in the memory, tracking and admin phases
                         (default 1000000), to push in the push phase (default
                         50000) or to lease in the poll-leased phase (default
                         100000)
@@ -154,6 +160,8 @@ struct Options {
     compare: bool,
     /// Searches over a filled store (`--phase tracking`), alone.
     tracking: bool,
+    /// The admin listing and stats over a filled store (`--phase admin`), alone.
+    admin: bool,
     /// Serve (and talk) HTTPS when starting our own server.
     tls: bool,
     tls_ca: Option<PathBuf>,
@@ -177,6 +185,7 @@ fn parse_args() -> Result<Options, String> {
         rate: 1000,
         compare: false,
         tracking: false,
+        admin: false,
         tls: false,
         tls_ca: None,
         server: None,
@@ -239,10 +248,12 @@ fn parse_args() -> Result<Options, String> {
                 o.background = false;
                 o.compare = false;
                 o.tracking = false;
+                o.admin = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
                         "compare" => o.compare = true,
                         "tracking" => o.tracking = true,
+                        "admin" => o.admin = true,
                         "inbound" => o.inbound = true,
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
@@ -265,7 +276,10 @@ fn parse_args() -> Result<Options, String> {
                         "--phase tracking starts its own server; name no other phase".into(),
                     );
                 }
-                if !(others || o.compare || o.tracking) {
+                if o.admin && (others || o.compare || o.tracking) {
+                    return Err("--phase admin starts its own server; name no other phase".into());
+                }
+                if !(others || o.compare || o.tracking || o.admin) {
                     return Err("--phase names no phase".into());
                 }
                 if o.compare && others {
@@ -415,6 +429,12 @@ async fn run(opts: Options) -> Result<(), String> {
             );
         }
         return tracking::run(opts.messages.unwrap_or(1_000_000)).await;
+    }
+    if opts.admin {
+        if opts.server.is_some() || opts.tls {
+            return Err("--phase admin fills a store of its own; drop --server and --tls".into());
+        }
+        return admin::run(opts.messages.unwrap_or(1_000_000)).await;
     }
     if !opts.compare {
         session(&opts, opts.tls).await?;

@@ -51,7 +51,7 @@ fn request_shape(n: u64) -> (Option<String>, usize) {
 
 /// Fills `data_dir` with about `messages` messages; returns a sample of
 /// `(partner, request id, external reference)` to search for.
-async fn fill(
+pub(super) async fn fill(
     data_dir: &std::path::Path,
     messages: u64,
 ) -> Result<Vec<(String, String, String)>, String> {

@@ -184,6 +184,7 @@ fn route_of(path: &str) -> String {
         "test",
         "schemas",
         "payload",
+        "bulk-operations",
     ];
     path.split('/')
         .map(|seg| {

@@ -354,6 +354,9 @@ pub fn partner_by_form_key(state: &AppState, ctx: &Ctx, key: &str) -> Result<Pri
 fn limit(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
     // The request's log span (see `server::Counted`) names the caller from here on.
     tracing::Span::current().record("partner", principal.partner.as_str());
+    state
+        .store
+        .note_key_use(principal.key_id, crate::store::now_ms());
     if !state.limiter.allow(&principal.partner) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -440,7 +440,7 @@ async fn cancel(
     }
 }
 
-fn admin_view(job: &JobRec) -> Value {
+pub(super) fn admin_view(job: &JobRec) -> Value {
     let mut v = view(job);
     if let Some(o) = v.as_object_mut() {
         o.insert("partner".into(), json!(job.partner));
@@ -460,7 +460,12 @@ fn time_param(ctx: &Ctx, name: &str) -> Result<Option<i64>, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{name} must be an RFC 3339 time")).field(name))
 }
 
-/// `GET /admin/api/jobs?state=&partner=&env=&from=&to=&cursor=&limit=`, newest first.
+/// Job records one listing page looks at, per environment, at most.
+const JOB_SCAN: usize = 20_000;
+
+/// `GET /admin/api/jobs?state=&partner=&env=&from=&to=&cursor=&limit=`, newest first. A
+/// rare filter may answer a short (even empty) page with a `nextCursor`: the listing
+/// looks at a bounded number of jobs per call, and the next call goes on from there.
 async fn admin_list(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
     auth::admin(&state, &ctx)?;
     let env = match ctx.param("env").filter(|v| !v.is_empty()) {
@@ -506,12 +511,9 @@ async fn admin_list(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
         limit,
     };
     let store = std::sync::Arc::clone(&state.store);
-    let jobs = tokio::task::spawn_blocking(move || store.list_jobs(&filter))
+    let (jobs, next) = tokio::task::spawn_blocking(move || store.list_jobs(&filter, JOB_SCAN))
         .await
         .map_err(|_| ApiError::unavailable("the listing did not finish"))??;
-    let next = (jobs.len() == limit)
-        .then(|| jobs.last().map(|j| j.id))
-        .flatten();
     Ok(ok(
         StatusCode::OK,
         json!({

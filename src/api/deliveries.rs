@@ -1,5 +1,5 @@
-//! The admin API of outbound deliveries: the attempt log of any delivery, redelivery of
-//! failed transmissions, and how much waits in the outbox. Every call needs the admin token.
+//! The admin API of outbound deliveries: the attempt log of any delivery and redelivery of
+//! failed transmissions. (How much waits is in `/admin/api/stats`.) Every call needs the admin token.
 
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -27,12 +27,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(ctx())
         .then(delivery_attempts)
         .map(finish);
-    let stats = warp::path!("admin" / "api" / "stats")
-        .and(warp::get())
-        .and(s())
-        .and(ctx())
-        .then(stats)
-        .map(finish);
     let redeliver = warp::path!("admin" / "api" / "transmissions" / String / "redeliver")
         .and(warp::post())
         .and(s())
@@ -47,8 +41,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(finish);
     attempts
         .or(delivery_attempts)
-        .unify()
-        .or(stats)
         .unify()
         .or(redeliver)
         .unify()
@@ -131,16 +123,6 @@ async fn delivery_attempts(id: String, state: AppState, ctx: Ctx) -> Result<Resp
     let env = env_param(&ctx)?;
     let id = parse_id(&id, "delivery")?;
     attempt_list(&state, env, id)
-}
-
-/// How much waits in the outbox.
-async fn stats(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let c = state.store.outbox_counts(crate::store::now_ms())?;
-    Ok(ok(
-        StatusCode::OK,
-        json!({"deliveries": {"due": c.due, "scheduled": c.scheduled, "held": c.held}}),
-    ))
 }
 
 fn attempt_list(state: &AppState, env: Env, id: uuid::Uuid) -> Result<Response, ApiError> {

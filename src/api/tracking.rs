@@ -327,7 +327,7 @@ fn string_values(raw: &Value, field: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// A status name, in any case.
-fn parse_status(raw: &str, field: &str) -> Result<Status, ApiError> {
+pub(super) fn parse_status(raw: &str, field: &str) -> Result<Status, ApiError> {
     Status::ALL
         .into_iter()
         .find(|s| s.as_str().eq_ignore_ascii_case(raw.trim()))
@@ -360,7 +360,7 @@ fn parse_time(raw: &str, field: &str) -> Result<(i64, bool), ApiError> {
 
 /// `receivedDate`: one value is that whole day (UTC); two are a range, `from` to `to`
 /// inclusive (a date as `to` includes that whole day). Returns `[from, to)` in unix ms.
-fn parse_dates(values: &[String], field: &str) -> Result<(i64, i64), ApiError> {
+pub(super) fn parse_dates(values: &[String], field: &str) -> Result<(i64, i64), ApiError> {
     match values {
         [one] => {
             let (at, _) = parse_time(one, field)?;
@@ -480,7 +480,7 @@ fn history(h: &[(i64, Status)]) -> Vec<Value> {
 }
 
 /// One message with its history, errors and transmissions.
-fn message_view(m: &MessageRec) -> Value {
+pub(super) fn message_view(m: &MessageRec) -> Value {
     let transmissions: Vec<Value> = m
         .transmissions
         .iter()

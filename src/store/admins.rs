@@ -237,7 +237,8 @@ impl Store {
     /// Removes sessions past their end; returns how many.
     pub async fn prune_sessions(&self, now: i64, idle_ms: i64) -> Result<usize, StoreError> {
         let mut dead = Vec::new();
-        for item in self.t.admin_sessions.iter() {
+        // Bounded: a backlog beyond this goes in the next pass.
+        for item in self.t.admin_sessions.iter().take(10_000) {
             let (k, v) = item?;
             let over = decode::<SessionRec>(&v)
                 .map(|s| s.expires_at <= now || s.last_seen + idle_ms <= now)
@@ -329,5 +330,73 @@ impl Store {
                 .await?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user: &str, last_seen: i64, expires_at: i64) -> SessionRec {
+        SessionRec {
+            username: user.into(),
+            role: Role::Admin,
+            csrf_hash: [0; 32],
+            created_at: 0,
+            last_seen,
+            expires_at,
+            source: None,
+        }
+    }
+
+    fn audit_at(at: i64) -> AuditRec {
+        AuditRec {
+            id: Uuid::now_v7(),
+            at,
+            actor: "token".into(),
+            action: "POST /admin/api/partners".into(),
+            target: "partners".into(),
+            source: None,
+            status: 201,
+        }
+    }
+
+    #[tokio::test]
+    async fn ended_sessions_and_old_audit_entries_are_pruned_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let (now, idle) = (10_000_000, 60_000);
+        store
+            .put_session([1; 32], session("live", now - 1_000, now + 1_000))
+            .await
+            .unwrap();
+        store
+            .put_session([2; 32], session("idle", now - idle, now + 1_000))
+            .await
+            .unwrap();
+        store
+            .put_session([3; 32], session("over", now, now))
+            .await
+            .unwrap();
+        assert_eq!(store.prune_sessions(now, idle).await.unwrap(), 2);
+        assert!(store.session(&[1; 32]).unwrap().is_some());
+        assert!(store.session(&[2; 32]).unwrap().is_none());
+        assert!(store.session(&[3; 32]).unwrap().is_none());
+
+        store.audit(audit_at(now - 5)).await.unwrap();
+        store.audit(audit_at(now + 5)).await.unwrap();
+        assert_eq!(store.prune_audit(now).await.unwrap(), 1);
+        let left = store
+            .audit_entries(&AuditQuery {
+                actor: None,
+                action: None,
+                since: None,
+                before: None,
+                limit: 10,
+            })
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].at, now + 5);
+        store.close();
     }
 }

@@ -672,38 +672,59 @@ impl Store {
             .await
     }
 
-    /// Jobs matching `f`, newest first. Reads at most 100,000 records.
-    pub fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRec>, StoreError> {
+    /// Jobs matching `f`, newest first, and the cursor of the next page (`None` when
+    /// nothing is left). Looks at no more than `max_scan` records per environment: a page
+    /// of a rare filter may come back short, with a cursor where the look stopped.
+    pub fn list_jobs(
+        &self,
+        f: &JobFilter,
+        max_scan: usize,
+    ) -> Result<(Vec<JobRec>, Option<Uuid>), StoreError> {
         let mut out = Vec::new();
         let envs = match f.env {
             Some(e) => vec![e],
             None => vec![Env::Live, Env::Test],
         };
+        // Below the highest of these, some environment was not looked at.
+        let mut cut: Option<Uuid> = None;
         for env in envs {
             let start = [env.byte()];
             let end = match f.before {
                 Some(id) => env_id(env, id).to_vec(),
                 None => vec![env.byte().saturating_add(1)],
             };
-            for entry in self.t.jobs.range(start.to_vec()..end).rev().take(100_000) {
+            let mut found = 0;
+            for (scanned, entry) in self.t.jobs.range(start.to_vec()..end).rev().enumerate() {
                 let (_, v) = entry?;
                 let job: JobRec = decode(&v)?;
-                if f.state.is_some_and(|s| s != job.state)
+                let id = job.id;
+                let wanted = !(f.state.is_some_and(|s| s != job.state)
                     || f.partner.as_ref().is_some_and(|p| *p != job.partner)
                     || f.from.is_some_and(|from| job.created_at < from)
-                    || f.to.is_some_and(|to| job.created_at >= to)
-                {
-                    continue;
+                    || f.to.is_some_and(|to| job.created_at >= to));
+                if wanted {
+                    out.push(job);
+                    found += 1;
                 }
-                out.push(job);
-                if out.len() >= f.limit {
+                if found >= f.limit || scanned + 1 >= max_scan {
+                    if found < f.limit {
+                        cut = cut.max(Some(id));
+                    }
                     break;
                 }
             }
         }
+        if let Some(c) = cut {
+            out.retain(|j| j.id >= c);
+        }
         out.sort_by_key(|j| std::cmp::Reverse(j.id));
-        out.truncate(f.limit);
-        Ok(out)
+        let next = if out.len() >= f.limit {
+            out.truncate(f.limit);
+            out.last().map(|j| j.id)
+        } else {
+            cut
+        };
+        Ok((out, next))
     }
 
     /// Removes idempotency answers past their expiry, and finished jobs (with their

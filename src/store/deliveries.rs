@@ -35,7 +35,7 @@ pub(super) fn outbox_key(endpoint: &[u8], due: u64, id: Uuid) -> Vec<u8> {
 }
 
 /// The endpoint, due time and id of an outbox key.
-fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u64, Uuid)> {
+pub(super) fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u64, Uuid)> {
     let split = key.len().checked_sub(25)?;
     let (endpoint, rest) = key.split_at(split);
     if rest[0] != SEP {
@@ -123,17 +123,6 @@ pub struct OutboxEndpoint {
     /// The earliest due time that is not parked.
     pub first_due: Option<u64>,
     pub parked: bool,
-}
-
-/// How many entries the outbox holds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OutboxCounts {
-    /// Due now (attempts under way included).
-    pub due: u64,
-    /// Waiting for a retry time.
-    pub scheduled: u64,
-    /// Parked behind a paused or disabled endpoint.
-    pub held: u64,
 }
 
 /// Whether `target`'s endpoint holds its deliveries back, judged on the records inside the
@@ -229,20 +218,6 @@ impl Store {
             });
         }
         Ok((taken, None))
-    }
-
-    /// How many entries wait, by kind of wait. A scan of the whole outbox: an admin view.
-    pub fn outbox_counts(&self, now: i64) -> Result<OutboxCounts, StoreError> {
-        let now = due_at(now);
-        let mut c = OutboxCounts::default();
-        for item in self.t.outbox.iter().keys() {
-            match split_outbox_key(&item?) {
-                Some((_, PARKED, _)) => c.held += 1,
-                Some((_, due, _)) if due <= now => c.due += 1,
-                _ => c.scheduled += 1,
-            }
-        }
-        Ok(c)
     }
 
     /// Records the end of an attempt (or of a decision not to make one): the attempt log,

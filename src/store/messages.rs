@@ -12,6 +12,7 @@ use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
+use super::counters;
 use super::deliveries::{due_at, outbox_key, queued_push_key, Prefetched, Queued};
 use super::records::{
     clip, new_message_id, split_transmission_uuid, transmission_uuid, DeliveryRec, MessageRec,
@@ -262,11 +263,21 @@ impl Store {
         let request_value = encode(&request)?;
         let index = intake_entries(&request, &messages);
         let remembered = answer(&request, &messages)?;
+        let mut counted = vec![(
+            counters::rate_key(counters::Rate::Intake, now),
+            messages.len() as i64,
+        )];
+        for m in &messages {
+            counted.push((counters::message_key(env, m.status), 1));
+        }
 
         self.writer
             .write(move |t| {
                 for (key, value) in writes {
                     t.insert(Table::Messages, key, value)?;
+                }
+                for (key, n) in counted {
+                    t.count(key, n);
                 }
                 for (key, value) in queue {
                     t.insert(Table::ReceiverPending, key, value)?;

@@ -26,15 +26,21 @@
 //! | `job_content` | env ‖ job id | [`StoredResponse`]: what the job's call answered |
 //! | `idempotency` | env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer |
 //! | `idempotency_expiry` | expiry (u64 BE ms) ‖ idempotency key | (empty) |
+//! | `bulk_ops` | operation id | [`bulk::BulkRec`]: a bulk cancel or redelivery and its progress |
+//! | `counters` | `m` ‖ env ‖ status, `q` ‖ queue, `r` ‖ kind ‖ minute | i64 (BE): see [`counters`] |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
 
 pub mod admins;
 pub mod background;
+pub mod bulk;
 mod codec;
+pub mod counters;
 mod deliveries;
 pub mod directory;
+mod key_use;
+pub mod listing;
 mod messages;
 pub mod payload_log;
 pub mod records;
@@ -50,7 +56,7 @@ pub use background::{
     IdemPut, IdemSlot, JobFilter, JobRec, JobState, Remember, StoredBody, StoredResponse,
     INLINE_BODY_BYTES,
 };
-pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Queued};
+pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
@@ -113,6 +119,8 @@ pub struct Trees {
     job_content: sled::Tree,
     idempotency: sled::Tree,
     idempotency_expiry: sled::Tree,
+    counters: sled::Tree,
+    bulk_ops: sled::Tree,
 }
 
 impl Trees {
@@ -143,6 +151,8 @@ impl Trees {
             &self.job_content,
             &self.idempotency,
             &self.idempotency_expiry,
+            &self.counters,
+            &self.bulk_ops,
         ]
     }
 }
@@ -209,6 +219,13 @@ pub struct Store {
     pub outbox: OutboxSignal,
     /// The key that signs and checks partner tokens (JWT, HS256), made at first start.
     token_key: TokenKeyRec,
+    /// When each API key was last used, noted in memory and saved now and then.
+    key_use: key_use::KeyUse,
+    /// Wakes the bulk worker when an operation is created.
+    pub bulk_created: tokio::sync::Notify,
+    /// The data directory, for the size on disk.
+    dir: std::path::PathBuf,
+    opened: std::time::Instant,
 }
 
 impl Store {
@@ -254,6 +271,8 @@ impl Store {
             job_content: tree("job_content")?,
             idempotency: tree("idempotency")?,
             idempotency_expiry: tree("idempotency_expiry")?,
+            counters: tree("counters")?,
+            bulk_ops: tree("bulk_ops")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -267,6 +286,10 @@ impl Store {
             admin_lock: tokio::sync::Mutex::new(()),
             outbox: OutboxSignal::new(),
             token_key,
+            key_use: key_use::KeyUse::default(),
+            bulk_created: tokio::sync::Notify::new(),
+            dir: dir.to_owned(),
+            opened: std::time::Instant::now(),
         };
         store.reload_directory()?;
         let indexed = store.build_tracking_index()?;
@@ -283,6 +306,9 @@ impl Store {
         let moved = store.migrate_leased_entries()?;
         if moved > 0 {
             tracing::info!(moved, "moved leased transmissions out of the poll queues");
+        }
+        if store.build_counters()? {
+            tracing::info!("counted the stored messages and queues for the stats");
         }
         Ok(store)
     }
@@ -324,6 +350,28 @@ impl Store {
     /// The key partner tokens are signed with, and its id.
     pub fn token_key(&self) -> &TokenKeyRec {
         &self.token_key
+    }
+
+    /// Seconds since the store was opened (at process start).
+    pub fn uptime_seconds(&self) -> u64 {
+        self.opened.elapsed().as_secs()
+    }
+
+    /// Bytes the data directory takes: sled's files and the payload segments.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                for inner in std::fs::read_dir(entry.path())? {
+                    total += inner?.metadata()?.len();
+                }
+            } else {
+                total += meta.len();
+            }
+        }
+        Ok(total)
     }
 
     /// Makes everything durable and stops the writer. Called once at shutdown.

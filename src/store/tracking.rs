@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::codec::{decode, encode, env_id, partner_id, partner_prefix, SEP};
+use super::counters::{message_key, rate_key, CounterKey, Rate};
 use super::deliveries::queued_push_key;
 use super::records::{MessageRec, RequestRec};
 use super::transitions::{Event, Transition};
@@ -148,30 +149,49 @@ pub(super) fn intake_entries(
     out
 }
 
-/// What of a message the `tracking` index holds, taken before a change.
+/// What of a message the `tracking` index and the counters hold, taken before a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Tracked(Status, Option<i64>);
+pub(super) struct Tracked {
+    status: Status,
+    processed_at: Option<i64>,
+    /// Transmissions handed to their receiver.
+    delivered: usize,
+}
 
 impl MessageRec {
     /// What the index holds of this message now; compare after [`MessageRec::apply`].
     pub(super) fn tracked(&self) -> Tracked {
-        Tracked(self.status, self.processed_at)
+        Tracked {
+            status: self.status,
+            processed_at: self.processed_at,
+            delivered: self
+                .transmissions
+                .iter()
+                .filter(|t| t.delivered_at.is_some())
+                .count(),
+        }
     }
 }
 
 /// A changed message ready to store: its encoded record and, when its status or processed
 /// time changed, its new `tracking` entry. Built (and so checked) before a job's first
-/// write; [`MessagePut::write`] only copies bytes.
+/// write; [`MessagePut::write`] only copies bytes and notes the counters' changes.
 pub(super) struct MessagePut {
     key: [u8; 17],
     record: Vec<u8>,
     tracking: Option<(Vec<u8>, Vec<u8>)>,
+    /// The message's counter moves from the first to the second key.
+    moved: Option<(CounterKey, CounterKey)>,
+    /// Transmissions delivered by this change.
+    delivered: usize,
 }
 
 impl MessagePut {
     /// Prepares `m`, which was `before` when the job read it.
     pub(super) fn new(m: &MessageRec, before: Tracked) -> Result<MessagePut, StoreError> {
-        let tracking = (m.tracked() != before).then(|| {
+        let now = m.tracked();
+        let tracking = (now.status, now.processed_at) != (before.status, before.processed_at);
+        let tracking = tracking.then(|| {
             (
                 tracking_key(m.env, &m.sender, m.request_id, m.id),
                 tracking_value(m),
@@ -181,6 +201,13 @@ impl MessagePut {
             key: env_id(m.env, m.id),
             record: encode(m)?,
             tracking,
+            moved: (now.status != before.status).then(|| {
+                (
+                    message_key(m.env, before.status),
+                    message_key(m.env, now.status),
+                )
+            }),
+            delivered: now.delivered.saturating_sub(before.delivered),
         })
     }
 
@@ -188,6 +215,16 @@ impl MessagePut {
         t.insert(Table::Messages, self.key, self.record)?;
         if let Some((k, v)) = self.tracking {
             t.insert(Table::Tracking, k, v)?;
+        }
+        if let Some((from, to)) = self.moved {
+            t.count(from, -1);
+            t.count(to, 1);
+        }
+        if self.delivered > 0 {
+            t.count(
+                rate_key(Rate::Delivered, super::now_ms()),
+                self.delivered as i64,
+            );
         }
         Ok(())
     }
@@ -549,6 +586,56 @@ impl Store {
                     r.write(t, &outcome)?;
                 }
                 Ok(outcome)
+            })
+            .await
+    }
+
+    /// `(request, message)` of every entry of one reference of a sender; the nil message
+    /// stands for a whole batch.
+    pub(super) fn reference_hits(
+        &self,
+        env: Env,
+        sender: &str,
+        reference: &str,
+    ) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+        let p = ref_prefix(env, sender, reference);
+        let mut out = Vec::new();
+        for item in self.t.tracking_refs.scan_prefix(&p) {
+            let (key, _) = item?;
+            let Some(tail) = key.get(p.len()..).filter(|t| t.len() == 32) else {
+                return Err(StoreError::Codec("bad tracking_refs entry".into()));
+            };
+            let request = Uuid::from_slice(&tail[..16]).map_err(codec_err)?;
+            let message = Uuid::from_slice(&tail[16..]).map_err(codec_err)?;
+            out.push((request, message));
+        }
+        Ok(out)
+    }
+
+    /// Cancels many messages for an admin in one writer job (a bulk operation's batch);
+    /// returns how many are cancelled now that were not before.
+    pub async fn cancel_many(
+        &self,
+        env: Env,
+        ids: Vec<Uuid>,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        self.writer
+            .write_waiting(move |t| {
+                let mut n = 0;
+                for id in ids {
+                    let was = t
+                        .get(Table::Messages, env_id(env, id))?
+                        .map(|raw| decode::<MessageRec>(&raw).map(|m| m.status))
+                        .transpose()?;
+                    if was == Some(Status::Cancelled) {
+                        continue;
+                    }
+                    if let CancelOutcome::Done(_) = cancel_in(t, env, id, None, now)? {
+                        n += 1;
+                    }
+                }
+                Ok(n)
             })
             .await
     }

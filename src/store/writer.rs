@@ -41,6 +41,7 @@ use sled::transaction::{
 use sled::{IVec, Transactional};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::counters::{self, CounterKey, Deltas};
 use super::payload_log::PayloadLog;
 use super::{StoreError, Trees};
 
@@ -78,6 +79,8 @@ pub enum Table {
     JobContent,
     Idempotency,
     IdempotencyExpiry,
+    Counters,
+    BulkOps,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.
@@ -90,6 +93,8 @@ pub struct Tx<'a> {
     views: &'a Views,
     /// A storage error happened; the whole round's transaction is aborted.
     poisoned: Cell<bool>,
+    /// The counter changes of the round's jobs, written once at its end.
+    deltas: RefCell<Deltas>,
 }
 
 impl Tx<'_> {
@@ -115,19 +120,38 @@ impl Tx<'_> {
         self.check(self.tree(table).get(key))
     }
 
-    /// Writes a key.
+    /// Writes a key. A new key in a queue tree counts one more entry in it.
     pub fn insert(
         &self,
         table: Table,
         key: impl AsRef<[u8]>,
         value: impl Into<IVec>,
     ) -> Result<(), StoreError> {
-        self.check(self.tree(table).insert(key.as_ref(), value).map(|_| ()))
+        let key = key.as_ref();
+        let old = self.check(self.tree(table).insert(key, value))?;
+        if old.is_none() {
+            if let Some(counter) = counters::queue_of(table, key) {
+                self.count(counter, 1);
+            }
+        }
+        Ok(())
     }
 
-    /// Deletes a key.
+    /// Deletes a key. A key that was there in a queue tree counts one entry less.
     pub fn remove(&self, table: Table, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
-        self.check(self.tree(table).remove(key.as_ref()).map(|_| ()))
+        let key = key.as_ref();
+        let old = self.check(self.tree(table).remove(key))?;
+        if old.is_some() {
+            if let Some(counter) = counters::queue_of(table, key) {
+                self.count(counter, -1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` to a counter when the round commits.
+    pub fn count(&self, key: CounterKey, delta: i64) {
+        self.deltas.borrow_mut().add(key, delta);
     }
 }
 
@@ -378,9 +402,11 @@ fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
         let tx = Tx {
             views: &views[..],
             poisoned: Cell::new(false),
+            deltas: RefCell::new(Deltas::default()),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
-        if tx.poisoned.get() {
+        let deltas = tx.deltas.take();
+        if deltas.write(&tx).is_err() || tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
         Ok(done)

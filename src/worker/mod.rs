@@ -3,7 +3,9 @@
 //! others hold no state an abort could lose, and are aborted.
 
 pub mod background;
+pub mod bulk;
 pub mod delivery;
+pub mod housekeeping;
 pub mod push;
 
 use std::future::Future;
@@ -31,6 +33,11 @@ pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
         delivery: tokio::spawn(live.watch("delivery", delivery::run(state.clone(), stop.clone()))),
         others: vec![
             tokio::spawn(live.watch("background", background::run(state.clone(), stop.clone()))),
+            tokio::spawn(live.watch("bulk", bulk::run(state.clone(), stop.clone()))),
+            tokio::spawn(live.watch(
+                "housekeeping",
+                housekeeping::run(state.clone(), stop.clone()),
+            )),
             tokio::spawn(live.watch("disk-watch", watch_disk(state, disk_low))),
         ],
     }

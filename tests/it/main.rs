@@ -2,6 +2,7 @@
 //! spoken to over real HTTP. One test binary; one module per area.
 
 mod admin;
+mod admin_api;
 mod admin_users;
 mod background;
 mod delivery;

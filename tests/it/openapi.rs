@@ -52,7 +52,17 @@ const SERVED: &[(&str, &str)] = &[
     ("delete", "/admin/api/users/{username}"),
     ("put", "/admin/api/users/{username}/password"),
     ("get", "/admin/api/audit"),
-    // admin.rs
+    // admin/
+    ("get", "/admin/api/messages"),
+    ("get", "/admin/api/messages/{id}"),
+    ("get", "/admin/api/messages/{id}/payload"),
+    ("post", "/admin/api/messages/{id}/redeliver"),
+    ("post", "/admin/api/bulk-operations"),
+    ("get", "/admin/api/bulk-operations"),
+    ("get", "/admin/api/bulk-operations/{id}"),
+    ("get", "/admin/api/deliveries"),
+    ("get", "/admin/api/jobs/{id}"),
+    ("post", "/admin/api/jobs/{id}/cancel"),
     ("post", "/admin/api/partners"),
     ("get", "/admin/api/partners"),
     ("get", "/admin/api/partners/{code}"),

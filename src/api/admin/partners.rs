@@ -1,5 +1,5 @@
-//! The admin JSON API under `/admin/api/`: partners, their keys, and routes. Every call
-//! needs the admin token (`Authorization: Bearer`).
+//! `POST|GET /admin/api/partners`, `GET|PATCH|DELETE /admin/api/partners/{code}` and
+//! `POST /admin/api/partners/{code}/signing-secret`.
 
 use std::collections::BTreeMap;
 
@@ -10,28 +10,17 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
-use super::{
-    auth, body, ctx, finish, ok, parse_id, parse_json, path_segment, read_body, rfc3339,
-    with_state, BodyStream, Ctx,
+use super::super::{
+    auth, body, ctx, finish, ok, parse_json, path_segment, read_body, rfc3339, with_state,
+    BodyStream, Ctx,
 };
+use super::keys::key_view;
+use super::routes::route_view;
+use super::ADMIN_BODY_LIMIT;
 use crate::error::{ApiError, InvalidExt};
-use crate::model::{parse_doctype, parse_partner_code, parse_short_text, Env, Invalid};
-use crate::store::directory::DirError;
-use crate::store::{ApiKeyRec, NewPartner, PartnerPatch, PartnerRec, RouteRec};
+use crate::model::{parse_partner_code, parse_short_text, Env, Invalid};
+use crate::store::{NewPartner, PartnerPatch, PartnerRec};
 use crate::AppState;
-
-const ADMIN_BODY_LIMIT: u64 = 256 * 1024;
-
-impl From<DirError> for ApiError {
-    fn from(e: DirError) -> Self {
-        match e {
-            DirError::NotFound(what) => ApiError::not_found(what),
-            DirError::Conflict(m) => ApiError::conflict(m),
-            DirError::Invalid { field, message } => ApiError::invalid(field, message),
-            DirError::Store(e) => e.into(),
-        }
-    }
-}
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let b = body(&state);
@@ -69,44 +58,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(ctx())
         .then(delete_partner)
         .map(finish);
-    let create_key = warp::path!("admin" / "api" / "partners" / String / "keys")
-        .and(warp::post())
-        .and(s())
-        .and(ctx())
-        .and(b())
-        .then(create_key)
-        .map(finish);
-    let list_keys = warp::path!("admin" / "api" / "partners" / String / "keys")
-        .and(warp::get())
-        .and(s())
-        .and(ctx())
-        .then(list_keys)
-        .map(finish);
-    let revoke_key = warp::path!("admin" / "api" / "partners" / String / "keys" / String)
-        .and(warp::delete())
-        .and(s())
-        .and(ctx())
-        .then(revoke_key)
-        .map(finish);
-    let create_route = warp::path!("admin" / "api" / "routes")
-        .and(warp::post())
-        .and(s())
-        .and(ctx())
-        .and(b())
-        .then(create_route)
-        .map(finish);
-    let list_routes = warp::path!("admin" / "api" / "routes")
-        .and(warp::get())
-        .and(s())
-        .and(ctx())
-        .then(list_routes)
-        .map(finish);
-    let delete_route = warp::path!("admin" / "api" / "routes" / String)
-        .and(warp::delete())
-        .and(s())
-        .and(ctx())
-        .then(delete_route)
-        .map(finish);
     let rotate = warp::path!("admin" / "api" / "partners" / String / "signing-secret")
         .and(warp::post())
         .and(s())
@@ -124,18 +75,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(patch_partner)
         .unify()
         .or(delete_partner)
-        .unify()
-        .or(create_key)
-        .unify()
-        .or(list_keys)
-        .unify()
-        .or(revoke_key)
-        .unify()
-        .or(create_route)
-        .unify()
-        .or(list_routes)
-        .unify()
-        .or(delete_route)
         .unify()
         .boxed()
 }
@@ -186,30 +125,6 @@ fn with_health(state: &AppState, p: &PartnerRec) -> Result<Value, ApiError> {
         obj.insert("endpointHealth".into(), Value::Object(health));
     }
     Ok(v)
-}
-
-fn key_view(k: &ApiKeyRec) -> Value {
-    json!({
-        "id": k.id,
-        "partner": k.partner,
-        "prefix": k.prefix,
-        "env": k.env,
-        "label": k.label,
-        "createdAt": rfc3339(k.created_at),
-        "revokedAt": k.revoked_at.map(rfc3339),
-        "active": k.revoked_at.is_none(),
-    })
-}
-
-fn route_view(r: &RouteRec) -> Value {
-    json!({
-        "id": r.id,
-        "sender": r.sender,
-        "receiver": r.receiver,
-        "doctype": r.doctype,
-        "liveOnly": r.live_only,
-        "createdAt": rfc3339(r.created_at),
-    })
 }
 
 /// A push URL: absolute http(s), at most 2,000 characters. (Whether its address may be
@@ -337,7 +252,12 @@ async fn get_partner(code: String, state: AppState, ctx: Ctx) -> Result<Response
         .partner(&code)
         .ok_or_else(|| ApiError::not_found("partner"))?;
     let mut v = with_health(&state, p)?;
-    let keys: Vec<Value> = state.store.list_keys(&code)?.iter().map(key_view).collect();
+    let keys: Vec<Value> = state
+        .store
+        .list_keys(&code)?
+        .iter()
+        .map(|k| key_view(&state, k))
+        .collect::<Result<_, _>>()?;
     let routes: Vec<Value> = dir
         .routes()
         .iter()
@@ -424,136 +344,6 @@ async fn delete_partner(code: String, state: AppState, ctx: Ctx) -> Result<Respo
     let code = path_segment(&code, "code")?;
     state.store.delete_partner(&code).await?;
     Ok(ok(StatusCode::OK, json!({"code": code, "deleted": true})))
-}
-
-#[derive(Deserialize, Default)]
-struct CreateKey {
-    label: Option<String>,
-    env: Option<String>,
-}
-
-async fn create_key(
-    code: String,
-    state: AppState,
-    ctx: Ctx,
-    body: BodyStream,
-) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let code = path_segment(&code, "code")?;
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
-    let req: CreateKey = if bytes.iter().all(u8::is_ascii_whitespace) {
-        CreateKey::default()
-    } else {
-        parse_json(&ctx, &bytes)?
-    };
-    let env = match req.env.as_deref() {
-        None => Env::Live,
-        Some(e) => {
-            Env::parse(e).ok_or_else(|| ApiError::invalid("env", "env must be live or test"))?
-        }
-    };
-    let label = req
-        .label
-        .map(|l| parse_short_text(&l, 200).field("label"))
-        .transpose()?;
-    let created = state.store.create_key(&code, env, label).await?;
-    let mut v = key_view(&created.record);
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("key".into(), Value::String(created.secret));
-    }
-    Ok(ok(StatusCode::CREATED, v))
-}
-
-async fn list_keys(code: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let code = path_segment(&code, "code")?;
-    if state.store.directory().partner(&code).is_none() {
-        return Err(ApiError::not_found("partner"));
-    }
-    let env = match ctx.param("env") {
-        None | Some("") => None,
-        Some(e) => Some(
-            Env::parse(e)
-                .ok_or_else(|| ApiError::bad_request("env must be live or test").field("env"))?,
-        ),
-    };
-    let keys: Vec<Value> = state
-        .store
-        .list_keys(&code)?
-        .iter()
-        .filter(|k| env.is_none_or(|e| k.env == e))
-        .map(key_view)
-        .collect();
-    Ok(ok(StatusCode::OK, keys))
-}
-
-async fn revoke_key(
-    code: String,
-    id: String,
-    state: AppState,
-    ctx: Ctx,
-) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let code = path_segment(&code, "code")?;
-    let id = parse_id(&id, "key")?;
-    let k = state.store.revoke_key(&code, id).await?;
-    Ok(ok(StatusCode::OK, key_view(&k)))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CreateRoute {
-    sender: Option<String>,
-    receiver: Option<String>,
-    doctype: Option<String>,
-    live_only: Option<bool>,
-}
-
-async fn create_route(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let bytes = read_body(&ctx, body, ADMIN_BODY_LIMIT).await?;
-    let req: CreateRoute = parse_json(&ctx, &bytes)?;
-    let need = |v: Option<String>, f: &str| {
-        v.ok_or_else(|| ApiError::invalid(f, format!("{f} is required")))
-    };
-    let sender = parse_partner_code(&need(req.sender, "sender")?).field("sender")?;
-    let receiver = parse_partner_code(&need(req.receiver, "receiver")?).field("receiver")?;
-    let doctype = need(req.doctype, "doctype")?;
-    let doctype = if doctype == "*" {
-        doctype
-    } else {
-        parse_doctype(&doctype).field("doctype")?
-    };
-    if sender == receiver {
-        return Err(ApiError::invalid(
-            "receiver",
-            "a route needs two different partners",
-        ));
-    }
-    let rec = state
-        .store
-        .create_route(&sender, &receiver, &doctype, req.live_only.unwrap_or(false))
-        .await?;
-    Ok(ok(StatusCode::CREATED, route_view(&rec)))
-}
-
-async fn list_routes(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let list: Vec<Value> = state
-        .store
-        .directory()
-        .routes()
-        .iter()
-        .map(route_view)
-        .collect();
-    Ok(ok(StatusCode::OK, list))
-}
-
-async fn delete_route(id: String, state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
-    auth::admin(&state, &ctx)?;
-    let id = parse_id(&id, "route")?;
-    state.store.delete_route(id).await?;
-    Ok(ok(StatusCode::OK, json!({"id": id, "deleted": true})))
 }
 
 #[derive(Deserialize, Default)]
