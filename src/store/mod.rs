@@ -26,6 +26,8 @@
 //! | `job_content` | env ‖ job id | [`StoredResponse`]: what the job's call answered |
 //! | `idempotency` | env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer |
 //! | `idempotency_expiry` | expiry (u64 BE ms) ‖ idempotency key | (empty) |
+//! | `schemas` | schema id | [`SchemaRec`]: the validator of one doctype and version |
+//! | `unique_refs` | env ‖ sender ‖ 0xFF ‖ doctype ‖ 0xFF ‖ reference | message id ‖ received at (u64 BE ms) |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -39,6 +41,7 @@ mod messages;
 pub mod payload_log;
 pub mod records;
 mod requeue;
+mod schemas;
 pub mod tracking;
 pub mod transitions;
 mod writer;
@@ -52,7 +55,7 @@ pub use background::{
 };
 pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
-pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
+pub use messages::{AcceptError, AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
 pub use tracking::{
     CancelOutcome, StatusSummary, TrackedRequest, TrackingPage, TrackingQuery, TrackingSort,
@@ -112,6 +115,8 @@ pub struct Trees {
     job_content: sled::Tree,
     idempotency: sled::Tree,
     idempotency_expiry: sled::Tree,
+    schemas: sled::Tree,
+    unique_refs: sled::Tree,
 }
 
 impl Trees {
@@ -142,6 +147,8 @@ impl Trees {
             &self.job_content,
             &self.idempotency,
             &self.idempotency_expiry,
+            &self.schemas,
+            &self.unique_refs,
         ]
     }
 }
@@ -208,6 +215,8 @@ pub struct Store {
     pub outbox: OutboxSignal,
     /// The key that signs and checks partner tokens (JWT, HS256), made at first start.
     token_key: TokenKeyRec,
+    /// How long an `externalReference` stays taken (ms), for senders that keep them unique.
+    reference_window_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Store {
@@ -253,6 +262,8 @@ impl Store {
             job_content: tree("job_content")?,
             idempotency: tree("idempotency")?,
             idempotency_expiry: tree("idempotency_expiry")?,
+            schemas: tree("schemas")?,
+            unique_refs: tree("unique_refs")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -266,6 +277,9 @@ impl Store {
             admin_lock: tokio::sync::Mutex::new(()),
             outbox: OutboxSignal::new(),
             token_key,
+            reference_window_ms: std::sync::atomic::AtomicI64::new(
+                schemas::DEFAULT_REFERENCE_WINDOW_MS,
+            ),
         };
         store.reload_directory()?;
         let indexed = store.build_tracking_index()?;

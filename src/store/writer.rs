@@ -78,6 +78,8 @@ pub enum Table {
     JobContent,
     Idempotency,
     IdempotencyExpiry,
+    Schemas,
+    UniqueRefs,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.
