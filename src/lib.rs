@@ -99,7 +99,11 @@ impl AppState {
         if map.is_empty() {
             return;
         }
-        for m in messages {
+        // An invalid message is in no queue: nothing to wake a poll for.
+        for m in messages
+            .iter()
+            .filter(|m| m.status != model::Status::Invalid)
+        {
             for t in &m.transmissions {
                 let mut key = (env, t.receiver.clone(), None);
                 if let Some(n) = map.get(&key) {

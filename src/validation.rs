@@ -164,10 +164,18 @@ fn check_xml(root: Option<&str>, payload: &[u8], out: &mut Vec<ValidationErrorRe
     }
 }
 
-/// The compiled schemas by `(doctype, version)`. Immutable; replaced whole on change.
+/// The compiled schemas by doctype, then version. Immutable; replaced whole on change.
+/// Two levels, so a lookup borrows the message's strings and allocates nothing.
+type ByDoctype = HashMap<String, HashMap<String, Arc<Compiled>>>;
+
 #[derive(Debug, Default)]
 struct Snapshot {
-    by_key: HashMap<(String, String), Arc<Compiled>>,
+    by_doctype: ByDoctype,
+}
+
+fn insert(map: &mut ByDoctype, c: Arc<Compiled>) {
+    let versions = map.entry(c.rec.doctype.clone()).or_default();
+    versions.insert(c.rec.version.clone(), c);
 }
 
 /// The registered schemas, compiled, with the lock that orders their changes.
@@ -194,23 +202,29 @@ impl Schemas {
     /// another compiler) is logged and left out, and shows in no listing until it is
     /// registered again.
     pub fn load(store: &Store) -> Result<Schemas, StoreError> {
-        let mut snap = Snapshot::default();
+        let mut compiled = Vec::new();
         for rec in store.schemas()? {
             let (id, doctype) = (rec.id, rec.doctype.clone());
             match compile(rec) {
-                Ok(c) => {
-                    let key = (c.rec.doctype.clone(), c.rec.version.clone());
-                    snap.by_key.insert(key, Arc::new(c));
-                }
+                Ok(c) => compiled.push(c),
                 Err(why) => {
                     tracing::error!(schema = %id, %doctype, %why, "a stored schema does not compile; it is not applied")
                 }
             }
         }
-        Ok(Schemas {
+        Ok(Schemas::from_compiled(compiled))
+    }
+
+    /// Schemas already compiled (a later one of the same doctype and version wins).
+    pub fn from_compiled(compiled: impl IntoIterator<Item = Compiled>) -> Schemas {
+        let mut snap = Snapshot::default();
+        for c in compiled {
+            insert(&mut snap.by_doctype, Arc::new(c));
+        }
+        Schemas {
             snapshot: RwLock::new(Arc::new(snap)),
             changes: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     fn current(&self) -> Arc<Snapshot> {
@@ -220,10 +234,11 @@ impl Schemas {
         }
     }
 
-    fn swap(&self, f: impl FnOnce(&mut HashMap<(String, String), Arc<Compiled>>)) {
-        let mut by_key = self.current().by_key.clone();
-        f(&mut by_key);
-        let snap = Arc::new(Snapshot { by_key });
+    fn swap(&self, f: impl FnOnce(&mut ByDoctype)) {
+        let mut by_doctype = self.current().by_doctype.clone();
+        f(&mut by_doctype);
+        by_doctype.retain(|_, versions| !versions.is_empty());
+        let snap = Arc::new(Snapshot { by_doctype });
         match self.snapshot.write() {
             Ok(mut s) => *s = snap,
             Err(poisoned) => *poisoned.into_inner() = snap,
@@ -233,23 +248,20 @@ impl Schemas {
     /// The schema that applies to `doctype` at `version`: the exact version's, else `*`'s.
     pub fn lookup(&self, doctype: &str, version: Option<&str>) -> Option<Arc<Compiled>> {
         let snap = self.current();
-        if snap.by_key.is_empty() {
-            return None;
-        }
-        let mut key = (doctype.to_owned(), version.unwrap_or("*").to_owned());
-        if let Some(c) = snap.by_key.get(&key) {
-            return Some(Arc::clone(c));
-        }
-        key.1 = "*".to_owned();
-        snap.by_key.get(&key).cloned()
+        let versions = snap.by_doctype.get(doctype)?;
+        version
+            .and_then(|v| versions.get(v))
+            .or_else(|| versions.get("*"))
+            .cloned()
     }
 
     /// Every applied schema, oldest first.
     pub fn list(&self) -> Vec<SchemaRec> {
         let mut all: Vec<SchemaRec> = self
             .current()
-            .by_key
+            .by_doctype
             .values()
+            .flat_map(HashMap::values)
             .map(|c| c.rec.clone())
             .collect();
         all.sort_by_key(|r| r.id);
@@ -270,10 +282,7 @@ impl Schemas {
         let compiled = Arc::new(compiled);
         let _guard = self.changes.lock().await;
         let replaced = store.put_schema(compiled.rec.clone()).await?;
-        self.swap(|m| {
-            let key = (compiled.rec.doctype.clone(), compiled.rec.version.clone());
-            m.insert(key, compiled);
-        });
+        self.swap(|m| insert(m, compiled));
         Ok(replaced)
     }
 
@@ -282,7 +291,11 @@ impl Schemas {
         let _guard = self.changes.lock().await;
         let removed = store.delete_schema(id).await?;
         if removed.is_some() {
-            self.swap(|m| m.retain(|_, c| c.rec.id != id));
+            self.swap(|m| {
+                for versions in m.values_mut() {
+                    versions.retain(|_, c| c.rec.id != id);
+                }
+            });
         }
         Ok(removed)
     }
@@ -407,16 +420,12 @@ mod tests {
 
     #[test]
     fn the_exact_version_wins_over_the_wildcard() {
-        let schemas = Schemas::default();
-        assert!(schemas.lookup("order", Some("2")).is_none());
+        assert!(Schemas::default().lookup("order", Some("2")).is_none());
         let mut exact = rec(None, None);
         exact.version = "2".into();
         let (any, exact) = (compile(rec(None, None)).unwrap(), compile(exact).unwrap());
         let (any_id, exact_id) = (any.rec.id, exact.rec.id);
-        schemas.swap(|m| {
-            m.insert(("order".into(), "*".into()), Arc::new(any));
-            m.insert(("order".into(), "2".into()), Arc::new(exact));
-        });
+        let schemas = Schemas::from_compiled([any, exact]);
         let id = |v: Option<&str>| schemas.lookup("order", v).map(|c| c.rec.id);
         assert_eq!(id(Some("2")), Some(exact_id));
         assert_eq!(id(Some("1")), Some(any_id));

@@ -669,3 +669,43 @@ fn schemas_are_for_admins_only_and_bad_ones_are_refused_with_the_reason() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn concurrent_intakes_of_one_reference_store_it_once() {
+    let (app, acme, globex) = acme_to_globex();
+    app.admin(
+        "PATCH",
+        "/admin/api/partners/ACME",
+        Some(json!({"uniqueReferences": true})),
+    )
+    .data(200);
+    for round in 0..5 {
+        let statuses: Vec<u16> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        inbound(
+                            &app,
+                            &acme,
+                            &format!("doctype=order&externalReference=RACE-{round}"),
+                            "application/json",
+                            b"{}",
+                        )
+                        .status
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 202).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 202 || *s == 409),
+            "{statuses:?}"
+        );
+    }
+    assert_eq!(app.poll(&globex, "limit=100").len(), 5);
+}
