@@ -300,27 +300,54 @@ impl Schemas {
         Ok(removed)
     }
 
-    /// Validates one payload against the schema of its doctype and version: empty when it
-    /// passes or no schema applies. Large payloads are checked on a blocking thread.
-    pub async fn validate(
-        &self,
-        doctype: &str,
-        version: Option<&str>,
-        content_type: &str,
-        payload: &Bytes,
-    ) -> Vec<ValidationErrorRec> {
-        let Some(schema) = self.lookup(doctype, version) else {
-            return Vec::new();
-        };
-        if payload.len() < BLOCKING_BYTES {
-            return schema.check(content_type, payload);
+    /// Validates payloads against the schemas of their doctypes and versions: for each,
+    /// its errors, empty when it passes or no schema applies. When the payloads that have
+    /// a schema come to 64 KiB or more, they are checked on a blocking thread.
+    pub async fn validate(&self, items: &[Payload<'_>]) -> Vec<Vec<ValidationErrorRec>> {
+        let mut out = vec![Vec::new(); items.len()];
+        let mut jobs = Vec::new();
+        let mut bytes = 0;
+        for (i, p) in items.iter().enumerate() {
+            if let Some(schema) = self.lookup(p.doctype, p.version) {
+                bytes += p.payload.len();
+                jobs.push((i, schema, p.content_type.to_owned(), p.payload.clone()));
+            }
         }
-        let (content_type, payload) = (content_type.to_owned(), payload.clone());
-        let checked = tokio::task::spawn_blocking(move || schema.check(&content_type, &payload));
-        checked
-            .await
-            .unwrap_or_else(|_| vec![error("", "internal", "the validation was interrupted")])
+        let run = move |jobs: Vec<(usize, Arc<Compiled>, String, Bytes)>| {
+            jobs.into_iter()
+                .map(|(i, schema, content_type, payload)| {
+                    (i, schema.check(&content_type, &payload))
+                })
+                .collect::<Vec<_>>()
+        };
+        let checked = if bytes < BLOCKING_BYTES {
+            run(jobs)
+        } else {
+            let indexes: Vec<usize> = jobs.iter().map(|j| j.0).collect();
+            tokio::task::spawn_blocking(move || run(jobs))
+                .await
+                .unwrap_or_else(|_| {
+                    let lost = error("", "internal", "the validation was interrupted");
+                    indexes
+                        .into_iter()
+                        .map(|i| (i, vec![lost.clone()]))
+                        .collect()
+                })
+        };
+        for (i, errors) in checked {
+            out[i] = errors;
+        }
+        out
     }
+}
+
+/// One payload to validate, with what selects its schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    pub doctype: &'a str,
+    pub version: Option<&'a str>,
+    pub content_type: &'a str,
+    pub payload: &'a Bytes,
 }
 
 #[cfg(test)]
@@ -431,5 +458,29 @@ mod tests {
         assert_eq!(id(Some("1")), Some(any_id));
         assert_eq!(id(None), Some(any_id));
         assert!(schemas.lookup("invoice", None).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_call_s_payloads_are_validated_together_large_ones_off_the_async_threads() {
+        let schemas = Schemas::from_compiled([compile(rec(Some(ORDER), None)).unwrap()]);
+        let big = Bytes::from(format!(r#"{{"pad": "{}"}}"#, "x".repeat(100_000)));
+        let small = Bytes::from_static(br#"{"id": "A"}"#);
+        let p = |doctype, payload| Payload {
+            doctype,
+            version: None,
+            content_type: "application/json",
+            payload,
+        };
+        for items in [
+            vec![p("order", &big), p("order", &small), p("invoice", &big)],
+            vec![p("order", &small), p("order", &small)],
+        ] {
+            let got = schemas.validate(&items).await;
+            assert_eq!(got.len(), items.len());
+            for (item, errors) in items.iter().zip(&got) {
+                let want = usize::from(item.doctype == "order" && item.payload.len() > 100);
+                assert_eq!(errors.len(), want, "{}: {errors:?}", item.doctype);
+            }
+        }
     }
 }

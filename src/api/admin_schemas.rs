@@ -25,7 +25,7 @@ use crate::error::{ApiError, InvalidExt};
 use crate::model::{media_essence, parse_doctype, parse_media_type, parse_short_text, Status};
 use crate::store::records::{SchemaRec, ValidationErrorRec};
 use crate::store::{now_ms, MessageRec};
-use crate::validation::{SchemaError, MAX_SCHEMA_BYTES};
+use crate::validation::{Payload, SchemaError, MAX_SCHEMA_BYTES};
 use crate::AppState;
 
 /// A schema body: the JSON Schema itself and some room around it.
@@ -238,8 +238,15 @@ async fn revalidate(id: String, state: AppState, ctx: Ctx) -> Result<Response, A
     let payload = state.store.payload(&m)?;
     let errors = state
         .schemas
-        .validate(&m.doctype, m.version.as_deref(), &m.content_type, &payload)
-        .await;
+        .validate(&[Payload {
+            doctype: &m.doctype,
+            version: m.version.as_deref(),
+            content_type: &m.content_type,
+            payload: &payload,
+        }])
+        .await
+        .pop()
+        .unwrap_or_default();
     let (passed, failed) = if errors.is_empty() {
         (vec![id], Vec::new())
     } else {

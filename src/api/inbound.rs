@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::store::records::{ValidationErrorRec, MAX_RECEIVERS};
 use crate::store::{AcceptError, MessageRec, NewMessage, RequestRec};
+use crate::validation::Payload;
 use crate::AppState;
 
 /// Most messages one batch may carry.
@@ -159,18 +160,20 @@ pub(super) async fn validate_messages(
     field: &str,
     name: impl Fn(usize) -> String,
 ) -> Result<(), ApiError> {
+    let payloads: Vec<Payload<'_>> = messages
+        .iter()
+        .map(|m| Payload {
+            doctype: &m.doctype,
+            version: m.version.as_deref(),
+            content_type: &m.content_type,
+            payload: &m.payload,
+        })
+        .collect();
+    let verdicts = state.schemas.validate(&payloads).await;
     let mut failing = Vec::new();
     let mut named = Vec::new();
-    for (i, m) in messages.iter_mut().enumerate() {
-        m.validation_errors = state
-            .schemas
-            .validate(
-                &m.doctype,
-                m.version.as_deref(),
-                &m.content_type,
-                &m.payload,
-            )
-            .await;
+    for ((i, m), errors) in messages.iter_mut().enumerate().zip(verdicts) {
+        m.validation_errors = errors;
         if !strict || m.validation_errors.is_empty() {
             continue;
         }
