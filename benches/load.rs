@@ -90,6 +90,9 @@ usage: cargo bench --bench load -- [options]
   --tls-ca FILE         PEM certificate(s) to trust for an https:// --server
   --admin-token TOKEN   admin token for --server (or WAYBILL_ADMIN_TOKEN)
   --threads N           client runtime threads (default 2)
+  --validate            register a 30-property JSON Schema for the intake's
+                        doctype first, so every message is validated (run
+                        once with and once without to compare)
 
 The push phase starts an HTTP receiver on 127.0.0.1 and sets GLOBEX's pushUrl
 to it (the background phase one for its completion webhooks); a server we start gets WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8, an external
@@ -168,6 +171,8 @@ struct Options {
     server: Option<String>,
     admin_token: Option<String>,
     threads: usize,
+    /// Register a schema for the intake's doctype before the phases.
+    validate: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -191,6 +196,7 @@ fn parse_args() -> Result<Options, String> {
         server: None,
         admin_token: None,
         threads: 2,
+        validate: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -233,6 +239,12 @@ fn parse_args() -> Result<Options, String> {
                     return Err("--tls takes no value".into());
                 }
                 o.tls = true;
+            }
+            "--validate" => {
+                if inline.is_some() {
+                    return Err("--validate takes no value".into());
+                }
+                o.validate = true;
             }
             "--tls-ca" => o.tls_ca = Some(PathBuf::from(value("--tls-ca")?)),
             "--server" => o.server = Some(value("--server")?),
@@ -504,6 +516,9 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
     }
 
     let ctx = Arc::new(provision(target, &admin_token).await?);
+    if opts.validate {
+        register_schema(&ctx.target, &admin_token).await?;
+    }
     let label = ctx.target.label();
     let mut result = InboundResult::default();
     // Messages stored for the receiver and not yet acknowledged by us.
@@ -854,6 +869,45 @@ async fn provision(target: Target, token: &str) -> Result<Ctx, String> {
         sender_key,
         receiver_key,
     })
+}
+
+/// Registers a JSON Schema of 30 properties for the intake's doctype (`order`, every
+/// version) that the intake body passes: its four fields with a constant, a pattern and
+/// lengths, and 26 optional ones, with no others allowed.
+async fn register_schema(target: &Target, token: &str) -> Result<(), String> {
+    let mut props = serde_json::Map::new();
+    props.insert("type".into(), json!({"const": "order"}));
+    props.insert(
+        "source".into(),
+        json!({"type": "string", "minLength": 1, "maxLength": 64}),
+    );
+    props.insert(
+        "seq".into(),
+        json!({"type": "string", "pattern": "^[0-9]{16}$"}),
+    );
+    props.insert("pad".into(), json!({"type": "string", "maxLength": 1024}));
+    for i in 0..26 {
+        props.insert(
+            format!("field{i:02}"),
+            json!({"type": "string", "maxLength": 64}),
+        );
+    }
+    let schema = json!({
+        "doctype": "order",
+        "version": "*",
+        "jsonSchema": {
+            "type": "object",
+            "required": ["type", "source", "seq"],
+            "properties": props,
+            "additionalProperties": false
+        }
+    });
+    let (status, v) = admin_post(target, token, "/admin/api/schemas", &schema).await?;
+    if !is_success(status) {
+        return Err(format!("registering the schema failed: {status} {v}"));
+    }
+    println!("setup    a 30-property JSON Schema for order: every intake is validated");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

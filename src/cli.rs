@@ -1,5 +1,6 @@
-//! The admin subcommands. sled locks its directory, so the CLI never opens the store: it
-//! calls the running server's admin API with the token from `<data dir>/admin.token`.
+//! The admin subcommands (`partner`, `key`, `route`, `user`, `schema`). sled locks its
+//! directory, so the CLI never opens the store: it calls the running server's admin API
+//! with the token from `<data dir>/admin.token`.
 //!
 //! Also the manual page and the shell completions, both generated from the clap definitions
 //! so they cannot drift from the real flags. The packages are built with them.
@@ -102,6 +103,34 @@ pub enum UserCmd {
     },
 }
 
+/// `waybill schema ...`
+#[derive(Debug, Subcommand)]
+pub enum SchemaCmd {
+    /// Register the validator of DOCTYPE (replacing the one of the same version).
+    Add {
+        doctype: String,
+        /// The message version it applies to; `*` (the default) for every version.
+        #[arg(long, default_value = "*")]
+        version: String,
+        /// A file holding a JSON Schema (draft 2020-12) for JSON payloads.
+        #[arg(long, value_name = "FILE")]
+        json_schema: Option<std::path::PathBuf>,
+        /// The name the root element of an XML payload must have.
+        #[arg(long, value_name = "NAME")]
+        xml_root: Option<String>,
+        /// Largest payload allowed, in bytes.
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+        /// A content type (type/subtype) payloads may have; repeat for several.
+        #[arg(long = "content-type", value_name = "TYPE")]
+        content_types: Vec<String>,
+    },
+    /// List schemas.
+    List,
+    /// Delete a schema.
+    Remove { id: String },
+}
+
 /// Any admin subcommand.
 #[derive(Debug)]
 pub enum AdminCommand {
@@ -109,6 +138,7 @@ pub enum AdminCommand {
     Key(KeyCmd),
     Route(RouteCmd),
     User(UserCmd),
+    Schema(SchemaCmd),
 }
 
 /// A new password: the first line of standard input, or typed twice at a prompt that does
@@ -329,6 +359,75 @@ pub fn run(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
         AdminCommand::Route(RouteCmd::Remove { id }) => {
             client.call("DELETE", &format!("/admin/api/routes/{id}"), None)?;
             println!("removed route {id}");
+        }
+        AdminCommand::Schema(SchemaCmd::Add {
+            doctype,
+            version,
+            json_schema,
+            xml_root,
+            max_bytes,
+            content_types,
+        }) => {
+            let json_schema = json_schema
+                .map(|path| {
+                    let fail = |why: String| CliError::Refused {
+                        status: 0,
+                        message: format!("{}: {why}", path.display()),
+                    };
+                    let text = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+                    serde_json::from_slice::<Value>(&text)
+                        .map_err(|e| fail(format!("not JSON: {e}")))
+                })
+                .transpose()?;
+            let mut body = json!({"doctype": doctype, "version": version});
+            for (key, value) in [
+                ("jsonSchema", json_schema),
+                ("xmlRoot", xml_root.map(Value::from)),
+                ("maxBytes", max_bytes.map(Value::from)),
+                (
+                    "contentTypes",
+                    (!content_types.is_empty()).then(|| Value::from(content_types)),
+                ),
+            ] {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
+            }
+            let r = client.call("POST", "/admin/api/schemas", Some(body))?;
+            println!("created schema {}", r["id"].as_str().unwrap_or_default());
+            if let Some(old) = r["replaced"].as_str() {
+                println!("replaced schema {old}");
+            }
+        }
+        AdminCommand::Schema(SchemaCmd::List) => {
+            let list = client.call("GET", "/admin/api/schemas", None)?;
+            println!("{:<38} {:<24} {:<10} CHECKS", "ID", "DOCTYPE", "VERSION");
+            for r in list.as_array().into_iter().flatten() {
+                let mut checks = Vec::new();
+                if !r["jsonSchema"].is_null() {
+                    checks.push("json-schema".to_owned());
+                }
+                if let Some(root) = r["xmlRoot"].as_str() {
+                    checks.push(format!("xml-root={root}"));
+                }
+                if let Some(max) = r["maxBytes"].as_u64() {
+                    checks.push(format!("max-bytes={max}"));
+                }
+                for t in r["contentTypes"].as_array().into_iter().flatten() {
+                    checks.push(format!("type={}", t.as_str().unwrap_or_default()));
+                }
+                println!(
+                    "{:<38} {:<24} {:<10} {}",
+                    r["id"].as_str().unwrap_or_default(),
+                    r["doctype"].as_str().unwrap_or_default(),
+                    r["version"].as_str().unwrap_or_default(),
+                    checks.join(" "),
+                );
+            }
+        }
+        AdminCommand::Schema(SchemaCmd::Remove { id }) => {
+            client.call("DELETE", &format!("/admin/api/schemas/{id}"), None)?;
+            println!("removed schema {id}");
         }
     }
     Ok(())

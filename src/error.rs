@@ -18,6 +18,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
+    /// The error's `details`, where one sentence cannot say everything the client needs,
+    /// e.g. every failing message of a batch. Absent from the envelope when `None`.
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -28,7 +31,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            details: None,
         }
+    }
+
+    /// Adds `details` to the error.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
     }
 
     /// Names the input at fault.
@@ -116,11 +126,18 @@ impl ApiError {
             code: &'a str,
             message: &'a str,
             field: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<&'a serde_json::Value>,
         }
         let body = serde_json::json!({
             "success": false,
             "data": null,
-            "error": ErrorBody { code: self.code, message: &self.message, field: self.field.as_deref() },
+            "error": ErrorBody {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+                details: self.details.as_deref(),
+            },
         });
         let mut res = crate::api::json_response(self.status, &body);
         if let Some(secs) = self.retry_after {
@@ -147,6 +164,32 @@ impl From<StoreError> for ApiError {
         tracing::error!(error = %e, "store error");
         ApiError::unavailable("the store cannot take this request right now; nothing was changed")
     }
+}
+
+impl From<crate::store::AcceptError> for ApiError {
+    /// A duplicate reference of a single-message intake; batches name the message.
+    fn from(e: crate::store::AcceptError) -> Self {
+        match e {
+            crate::store::AcceptError::Store(e) => e.into(),
+            crate::store::AcceptError::Duplicate {
+                reference, first, ..
+            } => duplicate_reference(&reference, first, "externalReference"),
+        }
+    }
+}
+
+/// 409 `duplicate_reference`: `reference` is taken by message `first` (or repeated inside
+/// the same call, when `first` is `None`).
+pub fn duplicate_reference(reference: &str, first: Option<uuid::Uuid>, field: &str) -> ApiError {
+    let message = match first {
+        Some(id) => format!(
+            "externalReference {reference} was already used for this doctype by message {id}"
+        ),
+        None => format!("externalReference {reference} is used twice in this request"),
+    };
+    ApiError::new(StatusCode::CONFLICT, "duplicate_reference", message)
+        .field(field)
+        .details(serde_json::json!({"externalReference": reference, "firstMessageId": first}))
 }
 
 /// Turns a domain validation failure into a 422 naming `field`.

@@ -10,6 +10,7 @@
 //! - [`server`]: the accept loop that serves the routes over HTTP or HTTPS.
 //! - [`tls`]: certificates (PEM files, reload on SIGHUP, self-signed for trying out).
 //! - [`outbound`]: the HTTP client for calls to partners: signing and the address policy.
+//! - [`validation`]: doctype schemas, compiled and cached, and the checks of a payload.
 //! - [`net`]: address ranges.
 //! - [`secrets`]: API keys, tokens and signing secrets, from the OS random source.
 //!
@@ -28,6 +29,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod validation;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub in_flight: Arc<api::idempotency::InFlight>,
     /// Wakes the background workers when a job is queued.
     pub jobs_queued: Arc<Notify>,
+    /// The doctype schemas, compiled.
+    pub schemas: Arc<validation::Schemas>,
     /// Long polls waiting per (environment, receiver).
     wakeups: Arc<Mutex<Wakeups>>,
     disk_low: Arc<AtomicBool>,
@@ -96,7 +100,12 @@ impl AppState {
 
     /// After an intake stored `messages`: counts them and wakes the polls waiting for them.
     pub fn accepted(&self, env: Env, messages: &[MessageRec]) {
-        self.metrics.accepted(messages.len() as u64, 0);
+        let invalid = messages
+            .iter()
+            .filter(|m| m.status == model::Status::Invalid)
+            .count() as u64;
+        self.metrics
+            .accepted(messages.len() as u64 - invalid, invalid);
         self.wake_receivers(env, messages);
     }
 
@@ -108,7 +117,11 @@ impl AppState {
         if map.is_empty() {
             return;
         }
-        for m in messages {
+        // An invalid message is in no queue: nothing to wake a poll for.
+        for m in messages
+            .iter()
+            .filter(|m| m.status != model::Status::Invalid)
+        {
             for t in &m.transmissions {
                 let mut key = (env, t.receiver.clone(), None);
                 if let Some(n) = map.get(&key) {
@@ -259,6 +272,15 @@ pub async fn run(
             dir: data_dir.display().to_string(),
             source,
         })?;
+    store.set_reference_window_ms(
+        i64::try_from(config.retention.days)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(86_400_000),
+    );
+    let schemas = validation::Schemas::load(&store).map_err(|source| RunError::Store {
+        dir: data_dir.display().to_string(),
+        source,
+    })?;
     let store = Arc::new(store);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -278,6 +300,7 @@ pub async fn run(
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
         in_flight: Arc::default(),
         jobs_queued: Arc::default(),
+        schemas: Arc::new(schemas),
         wakeups: Arc::default(),
         disk_low: Arc::default(),
         workers_running: Arc::default(),

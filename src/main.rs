@@ -71,6 +71,9 @@ enum Command {
     /// Manage admin users (who sign in to the admin API and UI) on the running server.
     #[command(subcommand)]
     User(cli::UserCmd),
+    /// Manage doctype schemas (payload validation) on the running server.
+    #[command(subcommand)]
+    Schema(cli::SchemaCmd),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_name = "SHELL")]
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
         Command::Key(c) => admin(AdminCommand::Key(c)),
         Command::Route(c) => admin(AdminCommand::Route(c)),
         Command::User(c) => admin(AdminCommand::User(c)),
+        Command::Schema(c) => admin(AdminCommand::Schema(c)),
         // Answered before the configuration was loaded.
         Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
     }

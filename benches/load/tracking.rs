@@ -91,6 +91,7 @@ pub(super) async fn fill(
                         content_type: "application/json".into(),
                         payload: payload.clone(),
                         receivers: vec!["GLOBEX".into()],
+                        validation_errors: Vec::new(),
                     })
                     .collect();
                 let at = start + (n as f64 * step) as i64;

@@ -183,6 +183,7 @@ fn route_of(path: &str) -> String {
         "subscriptions",
         "test",
         "schemas",
+        "revalidate",
         "payload",
         "bulk-operations",
     ];

@@ -8,7 +8,8 @@ use warp::Filter;
 
 use super::idempotency::Answer;
 use super::inbound::{
-    check_disk, opt_param, resolve_receivers, tracking_location, transmission_refs,
+    check_disk, errors_view, opt_param, resolve_receivers, strict, tracking_location,
+    transmission_refs, validate_messages,
 };
 use super::{
     auth, body, ctx, finish, ok, parse_id, parse_json_value, path_segment, read_body, rfc3339,
@@ -62,14 +63,19 @@ async fn create(
         &doctype,
         "receiver",
     )?;
-    let message = NewMessage {
+    let mut message = [NewMessage {
         doctype: doctype.clone(),
         version,
         external_reference,
         content_type: "application/json".to_owned(),
         payload: bytes,
         receivers,
-    };
+        validation_errors: Vec::new(),
+    }];
+    validate_messages(&state, &mut message, strict(&ctx)?, "document", |_| {
+        "document".to_owned()
+    })
+    .await?;
     let mut reply = None;
     let (request, messages) = state
         .store
@@ -77,7 +83,7 @@ async fn create(
             principal.env,
             &principal.partner,
             None,
-            vec![message],
+            Vec::from(message),
             crate::store::now_ms(),
             |request, messages| {
                 let answer = created(request, messages);
@@ -108,6 +114,7 @@ fn created(request: &RequestRec, messages: &[MessageRec]) -> Answer {
             "requestId": request.id,
             "doctype": m.doctype,
             "status": m.status,
+            "errors": errors_view(&m.validation_errors),
             "transmissions": transmission_refs(m),
             "trackingLocation": tracking_location(request.id),
         }),

@@ -17,8 +17,9 @@ use crate::error::{ApiError, InvalidExt};
 use crate::model::{
     media_essence, parse_doctype, parse_media_type, parse_partner_code, parse_short_text, Env,
 };
-use crate::store::records::MAX_RECEIVERS;
-use crate::store::{MessageRec, NewMessage, RequestRec};
+use crate::store::records::{ValidationErrorRec, MAX_RECEIVERS};
+use crate::store::{AcceptError, MessageRec, NewMessage, RequestRec};
+use crate::validation::Payload;
 use crate::AppState;
 
 /// Most messages one batch may carry.
@@ -131,6 +132,85 @@ pub(super) fn tracking_location(request_id: uuid::Uuid) -> String {
     format!("/api/v1/requests/{request_id}")
 }
 
+/// `?strict=true`: an invalid message refuses the whole call instead of being stored.
+pub(super) fn strict(ctx: &Ctx) -> Result<bool, ApiError> {
+    match ctx.param("strict") {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::bad_request("strict must be true or false").field("strict")),
+    }
+}
+
+/// Validation errors as the API shows them.
+pub(super) fn errors_view(errors: &[ValidationErrorRec]) -> Vec<serde_json::Value> {
+    errors
+        .iter()
+        .map(|e| serde_json::json!({"pointer": e.pointer, "keyword": e.keyword, "message": e.message}))
+        .collect()
+}
+
+/// Checks each message against its doctype's schema, recording why it fails. With
+/// `strict`, any failure is a 422 on `field` that names every failing message (by
+/// `name(index)`; the sentence names the first ten, `details.invalid` all of them with
+/// their errors) and nothing is stored.
+pub(super) async fn validate_messages(
+    state: &AppState,
+    messages: &mut [NewMessage],
+    strict: bool,
+    field: &str,
+    name: impl Fn(usize) -> String,
+) -> Result<(), ApiError> {
+    let payloads: Vec<Payload<'_>> = messages
+        .iter()
+        .map(|m| Payload {
+            doctype: &m.doctype,
+            version: m.version.as_deref(),
+            content_type: &m.content_type,
+            payload: &m.payload,
+        })
+        .collect();
+    let verdicts = state.schemas.validate(&payloads).await;
+    let mut failing = Vec::new();
+    let mut named = Vec::new();
+    for ((i, m), errors) in messages.iter_mut().enumerate().zip(verdicts) {
+        m.validation_errors = errors;
+        if !strict || m.validation_errors.is_empty() {
+            continue;
+        }
+        if named.len() < 10 {
+            let e = &m.validation_errors[0];
+            let at = if e.pointer.is_empty() { "" } else { &e.pointer };
+            named.push(format!("{} ({at} {}: {})", name(i), e.keyword, e.message));
+        }
+        failing.push(serde_json::json!({
+            "message": name(i),
+            "externalReference": m.external_reference,
+            "errors": errors_view(&m.validation_errors),
+        }));
+    }
+    if failing.is_empty() {
+        return Ok(());
+    }
+    let more = failing.len() - named.len();
+    let more = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        format!(
+            "{} of {} messages failed validation and nothing was stored: {}{more}",
+            failing.len(),
+            messages.len(),
+            named.join("; ")
+        ),
+    )
+    .field(field)
+    .details(serde_json::json!({ "invalid": failing })))
+}
+
 async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
     let limit = state.config.server.max_body_bytes;
     let content_type = ctx.content_type()?;
@@ -186,14 +266,19 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
         "receiver",
     )?;
 
-    let message = NewMessage {
+    let mut message = [NewMessage {
         doctype,
         version,
         external_reference,
         content_type: content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
         payload,
         receivers,
-    };
+        validation_errors: Vec::new(),
+    }];
+    validate_messages(&state, &mut message, strict(&ctx)?, "payload", |_| {
+        "payload".to_owned()
+    })
+    .await?;
     let mut reply = None;
     let (request, messages) = state
         .store
@@ -201,7 +286,7 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
             principal.env,
             &sender,
             None,
-            vec![message],
+            Vec::from(message),
             crate::store::now_ms(),
             |request, messages| {
                 let answer = inbound_answer(request, messages);
@@ -230,6 +315,7 @@ fn inbound_answer(request: &RequestRec, messages: &[MessageRec]) -> Answer {
             "id": m.id,
             "requestId": request.id,
             "status": m.status,
+            "errors": errors_view(&m.validation_errors),
             "transmissions": transmission_refs(m),
             "trackingLocation": tracking_location(request.id),
         }),
@@ -339,6 +425,7 @@ fn validate_batch(
             content_type,
             payload,
             receivers,
+            validation_errors: Vec::new(),
         });
     }
     Ok((batch_reference, out))
@@ -353,8 +440,12 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
     };
     check_disk(&state)?;
     let parsed: BatchBody = parse_json(&ctx, &bytes)?;
-    let (batch_reference, messages) =
+    let (batch_reference, mut messages) =
         validate_batch(&state, principal.env, &principal.partner, parsed)?;
+    validate_messages(&state, &mut messages, strict(&ctx)?, "messages", |i| {
+        format!("messages[{i}]")
+    })
+    .await?;
     let mut reply = None;
     let (request, messages) = state
         .store
@@ -371,7 +462,19 @@ async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, 
                 put
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            AcceptError::Duplicate {
+                index,
+                reference,
+                first,
+            } => crate::error::duplicate_reference(
+                &reference,
+                first,
+                &format!("messages[{index}].externalReference"),
+            ),
+            e => e.into(),
+        })?;
     state.accepted(principal.env, &messages);
     Ok(reply
         .unwrap_or_else(|| batch_answer(&request, &messages))
@@ -386,6 +489,7 @@ fn batch_answer(request: &RequestRec, messages: &[MessageRec]) -> Answer {
                 "id": m.id,
                 "externalReference": m.external_reference,
                 "status": m.status,
+                "errors": errors_view(&m.validation_errors),
                 "transmissions": transmission_refs(m),
             })
         })

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod admin_auth;
+mod admin_schemas;
 mod admin_users;
 mod auth;
 pub mod background;
@@ -60,6 +61,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin_users::routes(state.clone()))
         .unify()
         .or(admin::routes(state.clone()))
+        .unify()
+        .or(admin_schemas::routes(state.clone()))
         .unify()
         .boxed();
     // Admin calls go through the audit log; everything else skips it at the first segment.

@@ -102,60 +102,38 @@ async fn metrics(state: AppState, authorization: Option<String>) -> Response {
     res
 }
 
-/// What `/metrics` reads at the moment it is asked.
+/// What `/metrics` reads at the moment it is asked: the kept counters (a few dozen
+/// keys), the writer's queue, and sizes on disk.
 fn levels(state: &AppState) -> crate::metrics::Levels {
     let (payload_bytes, store_bytes) = state.store.disk_usage();
-    let (jobs_queued, jobs_running) = state.store.job_counts();
+    let mut queues = Vec::new();
+    let mut messages = Vec::new();
+    match state.store.counts(crate::store::now_ms()) {
+        Ok(c) => {
+            queues = vec![
+                ("pending_transmissions", c.poll_pending),
+                ("leased_transmissions", c.poll_leased),
+                ("due_deliveries", c.outbox_waiting),
+                ("held_deliveries", c.outbox_held),
+                ("jobs_queued", c.jobs_queued),
+                ("jobs_running", c.jobs_running),
+            ];
+            for env in [crate::model::Env::Live, crate::model::Env::Test] {
+                let row = &c.messages.by_env[usize::from(env.byte())];
+                for (status, n) in crate::model::Status::ALL.iter().zip(row) {
+                    messages.push((env.as_str(), status.as_str(), *n));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the counters for the metrics"),
+    }
     crate::metrics::Levels {
         writer_queue: state.store.writes_queued() as u64,
-        queues: vec![
-            ("jobs_queued", jobs_queued as u64),
-            ("jobs_running", jobs_running as u64),
-        ],
-        messages: Vec::new(),
+        queues,
+        messages,
         payload_bytes,
         store_bytes,
         free_disk_bytes: crate::worker::free_bytes(&state.config.server.data_dir).unwrap_or(0),
         uptime: state.started.elapsed(),
-    }
-}
-
-/// The routes of the plain-HTTP listener next to HTTPS (`server.redirect_http`): every
-/// request is answered with a permanent redirect to the same path and query on HTTPS.
-pub fn redirect_to_https(https_port: u16) -> BoxedFilter<(Response,)> {
-    warp::header::optional::<String>("host")
-        .and(warp::path::full())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .map(
-            move |host: Option<String>, path: warp::path::FullPath, query: String| {
-                let host = host
-                    .as_deref()
-                    .map(host_without_port)
-                    .unwrap_or("localhost");
-                let query = if query.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{query}")
-                };
-                let location = format!("https://{host}:{https_port}{}{query}", path.as_str());
-                let mut res = Response::new(bytes::Bytes::new().into());
-                match http::HeaderValue::from_str(&location) {
-                    Ok(v) => {
-                        *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
-                        res.headers_mut().insert(http::header::LOCATION, v);
-                    }
-                    Err(_) => *res.status_mut() = StatusCode::BAD_REQUEST,
-                }
-                res
-            },
-        )
-        .boxed()
-}
-
-/// `example.com:80` → `example.com`; `[::1]:80` → `[::1]`.
-fn host_without_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
     }
 }

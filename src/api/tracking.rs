@@ -454,10 +454,24 @@ fn summary(s: &StatusSummary) -> Summary {
     }
 }
 
+/// A message's errors: why its payload failed validation (with the place and the schema
+/// keyword), then delivery errors.
 fn errors(m: &MessageRec) -> Vec<Value> {
-    m.errors
-        .iter()
-        .map(|(at, e)| json!({"errorMessage": e, "at": rfc3339(*at)}))
+    let since = m.history.last().map_or(m.received_at, |(at, _)| *at);
+    let invalid = m.validation_errors.iter().map(|e| {
+        json!({
+            "errorMessage": e.message,
+            "pointer": e.pointer,
+            "keyword": e.keyword,
+            "at": rfc3339(since),
+        })
+    });
+    invalid
+        .chain(
+            m.errors
+                .iter()
+                .map(|(at, e)| json!({"errorMessage": e, "at": rfc3339(*at)})),
+        )
         .collect()
 }
 

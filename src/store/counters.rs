@@ -275,6 +275,7 @@ mod tests {
             content_type: "application/json".into(),
             payload: bytes::Bytes::from_static(b"{}"),
             receivers: vec!["GLOBEX".into()],
+            validation_errors: Vec::new(),
         }
     }
 

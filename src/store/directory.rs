@@ -181,6 +181,7 @@ pub struct PartnerPatch {
     pub enable_endpoints: Option<Vec<Env>>,
     pub push_headers: Option<Vec<(String, String)>>,
     pub push_params: Option<Vec<(String, String)>>,
+    pub unique_references: Option<bool>,
 }
 
 /// A freshly created key: its record and the secret, which is never stored.
@@ -266,6 +267,7 @@ impl Store {
                 disabled_endpoints: Vec::new(),
                 created_at: now,
                 updated_at: now,
+                unique_references: false,
             };
             t.insert(Table::Partners, rec.code.as_bytes(), encode(&rec)?)?;
             Ok(rec)
@@ -320,6 +322,9 @@ impl Store {
             }
             if let Some(paused) = patch.push_paused {
                 rec.push_paused = paused;
+            }
+            if let Some(unique) = patch.unique_references {
+                rec.unique_references = unique;
             }
             if let Some(envs) = patch.enable_endpoints {
                 rec.disabled_endpoints.retain(|(e, _, _)| !envs.contains(e));

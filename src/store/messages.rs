@@ -16,8 +16,9 @@ use super::counters;
 use super::deliveries::{due_at, outbox_key, queued_push_key, Prefetched, Queued};
 use super::records::{
     clip, new_message_id, split_transmission_uuid, transmission_uuid, DeliveryRec, MessageRec,
-    RequestRec, Target, TransmissionRec, TransmissionState,
+    RequestRec, Target, TransmissionRec, TransmissionState, ValidationErrorRec,
 };
+use super::schemas::{reference_holder, reference_value};
 use super::tracking::{intake_entries, request_id_at, MessagePut};
 use super::transitions::{Event, Transition};
 use super::writer::{Table, LARGE_WRITE_BYTES};
@@ -34,6 +35,25 @@ pub struct NewMessage {
     pub payload: Bytes,
     /// Who gets a transmission; 1 to [`super::records::MAX_RECEIVERS`] partners.
     pub receivers: Vec<String>,
+    /// Why the payload failed its doctype's schema; empty when it passed (or none applies).
+    /// A message with errors is stored `invalid` and is neither queued nor pushed.
+    pub validation_errors: Vec<ValidationErrorRec>,
+}
+
+/// Why an intake call stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Message `index` carries an `externalReference` its sender already used for the same
+    /// doctype within the window (`first`: the message that holds it), or that an earlier
+    /// message of the same call carries (`first` is `None`).
+    #[error("external reference {reference} is already used")]
+    Duplicate {
+        index: usize,
+        reference: String,
+        first: Option<Uuid>,
+    },
 }
 
 /// What a poll asks for.
@@ -123,7 +143,7 @@ impl Store {
         batch_reference: Option<String>,
         new: Vec<NewMessage>,
         now: i64,
-    ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
+    ) -> Result<(RequestRec, Vec<MessageRec>), AcceptError> {
         self.accept_remembered(env, sender, batch_reference, new, now, |_, _| Ok(None))
             .await
     }
@@ -138,7 +158,16 @@ impl Store {
         new: Vec<NewMessage>,
         now: i64,
         answer: impl FnOnce(&RequestRec, &[MessageRec]) -> Result<Option<IdemPut>, StoreError>,
-    ) -> Result<(RequestRec, Vec<MessageRec>), StoreError> {
+    ) -> Result<(RequestRec, Vec<MessageRec>), AcceptError> {
+        let dir = self.directory();
+        // References this sender keeps unique: checked here first, so a duplicate costs no
+        // payload write, and again inside the writer job, which makes the check race-free.
+        let unique = dir.partner(sender).is_some_and(|p| p.unique_references);
+        let refs = if unique {
+            self.unique_reference_keys(env, sender, &new, now)?
+        } else {
+            Vec::new()
+        };
         let request_id = request_id_at(now);
         let mut messages = Vec::with_capacity(new.len());
         let mut small_payloads = Vec::with_capacity(new.len());
@@ -154,10 +183,22 @@ impl Store {
             } else {
                 self.payload_log.append(&m.payload)?
             };
+            // An invalid message is stored in its final status, out of every queue, until
+            // an admin releases it (`Store::release`).
+            let status = if m.validation_errors.is_empty() {
+                Status::Queued
+            } else {
+                Status::Invalid
+            };
             let transmissions = m
                 .receivers
                 .into_iter()
-                .map(|receiver| TransmissionState::queued(receiver, now))
+                .map(|receiver| {
+                    let mut t = TransmissionState::queued(receiver, now);
+                    t.status = status;
+                    t.history = vec![(now, status)];
+                    t
+                })
                 .collect();
             messages.push(MessageRec {
                 id: new_message_id(),
@@ -170,13 +211,14 @@ impl Store {
                 content_type: m.content_type,
                 payload,
                 received_at: now,
-                status: Status::Queued,
-                history: vec![(now, Status::Queued)],
+                status,
+                history: vec![(now, status)],
                 history_dropped: 0,
                 errors: Vec::new(),
                 errors_dropped: 0,
-                processed_at: None,
+                processed_at: status.is_final().then_some(now),
                 transmissions,
+                validation_errors: m.validation_errors,
             });
         }
         let request = RequestRec {
@@ -191,10 +233,12 @@ impl Store {
         // A receiver with a push URL for this environment gets its transmission pushed (an
         // outbox entry due now, whose id is the transmission's uuid); the others find it in
         // their poll queue.
-        let dir = self.directory();
         let due = due_at(now);
         let mut deliveries = Vec::new();
         for (n, m) in messages.iter_mut().enumerate() {
+            if m.status == Status::Invalid {
+                continue;
+            }
             for (index, tx) in m.transmissions.iter_mut().enumerate() {
                 if dir
                     .partner(&tx.receiver)
@@ -247,7 +291,9 @@ impl Store {
         for m in &messages {
             writes.push((env_id(env, m.id), encode(m)?));
             for (index, (uuid, receiver)) in m.transmission_refs().enumerate() {
-                if m.transmissions[index].outbox_due.is_none() {
+                if m.transmissions[index].status == Status::Queued
+                    && m.transmissions[index].outbox_due.is_none()
+                {
                     queue.push((
                         partner_id(env, receiver, uuid),
                         pending_value(0, &m.doctype),
@@ -270,9 +316,23 @@ impl Store {
         for m in &messages {
             counted.push((counters::message_key(env, m.status), 1));
         }
+        let window = self.reference_window_ms();
+        let refs: Vec<_> = refs
+            .into_iter()
+            .map(|(n, key)| (n, key, reference_value(messages[n].id, now)))
+            .collect();
 
         self.writer
             .write(move |t| {
+                // Checked before the first write: a refusal leaves nothing behind.
+                for (n, key, _) in &refs {
+                    if let Some(first) = reference_holder(t, key, now - window)? {
+                        return Ok(Err((*n, first)));
+                    }
+                }
+                for (_, key, value) in refs {
+                    t.insert(Table::UniqueRefs, key, value)?;
+                }
                 for (key, value) in writes {
                     t.insert(Table::Messages, key, value)?;
                 }
@@ -291,9 +351,15 @@ impl Store {
                 if let Some(put) = remembered {
                     put.write(t)?;
                 }
-                t.insert(Table::Requests, request_key, request_value)
+                t.insert(Table::Requests, request_key, request_value)?;
+                Ok(Ok(()))
             })
-            .await?;
+            .await?
+            .map_err(|(n, first): (usize, Uuid)| AcceptError::Duplicate {
+                index: n,
+                reference: messages[n].external_reference.clone().unwrap_or_default(),
+                first: Some(first),
+            })?;
         if !deliveries.is_empty() {
             self.outbox.offer(deliveries);
         }
@@ -646,6 +712,7 @@ mod tests {
                 content_type: "application/json".into(),
                 payload: Bytes::from_static(b"{}"),
                 receivers: vec!["GLOBEX".into()],
+                validation_errors: Vec::new(),
             })
             .collect()
     }

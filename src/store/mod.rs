@@ -28,6 +28,8 @@
 //! | `idempotency_expiry` | expiry (u64 BE ms) ‖ idempotency key | (empty) |
 //! | `bulk_ops` | operation id | [`bulk::BulkRec`]: a bulk cancel or redelivery and its progress |
 //! | `counters` | `m` ‖ env ‖ status, `q` ‖ queue, `r` ‖ kind ‖ minute | i64 (BE): see [`counters`] |
+//! | `schemas` | schema id | [`SchemaRec`]: the validator of one doctype and version |
+//! | `unique_refs` | env ‖ sender ‖ 0xFF ‖ doctype ‖ 0xFF ‖ reference | message id ‖ received at (u64 BE ms) |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -45,6 +47,7 @@ mod messages;
 pub mod payload_log;
 pub mod records;
 mod requeue;
+mod schemas;
 pub mod tracking;
 pub mod transitions;
 mod writer;
@@ -58,7 +61,7 @@ pub use background::{
 };
 pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
-pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
+pub use messages::{AcceptError, AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
 pub use tracking::{
     CancelOutcome, StatusSummary, TrackedRequest, TrackingPage, TrackingQuery, TrackingSort,
@@ -121,6 +124,8 @@ pub struct Trees {
     idempotency_expiry: sled::Tree,
     counters: sled::Tree,
     bulk_ops: sled::Tree,
+    schemas: sled::Tree,
+    unique_refs: sled::Tree,
 }
 
 impl Trees {
@@ -153,6 +158,8 @@ impl Trees {
             &self.idempotency_expiry,
             &self.counters,
             &self.bulk_ops,
+            &self.schemas,
+            &self.unique_refs,
         ]
     }
 }
@@ -226,6 +233,8 @@ pub struct Store {
     /// The data directory, for the size on disk.
     dir: std::path::PathBuf,
     opened: std::time::Instant,
+    /// How long an `externalReference` stays taken (ms), for senders that keep them unique.
+    reference_window_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Store {
@@ -273,6 +282,8 @@ impl Store {
             idempotency_expiry: tree("idempotency_expiry")?,
             counters: tree("counters")?,
             bulk_ops: tree("bulk_ops")?,
+            schemas: tree("schemas")?,
+            unique_refs: tree("unique_refs")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -290,6 +301,9 @@ impl Store {
             bulk_created: tokio::sync::Notify::new(),
             dir: dir.to_owned(),
             opened: std::time::Instant::now(),
+            reference_window_ms: std::sync::atomic::AtomicI64::new(
+                schemas::DEFAULT_REFERENCE_WINDOW_MS,
+            ),
         };
         store.reload_directory()?;
         let indexed = store.build_tracking_index()?;

@@ -32,6 +32,9 @@ pub struct PartnerRec {
     pub disabled_endpoints: Vec<(Env, i64, String)>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Refuse a message whose `externalReference` this sender already used for the same
+    /// doctype within the retention window (see `store::schemas`).
+    pub unique_references: bool,
 }
 
 impl PartnerRec {
@@ -249,9 +252,48 @@ impl std::fmt::Debug for TokenKeyRec {
 }
 
 impl Record for TokenKeyRec {}
-impl Record for PartnerRec {}
+impl Record for PartnerRec {
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            // Version 2 added `unique_references` at the end; `false` encodes as one 0 byte.
+            1 => decode_body(&appended_zero(body)),
+            v => Err(StoreError::Codec(format!("unknown partner version {v}"))),
+        }
+    }
+}
+
+/// `body` with one 0 byte after it: how bincode writes a trailing `false`, `0` or empty
+/// list. A record that grew by one such field at its end reads its older form this way.
+fn appended_zero(body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(body.len() + 1);
+    b.extend_from_slice(body);
+    b.push(0);
+    b
+}
 impl Record for RouteRec {}
 impl Record for RequestRec {}
+
+/// The validator of one `(doctype, version)`. Key in `schemas`: its id. At most one per
+/// pair: registering the pair again replaces it in the same write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchemaRec {
+    pub id: Uuid,
+    pub doctype: String,
+    /// A message version, or `*` for messages of every version (and of none).
+    pub version: String,
+    /// A JSON Schema (draft 2020-12) as the admin sent it, for JSON payloads.
+    pub json_schema: Option<String>,
+    /// The name the root element of an XML payload must have.
+    pub xml_root: Option<String>,
+    pub max_bytes: Option<u64>,
+    /// Media types (`type/subtype`, lowercase) a payload may have; empty = any.
+    pub content_types: Vec<String>,
+    pub created_at: i64,
+}
+
+impl Record for SchemaRec {}
 
 /// Allows `sender` to send `doctype` (or any, `*`) to `receiver`. Key: its id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,15 +338,34 @@ pub struct MessageRec {
     /// When the message reached `processed` or a final status.
     pub processed_at: Option<i64>,
     pub transmissions: Vec<TransmissionState>,
+    /// Why the payload failed its doctype's schema, while the message is `invalid`: at
+    /// most [`VALIDATION_ERRORS_KEPT`], in the order the validator found them.
+    pub validation_errors: Vec<ValidationErrorRec>,
 }
 
+/// One reason a payload failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationErrorRec {
+    /// JSON pointer to the failing place in the payload (`""` = the whole document).
+    pub pointer: String,
+    /// The schema keyword that failed (`required`, `type`, …), or the check for non-JSON
+    /// rules (`maxBytes`, `contentType`, `wellFormed`, `rootElement`).
+    pub keyword: String,
+    pub message: String,
+}
+
+/// Validation errors kept per message.
+pub const VALIDATION_ERRORS_KEPT: usize = 20;
+
 impl Record for MessageRec {
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
         match version {
             1 => Ok(decode_body::<MessageRecV1>(body)?.into()),
             2 => Ok(decode_body::<MessageRecV2>(body)?.into()),
+            // Version 4 added `validation_errors` at the end; an empty list is one 0 byte.
+            3 => decode_body(&appended_zero(body)),
             v => Err(StoreError::Codec(format!("unknown message version {v}"))),
         }
     }
@@ -421,6 +482,7 @@ impl From<MessageRecV1> for MessageRec {
             errors: Vec::new(),
             errors_dropped: 0,
             processed_at: m.processed_at,
+            validation_errors: Vec::new(),
             transmissions: m
                 .transmissions
                 .into_iter()
@@ -507,6 +569,7 @@ impl From<MessageRecV2> for MessageRec {
             errors: m.errors.into_iter().map(|e| (since, e)).collect(),
             errors_dropped: m.errors_dropped,
             processed_at: m.processed_at,
+            validation_errors: Vec::new(),
             transmissions: m
                 .transmissions
                 .into_iter()
@@ -690,8 +753,8 @@ mod tests {
         transmissions: Vec<TransmissionV2>,
     }
 
-    #[test]
-    fn a_version_2_message_reads_with_times_on_its_errors_and_transmission_histories() {
+    /// A message as format version 2 wrote it, version byte first.
+    fn v2_bytes() -> Vec<u8> {
         let v2 = V2 {
             id: new_message_id(),
             request_id: Uuid::now_v7(),
@@ -728,6 +791,12 @@ mod tests {
         let mut bytes = vec![2u8];
         bincode::serde::encode_into_std_write(&v2, &mut bytes, bincode::config::standard())
             .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_version_2_message_reads_with_times_on_its_errors_and_transmission_histories() {
+        let bytes = v2_bytes();
         let m: MessageRec = decode(&bytes).unwrap();
         assert_eq!(m.env, Env::Test);
         assert_eq!(m.errors, vec![(200, "GLOBEX: boom".to_owned())]);
@@ -739,5 +808,49 @@ mod tests {
         );
         assert_eq!(t.history, vec![(200, Status::Failed)]);
         assert_eq!(t.last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn records_of_the_previous_version_read_with_the_added_field_empty() {
+        use super::super::codec::encode;
+        // Version 3 of a message and version 1 of a partner were the current layouts
+        // without their last field: the encoding of today's record minus its last byte.
+        let older = |mut bytes: Vec<u8>, version: u8| {
+            assert_eq!(bytes.pop(), Some(0));
+            bytes[0] = version;
+            bytes
+        };
+        let v2 = decode::<MessageRec>(&v2_bytes()).unwrap();
+        let m: MessageRec = decode(&older(encode(&v2).unwrap(), 3)).unwrap();
+        assert_eq!(m.id, v2.id);
+        assert_eq!(m.transmissions.len(), 1);
+        assert!(m.validation_errors.is_empty());
+
+        let p = PartnerRec {
+            code: "ACME".into(),
+            name: "Acme".into(),
+            active: true,
+            push_url: Some("https://acme.example/in".into()),
+            test_push_url: None,
+            push_headers: vec![("x".into(), "y".into())],
+            push_params: Vec::new(),
+            signing: SigningSecrets {
+                current: "s".into(),
+                previous: None,
+            },
+            test_signing: SigningSecrets {
+                current: "t".into(),
+                previous: Some(("u".into(), 9)),
+            },
+            push_paused: true,
+            disabled_endpoints: Vec::new(),
+            created_at: 1,
+            updated_at: 2,
+            unique_references: false,
+        };
+        let read: PartnerRec = decode(&older(encode(&p).unwrap(), 1)).unwrap();
+        assert_eq!(read.push_url, p.push_url);
+        assert_eq!(read.test_signing.previous, p.test_signing.previous);
+        assert!(read.push_paused && !read.unique_references);
     }
 }

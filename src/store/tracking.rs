@@ -81,15 +81,15 @@ fn tracking_value(m: &MessageRec) -> Vec<u8> {
 }
 
 /// One `tracking` entry as read.
-struct Entry<'a> {
-    request_id: Uuid,
-    message_id: Uuid,
-    status: Status,
-    processed_at: Option<i64>,
-    doctype: &'a str,
+pub(super) struct Entry<'a> {
+    pub(super) request_id: Uuid,
+    pub(super) message_id: Uuid,
+    pub(super) status: Status,
+    pub(super) processed_at: Option<i64>,
+    pub(super) doctype: &'a str,
 }
 
-fn parse_entry<'a>(key: &[u8], value: &'a [u8]) -> Option<Entry<'a>> {
+pub(super) fn parse_entry<'a>(key: &[u8], value: &'a [u8]) -> Option<Entry<'a>> {
     let ids = key.get(key.len().checked_sub(32)?..)?;
     let (&status, rest) = value.split_first()?;
     let (at, doctype) = rest.split_at_checked(8)?;
@@ -770,6 +770,7 @@ mod tests {
             transmissions: (0..receivers)
                 .map(|i| TransmissionState::queued(format!("{i:0>32}"), 1_700_000_000_123))
                 .collect(),
+            validation_errors: Vec::new(),
         }
     }
 
@@ -877,6 +878,7 @@ mod tests {
             content_type: "application/json".into(),
             payload: bytes::Bytes::from_static(b"{}"),
             receivers: vec!["GLOBEX".into()],
+            validation_errors: Vec::new(),
         };
         let (request, _) = store
             .accept(

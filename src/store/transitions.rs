@@ -4,7 +4,8 @@
 //!
 //! The rules that matter most:
 //! - a final status (`complete`, `failed`, `cancelled`, `invalid`) is never left, except by
-//!   an admin's redelivery of a failed transmission;
+//!   an admin's redelivery of a failed transmission or the release of an invalid one
+//!   whose message passes validation again;
 //! - a push outcome that arrives after the transmission was acknowledged, or after another
 //!   outcome finished it, changes nothing;
 //! - repeating an acknowledgement with the same verdict is `Same`, not a change.
@@ -36,6 +37,9 @@ pub enum Event {
     /// An admin sends a failed transmission again: as a push queued at `Some(due)`, or to
     /// the poll queue.
     Redelivered { due: Option<u64> },
+    /// Its message passed validation after failing it: an `invalid` transmission is queued,
+    /// as a push at `Some(due)` or for polling.
+    Released { due: Option<u64> },
     /// Cancelled by its sender or an admin.
     Cancelled,
     /// Its payload fails its checksum: it cannot be delivered by push or poll.
@@ -138,6 +142,11 @@ impl MessageRec {
                 tx.acknowledged_at = None;
                 Transition::Changed
             }
+            Event::Released { due } if status == Status::Invalid => {
+                tx.status = Status::Queued;
+                tx.outbox_due = due;
+                Transition::Changed
+            }
             Event::Corrupt { error: e } if pending => {
                 tx.status = Status::Failed;
                 tx.lease_until = None;
@@ -213,6 +222,7 @@ mod tests {
                 history: vec![(0, status)],
                 history_dropped: 0,
             }],
+            validation_errors: Vec::new(),
         }
     }
 
@@ -247,6 +257,7 @@ mod tests {
             "corrupt" => Event::Corrupt {
                 error: "crc".into(),
             },
+            "release" => Event::Released { due: None },
             other => panic!("{other}"),
         };
         // (from, event, outcome, status after)
@@ -294,6 +305,14 @@ mod tests {
             (Processed, "corrupt", Changed, Failed),
             (Complete, "corrupt", Refused, Complete),
             (Cancelled, "corrupt", Refused, Cancelled),
+            (Invalid, "release", Changed, Queued),
+            (Queued, "release", Refused, Queued),
+            (Failed, "release", Refused, Failed),
+            (Invalid, "claim", Refused, Invalid),
+            (Invalid, "ack", Refused, Invalid),
+            (Invalid, "delivered", Refused, Invalid),
+            (Invalid, "cancel", Refused, Invalid),
+            (Invalid, "redeliver", Refused, Invalid),
         ];
         for (from, name, outcome, after) in table {
             let mut m = message(*from);

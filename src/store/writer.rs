@@ -81,6 +81,8 @@ pub enum Table {
     IdempotencyExpiry,
     Counters,
     BulkOps,
+    Schemas,
+    UniqueRefs,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.

@@ -19,6 +19,7 @@ mod push;
 mod receiver;
 mod tracking;
 mod transmissions;
+mod validation;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -80,6 +80,12 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/admin/api/partners/{code}/redeliver-failed"),
     ("get", "/admin/api/deliveries/{id}/attempts"),
     ("get", "/admin/api/stats"),
+    // admin_schemas.rs
+    ("post", "/admin/api/schemas"),
+    ("get", "/admin/api/schemas"),
+    ("delete", "/admin/api/schemas/{id}"),
+    ("post", "/admin/api/messages/{id}/revalidate"),
+    ("post", "/admin/api/messages/revalidate"),
 ];
 
 /// The document as the server serves it.

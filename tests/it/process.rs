@@ -325,6 +325,80 @@ fn the_cli_manages_partners_keys_and_routes_on_the_running_server() {
     assert!(!out.contains("GLOBEX"), "{out}");
 }
 
+#[test]
+fn the_cli_manages_schemas_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let d = dir.path();
+    let file = d.join("order.schema.json");
+    std::fs::write(&file, r#"{"type": "object", "required": ["id"]}"#).unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, out, err) = cli(
+        &server,
+        d,
+        &[
+            "schema",
+            "add",
+            "order",
+            "--json-schema",
+            file,
+            "--max-bytes",
+            "4096",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("created schema "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (ok, out, _) = cli(
+        &server,
+        d,
+        &[
+            "schema",
+            "add",
+            "invoice",
+            "--version",
+            "2",
+            "--xml-root",
+            "Invoice",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (_, out, _) = cli(&server, d, &["schema", "list"]);
+    assert!(
+        out.contains(&id) && out.contains("json-schema max-bytes=4096"),
+        "{out}"
+    );
+    assert!(
+        out.contains("invoice") && out.contains("xml-root=Invoice"),
+        "{out}"
+    );
+
+    // A schema that does not compile, and one that is not JSON, change nothing.
+    std::fs::write(d.join("bad.json"), r#"{"type": 5}"#).unwrap();
+    let bad = d.join("bad.json");
+    let (ok, _, err) = cli(
+        &server,
+        d,
+        &["schema", "add", "x", "--json-schema", bad.to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("400"), "{err}");
+    std::fs::write(&bad, "not json").unwrap();
+    let (ok, _, err) = cli(
+        &server,
+        d,
+        &["schema", "add", "x", "--json-schema", bad.to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("not JSON"), "{err}");
+
+    assert!(cli(&server, d, &["schema", "remove", &id]).0);
+    let (_, out, _) = cli(&server, d, &["schema", "list"]);
+    assert_eq!(out.lines().count(), 2, "the header and invoice: {out}");
+}
+
 /// Runs the CLI with `input` on its standard input.
 fn cli_with_input(server: &Server, dir: &Path, args: &[&str], input: &str) -> (bool, String) {
     use std::io::Write;

@@ -90,6 +90,7 @@ fn partner_view(p: &PartnerRec) -> Value {
         "pushHeaders": map(&p.push_headers),
         "pushParams": map(&p.push_params),
         "pushPaused": p.push_paused,
+        "uniqueReferences": p.unique_references,
         "disabledEndpoints": p
             .disabled_endpoints
             .iter()
@@ -302,6 +303,12 @@ async fn patch_partner(
             }
             "pushUrl" if v.is_null() => patch.push_url = Some(None),
             "testPushUrl" if v.is_null() => patch.test_push_url = Some(None),
+            "uniqueReferences" => {
+                patch.unique_references = Some(v.as_bool().ok_or_else(|| {
+                    ApiError::bad_request("uniqueReferences must be true or false")
+                        .field("uniqueReferences")
+                })?)
+            }
             "pushPaused" => {
                 patch.push_paused = Some(v.as_bool().ok_or_else(|| {
                     ApiError::bad_request("pushPaused must be true or false").field("pushPaused")
