@@ -137,3 +137,43 @@ fn levels(state: &AppState) -> crate::metrics::Levels {
         uptime: state.started.elapsed(),
     }
 }
+
+/// The routes of the plain-HTTP listener next to HTTPS (`server.redirect_http`): every
+/// request is answered with a permanent redirect to the same path and query on HTTPS.
+pub fn redirect_to_https(https_port: u16) -> BoxedFilter<(Response,)> {
+    warp::header::optional::<String>("host")
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(
+            move |host: Option<String>, path: warp::path::FullPath, query: String| {
+                let host = host
+                    .as_deref()
+                    .map(host_without_port)
+                    .unwrap_or("localhost");
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                };
+                let location = format!("https://{host}:{https_port}{}{query}", path.as_str());
+                let mut res = Response::new(bytes::Bytes::new().into());
+                match http::HeaderValue::from_str(&location) {
+                    Ok(v) => {
+                        *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                        res.headers_mut().insert(http::header::LOCATION, v);
+                    }
+                    Err(_) => *res.status_mut() = StatusCode::BAD_REQUEST,
+                }
+                res
+            },
+        )
+        .boxed()
+}
+
+/// `example.com:80` → `example.com`; `[::1]:80` → `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}
