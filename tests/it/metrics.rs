@@ -94,6 +94,23 @@ fn the_figures_move_as_messages_flow() {
         1.0
     );
     assert!(!after.keys().any(|k| k.contains("/no/such/path")));
+    // Levels come from the kept counters: three live messages, one of them done.
+    let live: f64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("waybill_messages{") && k.contains(r#"env="live""#))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(live, 3.0, "{after:?}");
+    assert_eq!(
+        get(
+            &after,
+            r#"waybill_queue_depth{queue="pending_transmissions"}"#
+        ) + get(
+            &after,
+            r#"waybill_queue_depth{queue="leased_transmissions"}"#
+        ),
+        2.0
+    );
     // Every write went through the writer: rounds were flushed and timed.
     assert!(get(&after, "waybill_writer_group_size_count") >= 1.0);
     assert!(get(&after, "waybill_writer_flush_duration_seconds_count") >= 1.0);

@@ -33,6 +33,11 @@ fn start(dir: &Path) -> Server {
 
 /// Starts the binary on `dir` with extra environment settings and waits until it is ready.
 fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    start_logging(dir, env, Stdio::null())
+}
+
+/// [`start_with`], its log (standard error) going to `log`.
+fn start_logging(dir: &Path, env: &[(&str, &str)], log: Stdio) -> Server {
     let listen = format!("127.0.0.1:{}", free_port());
     let child = Command::new(BIN)
         .args(["serve", "--data-dir"])
@@ -41,7 +46,7 @@ fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
         .env("WAYBILL_OUTBOUND__ALLOW", "127.0.0.0/8")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("spawn waybill");
     let base = format!("http://{listen}");
@@ -799,4 +804,121 @@ fn a_job_that_crashed_after_its_effect_and_before_it_was_done_has_one_effect() {
         .as_str()
         .unwrap_or_else(|| panic!("no request id in {created}"));
     assert!(listed.contains(request), "{request} not in {listed}");
+}
+
+#[test]
+fn no_secret_or_payload_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let data = dir.path().join("data");
+    // Everything Waybill logs, down to debug, including the libraries under it.
+    let mut server = start_logging(&data, &[("WAYBILL_LOG", "debug")], Stdio::from(log));
+    let closed = format!("http://127.0.0.1:{}/hook", free_port());
+    let push_secret = "push-header-secret-8d1f";
+    let (acme, globex) = server.acme_to_globex(json!({
+        "pushUrl": closed,
+        "pushHeaders": {"Authorization": format!("Bearer {push_secret}")},
+    }));
+    let signing = server.admin(
+        "POST",
+        "/admin/api/partners/GLOBEX/signing-secret",
+        json!({"overlapHours": 1}),
+    )["data"]["signingSecret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = send(
+        &agent(),
+        "POST",
+        &format!("{}/api/v1/auth/token", server.base),
+        &[("X-Api-Key", &acme)],
+        None,
+    )
+    .data(200)["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let marker = "payload-marker-5be2a7";
+    server.send_doc(&acme, format!(r#"{{"note":"{marker}"}}"#).as_bytes());
+    let with_token = send(
+        &agent(),
+        "GET",
+        &format!("{}/api/v1/requests", server.base),
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    );
+    assert_eq!(with_token.status, 200);
+    // Failed attempts are logged too: a wrong key, a wrong admin token.
+    let wrong_key = "wb_live_wrong-key-3c9e";
+    assert_eq!(server.poll_status(wrong_key), 401);
+    let password = "correct horse battery staple 77";
+    server.admin(
+        "POST",
+        "/admin/api/users",
+        json!({"username": "alice", "password": password}),
+    );
+    let login = send(
+        &agent(),
+        "POST",
+        &format!("{}/admin/api/login", server.base),
+        &[("Content-Type", "application/json")],
+        Some(
+            json!({"username": "alice", "password": password})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    let cookie = login.headers["set-cookie"].to_str().unwrap().to_owned();
+    let session_id = cookie
+        .split(';')
+        .next()
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .unwrap();
+    let csrf = login.data(200)["csrfToken"].as_str().unwrap().to_owned();
+    let bad_login = send(
+        &agent(),
+        "POST",
+        &format!("{}/admin/api/login", server.base),
+        &[("Content-Type", "application/json")],
+        Some(
+            json!({"username": "alice", "password": "wrong-password-41"})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(bad_login.status, 401);
+    // Let the push to the closed port fail and be logged.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    let _ = server.child.wait();
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("waybill serving"),
+        "the log was captured: {text}"
+    );
+    let secrets = [
+        ("partner key", acme.as_str()),
+        ("receiver key", globex.as_str()),
+        ("wrong key", wrong_key),
+        ("token", token.as_str()),
+        ("admin token", server.token.as_str()),
+        ("password", password),
+        ("wrong password", "wrong-password-41"),
+        ("session id", session_id.as_str()),
+        ("CSRF token", csrf.as_str()),
+        ("signing secret", signing.as_str()),
+        ("push header", push_secret),
+        ("payload", marker),
+    ];
+    for (what, secret) in secrets {
+        assert!(secret.len() >= 12, "{what} is too short to search for");
+        if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+            panic!("the {what} is in the log: {line}");
+        }
+    }
 }
