@@ -17,6 +17,7 @@ use super::records::{
     clip, new_message_id, split_transmission_uuid, transmission_uuid, DeliveryRec, MessageRec,
     RequestRec, Target, TransmissionRec, TransmissionState,
 };
+use super::subscriptions::EventKind;
 use super::tracking::{intake_entries, request_id_at, MessagePut};
 use super::transitions::{Event, Transition};
 use super::writer::{Table, LARGE_WRITE_BYTES};
@@ -262,6 +263,24 @@ impl Store {
         let request_value = encode(&request)?;
         let index = intake_entries(&request, &messages);
         let remembered = answer(&request, &messages)?;
+        // New transmissions for receivers whose subscriptions watch for them. Only those
+        // watched now are listed; the job checks again (cheap while nothing watches).
+        let mut created = Vec::new();
+        if self.subs.any_active() {
+            let snap = self.subs.snapshot();
+            if snap.watched(env, EventKind::TransmissionCreated) {
+                for m in &messages {
+                    for (uuid, receiver) in m.transmission_refs() {
+                        if !snap
+                            .watchers(env, EventKind::TransmissionCreated, receiver)
+                            .is_empty()
+                        {
+                            created.push((receiver.to_owned(), uuid));
+                        }
+                    }
+                }
+            }
+        }
 
         self.writer
             .write(move |t| {
@@ -279,6 +298,9 @@ impl Store {
                 }
                 if let Some(put) = remembered {
                     put.write(t)?;
+                }
+                for (receiver, uuid) in created {
+                    t.feed(env, &receiver, EventKind::TransmissionCreated, uuid, now)?;
                 }
                 t.insert(Table::Requests, request_key, request_value)
             })

@@ -26,6 +26,8 @@
 //! | `job_content` | env ‖ job id | [`StoredResponse`]: what the job's call answered |
 //! | `idempotency` | env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer |
 //! | `idempotency_expiry` | expiry (u64 BE ms) ‖ idempotency key | (empty) |
+//! | `subscriptions` | env ‖ subscription id | [`SubscriptionRec`]: an event subscription |
+//! | `sub_pending` | subscription id ‖ event (1 byte) ‖ object id | changed at (u64 BE ms): ids waiting for a batch |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -39,6 +41,7 @@ mod messages;
 pub mod payload_log;
 pub mod records;
 mod requeue;
+pub mod subscriptions;
 pub mod tracking;
 pub mod transitions;
 mod writer;
@@ -54,6 +57,10 @@ pub use deliveries::{due_at, Next, OutboxCounts, OutboxEndpoint, Prefetched, Que
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
+pub use subscriptions::{
+    AttemptNote, ChangedBy, EventKind, Flushed, SubChange, SubIndex, SubscriptionPatch,
+    SubscriptionRec,
+};
 pub use tracking::{
     CancelOutcome, StatusSummary, TrackedRequest, TrackingPage, TrackingQuery, TrackingSort,
 };
@@ -112,6 +119,8 @@ pub struct Trees {
     job_content: sled::Tree,
     idempotency: sled::Tree,
     idempotency_expiry: sled::Tree,
+    subscriptions: sled::Tree,
+    sub_pending: sled::Tree,
 }
 
 impl Trees {
@@ -142,6 +151,8 @@ impl Trees {
             &self.job_content,
             &self.idempotency,
             &self.idempotency_expiry,
+            &self.subscriptions,
+            &self.sub_pending,
         ]
     }
 }
@@ -208,6 +219,9 @@ pub struct Store {
     pub outbox: OutboxSignal,
     /// The key that signs and checks partner tokens (JWT, HS256), made at first start.
     token_key: TokenKeyRec,
+    /// Event subscriptions in memory: what the writer feeds changes by, and which have ids
+    /// waiting for their batch.
+    subs: Arc<SubIndex>,
 }
 
 impl Store {
@@ -253,10 +267,20 @@ impl Store {
             job_content: tree("job_content")?,
             idempotency: tree("idempotency")?,
             idempotency_expiry: tree("idempotency_expiry")?,
+            subscriptions: tree("subscriptions")?,
+            sub_pending: tree("sub_pending")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
-        let writer = Writer::start(Arc::clone(&t), Arc::clone(&payload_log), dir, writer_queue)?;
+        let subs = Arc::new(SubIndex::default());
+        Store::load_subscriptions(&t, &subs)?;
+        let writer = Writer::start(
+            Arc::clone(&t),
+            Arc::clone(&payload_log),
+            Arc::clone(&subs),
+            dir,
+            writer_queue,
+        )?;
         let token_key = directory::ensure_token_key(&t, &writer)?;
         let store = Store {
             t,
@@ -266,6 +290,7 @@ impl Store {
             admin_lock: tokio::sync::Mutex::new(()),
             outbox: OutboxSignal::new(),
             token_key,
+            subs,
         };
         store.reload_directory()?;
         let indexed = store.build_tracking_index()?;

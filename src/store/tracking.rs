@@ -15,7 +15,9 @@
 //!
 //! A message's entry changes whenever its status or processed time does: every job that
 //! stores a changed message goes through [`MessagePut`], which compares the record with
-//! what it was before [`MessageRec::apply`] ran.
+//! what it was before [`MessageRec::apply`] ran. The same comparison feeds a status change
+//! to the `message.status` subscriptions of the message's sender and receivers, in the
+//! same job (see `store::subscriptions`).
 
 use std::collections::HashSet;
 
@@ -24,6 +26,7 @@ use uuid::Uuid;
 use super::codec::{decode, encode, env_id, partner_id, partner_prefix, SEP};
 use super::deliveries::queued_push_key;
 use super::records::{MessageRec, RequestRec};
+use super::subscriptions::EventKind;
 use super::transitions::{Event, Transition};
 use super::writer::{Table, Tx};
 use super::{Store, StoreError};
@@ -166,6 +169,17 @@ pub(super) struct MessagePut {
     key: [u8; 17],
     record: Vec<u8>,
     tracking: Option<(Vec<u8>, Vec<u8>)>,
+    status_change: Option<StatusChange>,
+}
+
+/// A message whose status changed: the event its sender's and receivers' subscriptions to
+/// `message.status` are fed with, in the job that stores it.
+struct StatusChange {
+    env: Env,
+    id: Uuid,
+    at: i64,
+    /// The sender and the receivers, each once.
+    owners: Vec<String>,
 }
 
 impl MessagePut {
@@ -177,10 +191,26 @@ impl MessagePut {
                 tracking_value(m),
             )
         });
+        let status_change = (m.status != before.0).then(|| {
+            let mut owners = Vec::with_capacity(1 + m.transmissions.len());
+            owners.push(m.sender.clone());
+            for t in &m.transmissions {
+                if !owners.contains(&t.receiver) {
+                    owners.push(t.receiver.clone());
+                }
+            }
+            StatusChange {
+                env: m.env,
+                id: m.id,
+                at: m.history.last().map_or(m.received_at, |(at, _)| *at),
+                owners,
+            }
+        });
         Ok(MessagePut {
             key: env_id(m.env, m.id),
             record: encode(m)?,
             tracking,
+            status_change,
         })
     }
 
@@ -188,6 +218,11 @@ impl MessagePut {
         t.insert(Table::Messages, self.key, self.record)?;
         if let Some((k, v)) = self.tracking {
             t.insert(Table::Tracking, k, v)?;
+        }
+        if let Some(c) = self.status_change {
+            for owner in &c.owners {
+                t.feed(c.env, owner, EventKind::MessageStatus, c.id, c.at)?;
+            }
         }
         Ok(())
     }

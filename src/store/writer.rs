@@ -41,7 +41,10 @@ use sled::transaction::{
 use sled::{IVec, Transactional};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use uuid::Uuid;
+
 use super::payload_log::PayloadLog;
+use super::subscriptions::SubIndex;
 use super::{StoreError, Trees};
 
 /// Payloads at least this large are copied on a blocking thread, not an async worker.
@@ -78,6 +81,8 @@ pub enum Table {
     JobContent,
     Idempotency,
     IdempotencyExpiry,
+    Subscriptions,
+    SubPending,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.
@@ -90,6 +95,9 @@ pub struct Tx<'a> {
     views: &'a Views,
     /// A storage error happened; the whole round's transaction is aborted.
     poisoned: Cell<bool>,
+    subs: &'a SubIndex,
+    /// Subscriptions that got pending ids in this round; the flusher is told once it commits.
+    fed: RefCell<Vec<Uuid>>,
 }
 
 impl Tx<'_> {
@@ -125,6 +133,19 @@ impl Tx<'_> {
         self.check(self.tree(table).insert(key.as_ref(), value).map(|_| ()))
     }
 
+    /// The in-memory index of subscriptions, which changes are fed by.
+    pub(super) fn subscriptions(&self) -> &SubIndex {
+        self.subs
+    }
+
+    /// Notes that subscription `sub` got a pending id in this round.
+    pub(super) fn note_fed(&self, sub: Uuid) {
+        let mut fed = self.fed.borrow_mut();
+        if fed.last() != Some(&sub) {
+            fed.push(sub);
+        }
+    }
+
     /// Deletes a key.
     pub fn remove(&self, table: Table, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         self.check(self.tree(table).remove(key.as_ref()).map(|_| ()))
@@ -147,11 +168,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer for `trees`, whose sled files live in `dir`.
-    /// At most `queue` jobs wait at once (see [`Writer::write`]).
+    /// Starts the writer for `trees`, whose sled files live in `dir`, feeding changes to
+    /// the subscriptions of `subs`. At most `queue` jobs wait at once (see [`Writer::write`]).
     pub fn start(
         trees: Arc<Trees>,
         payloads: Arc<PayloadLog>,
+        subs: Arc<SubIndex>,
         dir: &Path,
         queue: usize,
     ) -> Result<Writer, StoreError> {
@@ -162,7 +184,7 @@ impl Writer {
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
             .name("waybill-writer".into())
-            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &flag))?;
+            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &subs, &flag))?;
         Ok(Writer {
             queue: Mutex::new(Some(tx)),
             room: Arc::new(Semaphore::new(capacity)),
@@ -299,6 +321,7 @@ fn write_loop(
     trees: &Trees,
     db_file: &File,
     payloads: &PayloadLog,
+    subs: &SubIndex,
     failed: &AtomicBool,
 ) {
     let (mut rounds, mut jobs, mut busy) = (0u64, 0u64, std::time::Duration::ZERO);
@@ -312,7 +335,7 @@ fn write_loop(
             }
         }
         let count = group.len() as u64;
-        let done = apply(trees, group);
+        let done = apply(trees, subs, group);
         let started = std::time::Instant::now();
         let flushed = done.is_some()
             && match flush_once(trees, db_file, payloads) {
@@ -349,7 +372,9 @@ fn write_loop(
 }
 
 /// Runs a group of jobs in one transaction; `None` if it was aborted by a storage error.
-fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
+/// Once it commits, the subscriptions it fed are marked for the flusher (which then finds
+/// their entries in the tree).
+fn apply(trees: &Trees, subs: &SubIndex, group: Vec<Job>) -> Option<Vec<Completion>> {
     // sled may call a transaction closure again after a conflict; with a single writer
     // there are none, and jobs run once: a second call finds no jobs and aborts.
     let pending = RefCell::new(Some(group));
@@ -361,15 +386,20 @@ fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
         let tx = Tx {
             views: &views[..],
             poisoned: Cell::new(false),
+            subs,
+            fed: RefCell::new(Vec::new()),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
         if tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
-        Ok(done)
+        Ok((done, tx.fed.take()))
     });
     match result {
-        Ok(done) => Some(done),
+        Ok((done, fed)) => {
+            subs.mark_pending(&fed, super::now_ms());
+            Some(done)
+        }
         Err(e) => {
             tracing::error!(error = ?e, "a store transaction failed");
             None

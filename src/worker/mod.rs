@@ -1,10 +1,12 @@
 //! Background loops owned by [`crate::run`]: each is spawned here and runs until the server
-//! stops. The delivery engine is told to stop and lets its attempts under way finish; the
+//! stops (the delivery engine, the background job workers, the subscription flusher, the
+//! free-disk watch). The delivery engine is told to stop and lets its attempts under way finish; the
 //! others hold no state an abort could lose, and are aborted.
 
 pub mod background;
 pub mod delivery;
 pub mod push;
+pub mod subscriptions;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,10 @@ pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
         delivery: tokio::spawn(live.watch("delivery", delivery::run(state.clone(), stop.clone()))),
         others: vec![
             tokio::spawn(live.watch("background", background::run(state.clone(), stop.clone()))),
+            tokio::spawn(live.watch(
+                "subscriptions",
+                subscriptions::run(state.clone(), stop.clone()),
+            )),
             tokio::spawn(live.watch("disk-watch", watch_disk(state, disk_low))),
         ],
     }

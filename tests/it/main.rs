@@ -15,6 +15,7 @@ mod packaging;
 mod process;
 mod push;
 mod receiver;
+mod subscriptions;
 mod tracking;
 mod transmissions;
 

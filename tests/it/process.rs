@@ -12,9 +12,9 @@ use crate::{agent, send, wait_for_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_waybill");
 
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     listen: String,
     token: String,
 }
@@ -32,7 +32,7 @@ fn start(dir: &Path) -> Server {
 }
 
 /// Starts the binary on `dir` with extra environment settings and waits until it is ready.
-fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     let listen = format!("127.0.0.1:{}", free_port());
     let child = Command::new(BIN)
         .args(["serve", "--data-dir"])
@@ -69,7 +69,7 @@ fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
 impl Server {
     /// Partners ACME and GLOBEX (with `globex` merged into its definition), a key for each
     /// and a route ACME → GLOBEX for every doctype. Returns (ACME's key, GLOBEX's key).
-    fn acme_to_globex(&self, globex: Value) -> (String, String) {
+    pub(crate) fn acme_to_globex(&self, globex: Value) -> (String, String) {
         let mut def = json!({"code": "GLOBEX", "name": "Globex"});
         if let (Some(d), Some(extra)) = (def.as_object_mut(), globex.as_object()) {
             d.extend(extra.clone());
@@ -99,7 +99,7 @@ impl Server {
     }
 
     /// ACME sends `body` to the receivers its routes name; returns the intake answer's data.
-    fn send_doc(&self, key: &str, body: &[u8]) -> Value {
+    pub(crate) fn send_doc(&self, key: &str, body: &[u8]) -> Value {
         send(
             &agent(),
             "POST",
