@@ -20,6 +20,9 @@
 //! * `background`: (only when named) background calls: jobs accepted per
 //!   second, submit-to-completion latency next to the synchronous call, and
 //!   the cost of Idempotency-Key on intake.
+//! * `subscriptions`: (only when named) event subscriptions: 10,000 status
+//!   changes/s over 100 subscriptions (calls per subscription per window, ids
+//!   lost), and intake with 100 subscriptions watching against without.
 //!
 //! The HTTP client is deliberately minimal (keep-alive HTTP/1.1, requests with
 //! Content-Length, responses with Content-Length or chunked bodies) because the
@@ -59,6 +62,8 @@ mod background;
 mod poll_leased;
 #[path = "load/push_slow.rs"]
 mod push_slow;
+#[path = "load/subscriptions.rs"]
+mod subscriptions;
 #[path = "load/tracking.rs"]
 mod tracking;
 
@@ -67,11 +72,11 @@ usage: cargo bench --bench load -- [options]
 
   --duration SECS       measured time per phase (default 10)
   --connections N       connections for the inbound phase and the background
-                        throughput runs (default 64)
+                        and subscriptions intake runs (default 64)
   --phase LIST          comma-separated: inbound, pollack, memory, push,
-                        push-slow, poll-leased, background, all (default
-                        inbound,pollack; all adds memory, not push, push-slow,
-                        poll-leased or background),
+                        push-slow, poll-leased, background, subscriptions, all
+                        (default inbound,pollack; all adds memory, not push,
+                        push-slow, poll-leased, background or subscriptions),
                         or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio,
                         or tracking: searches over a filled store (alone),
@@ -95,7 +100,8 @@ usage: cargo bench --bench load -- [options]
                         once with and once without to compare)
 
 The push phase starts an HTTP receiver on 127.0.0.1 and sets GLOBEX's pushUrl
-to it (the background phase one for its completion webhooks); a server we start gets WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8, an external
+to it (the background phase one for its completion webhooks, the subscriptions
+phase one for its callbacks); a server we start gets WAYBILL_OUTBOUND__ALLOW=127.0.0.0/8, an external
 one must allow loopback targets itself and run on this host.
 
 The server binary is the one cargo built for this package; WAYBILL_BIN overrides it.";
@@ -155,6 +161,8 @@ struct Options {
     poll_leased: bool,
     /// Background jobs and Idempotency-Key.
     background: bool,
+    /// Event subscriptions: batching under status changes, and intake beside them.
+    subscriptions: bool,
     /// `--messages`; each phase that uses it has its own default.
     messages: Option<u64>,
     /// Messages per second in the push latency run.
@@ -186,6 +194,7 @@ fn parse_args() -> Result<Options, String> {
         push_slow: false,
         poll_leased: false,
         background: false,
+        subscriptions: false,
         messages: None,
         rate: 1000,
         compare: false,
@@ -258,6 +267,7 @@ fn parse_args() -> Result<Options, String> {
                 o.push_slow = false;
                 o.poll_leased = false;
                 o.background = false;
+                o.subscriptions = false;
                 o.compare = false;
                 o.tracking = false;
                 o.admin = false;
@@ -273,6 +283,7 @@ fn parse_args() -> Result<Options, String> {
                         "push-slow" => o.push_slow = true,
                         "poll-leased" => o.poll_leased = true,
                         "background" => o.background = true,
+                        "subscriptions" => o.subscriptions = true,
                         "all" => {
                             o.inbound = true;
                             o.pollack = true;
@@ -282,7 +293,7 @@ fn parse_args() -> Result<Options, String> {
                     }
                 }
                 let others = o.inbound || o.pollack || o.memory || o.push || o.push_slow;
-                let others = others || o.poll_leased || o.background;
+                let others = others || o.poll_leased || o.background || o.subscriptions;
                 if o.tracking && (others || o.compare) {
                     return Err(
                         "--phase tracking starts its own server; name no other phase".into(),
@@ -490,9 +501,9 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
             (target, token)
         }
         None => {
-            // Only pushes and job webhooks need loopback targets; other
+            // Only pushes, job webhooks and subscription calls need loopback targets; other
             // runs keep the server's default policy.
-            let pushes = opts.push || opts.push_slow || opts.background;
+            let pushes = opts.push || opts.push_slow || opts.background || opts.subscriptions;
             let s = server.insert(Server::start(server_binary(), tls, pushes)?);
             let deadline = Instant::now() + STARTUP_TIMEOUT;
             let target = s.target();
@@ -608,6 +619,11 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
     if opts.background {
         background::run(&ctx, &admin_token, opts.connections, opts.duration).await?;
         check_alive(&mut server, "background")?;
+    }
+    if opts.subscriptions {
+        let pid = server.as_ref().and_then(Server::pid);
+        subscriptions::run(&ctx, &admin_token, opts.connections, opts.duration, pid).await?;
+        check_alive(&mut server, "subscriptions")?;
     }
 
     if opts.memory {

@@ -347,6 +347,9 @@ impl Config {
         if !(1..=self.delivery.concurrency).contains(&self.delivery.endpoint_concurrency) {
             return bad("delivery.endpoint_concurrency must be 1 to delivery.concurrency");
         }
+        if !(1..=3_600_000).contains(&self.subscriptions.batch_window_ms) {
+            return bad("subscriptions.batch_window_ms must be 1-3600000");
+        }
         if !(60..=3600).contains(&self.auth.token_ttl_seconds) {
             return bad("auth.token_ttl_seconds must be 60-3600");
         }

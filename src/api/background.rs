@@ -88,6 +88,31 @@ fn bad_webhook(why: impl Into<String>) -> ApiError {
 /// Whether `host`'s addresses may be called: an address literal is judged as is, a name
 /// by what it resolves to now (and again at every delivery).
 async fn check_host(state: &AppState, host: &str, port: u16) -> Result<(), ApiError> {
+    match host_refused(state, host, port).await {
+        Some(Refused::Unresolved) => Err(bad_webhook(format!(
+            "the webhook host {host} does not resolve"
+        ))),
+        Some(Refused::NoAddress) => Err(bad_webhook(format!(
+            "the webhook host {host} has no address"
+        ))),
+        Some(Refused::Policy(why)) => Err(bad_webhook(format!(
+            "the webhook URL may not be called: {why}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Why a callback host may not be called.
+pub(super) enum Refused {
+    Unresolved,
+    NoAddress,
+    /// The outbound policy refuses one of its addresses, for this reason.
+    Policy(String),
+}
+
+/// Why `host`'s addresses may not be called, if they may not: an address literal is judged
+/// as is, a name by what it resolves to now (and again at every call, when it connects).
+pub(super) async fn host_refused(state: &AppState, host: &str, port: u16) -> Option<Refused> {
     let allow = state.config.outbound_allow();
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<IpAddr> = match literal.parse::<IpAddr>() {
@@ -96,24 +121,18 @@ async fn check_host(state: &AppState, host: &str, port: u16) -> Result<(), ApiEr
             let lookup = tokio::net::lookup_host((host.to_owned(), port));
             match tokio::time::timeout(Duration::from_secs(5), lookup).await {
                 Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-                _ => {
-                    return Err(bad_webhook(format!(
-                        "the webhook host {host} does not resolve"
-                    )))
-                }
+                _ => return Some(Refused::Unresolved),
             }
         }
     };
     if addrs.is_empty() {
-        return Err(bad_webhook(format!(
-            "the webhook host {host} has no address"
-        )));
+        return Some(Refused::NoAddress);
     }
-    for ip in addrs {
+    addrs.into_iter().find_map(|ip| {
         crate::outbound::policy::permitted(ip, &allow)
-            .map_err(|why| bad_webhook(format!("the webhook URL may not be called: {why}")))?;
-    }
-    Ok(())
+            .err()
+            .map(Refused::Policy)
+    })
 }
 
 /// The background mode of a request: 400 for a webhook URL that is not absolute

@@ -7,6 +7,7 @@
 mod admin;
 pub mod admin_auth;
 mod admin_schemas;
+mod admin_subscriptions;
 mod admin_users;
 mod auth;
 pub mod background;
@@ -14,6 +15,7 @@ mod deliveries;
 mod documents;
 pub mod idempotency;
 mod inbound;
+mod subscriptions;
 mod system;
 mod tokens;
 mod tracking;
@@ -57,6 +59,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(tokens::routes(state.clone()))
         .unify()
         .or(tracking::routes(state.clone()))
+        .unify()
+        .or(subscriptions::routes(state.clone()))
+        .unify()
+        .or(admin_subscriptions::routes(state.clone()))
         .unify()
         .or(admin_users::routes(state.clone()))
         .unify()

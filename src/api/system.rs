@@ -117,6 +117,7 @@ fn levels(state: &AppState) -> crate::metrics::Levels {
                 ("held_deliveries", c.outbox_held),
                 ("jobs_queued", c.jobs_queued),
                 ("jobs_running", c.jobs_running),
+                ("subscription_ids_pending", c.sub_pending),
             ];
             for env in [crate::model::Env::Live, crate::model::Env::Test] {
                 let row = &c.messages.by_env[usize::from(env.byte())];

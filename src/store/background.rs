@@ -23,6 +23,7 @@ use super::codec::{decode, encode, env_id, partner_prefix, Record};
 use super::deliveries::{due_at, outbox_key, Queued};
 use super::payload_log::PayloadRef;
 use super::records::{DeliveryRec, Target};
+use super::subscriptions::EventKind;
 use super::writer::{Table, Tx, LARGE_WRITE_BYTES};
 use super::{Store, StoreError};
 use crate::model::Env;
@@ -546,6 +547,7 @@ impl Store {
                     t.insert(Table::Outbox, k, v)?;
                 }
                 t.insert(Table::Jobs, env_id(env, id), value)?;
+                t.feed(env, &job.partner, EventKind::BackgroundCompleted, id, now)?;
                 Ok(Some((job, webhook)))
             })
             .await?;
@@ -590,6 +592,7 @@ impl Store {
                 if let Some((k, v)) = outbox {
                     t.insert(Table::Outbox, k, v)?;
                 }
+                t.feed(env, &job.partner, EventKind::BackgroundCompleted, id, now)?;
                 let outcome = JobCancel::Done(job);
                 if let Some(r) = idem {
                     r.write(t, &outcome)?;

@@ -36,6 +36,8 @@ pub enum Queue {
     PollLeased = 4,
     JobsQueued = 5,
     JobsRunning = 6,
+    /// Ids waiting for their subscription's next batch.
+    SubPending = 7,
 }
 
 /// What a rate counts.
@@ -83,6 +85,7 @@ pub(super) fn queue_of(table: Table, key: &[u8]) -> Option<CounterKey> {
         Table::ReceiverLeased => Queue::PollLeased,
         Table::JobsQueued => Queue::JobsQueued,
         Table::JobsRunning => Queue::JobsRunning,
+        Table::SubPending => Queue::SubPending,
         _ => return None,
     };
     Some(queue_key(q))
@@ -135,6 +138,8 @@ pub struct Counts {
     pub poll_leased: u64,
     pub jobs_queued: u64,
     pub jobs_running: u64,
+    /// Ids waiting for their subscription's next batch.
+    pub sub_pending: u64,
     /// Per minute of the last hour, oldest first: (minute start in unix ms, intake,
     /// delivered).
     pub per_minute: Vec<(i64, u64, u64)>,
@@ -160,6 +165,7 @@ impl Store {
         c.poll_leased = self.counter(queue_key(Queue::PollLeased))?;
         c.jobs_queued = self.counter(queue_key(Queue::JobsQueued))?;
         c.jobs_running = self.counter(queue_key(Queue::JobsRunning))?;
+        c.sub_pending = self.counter(queue_key(Queue::SubPending))?;
         let last = now.max(0) / 60_000;
         let first = last - 59;
         let minutes = |rate: Rate| -> Result<Vec<u64>, StoreError> {
@@ -248,6 +254,7 @@ impl Store {
             (&self.t.receiver_leased, Table::ReceiverLeased),
             (&self.t.jobs_queued, Table::JobsQueued),
             (&self.t.jobs_running, Table::JobsRunning),
+            (&self.t.sub_pending, Table::SubPending),
         ] {
             if let Some(key) = queue_of(table, b"") {
                 add(key, tree.len() as i64);

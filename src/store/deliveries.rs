@@ -18,6 +18,7 @@ use super::records::{
     transmission_uuid, AttemptRec, DeliveryRec, EndpointHealthRec, MessageRec, PartnerRec, Target,
     PARKED,
 };
+use super::subscriptions::AttemptNote;
 use super::tracking::MessagePut;
 use super::transitions::{Event, Transition};
 use super::writer::{Table, Tx};
@@ -51,7 +52,7 @@ fn endpoint_prefix(endpoint: &[u8]) -> Vec<u8> {
     p
 }
 
-fn attempt_key(env: Env, id: Uuid, attempt: u32) -> [u8; 21] {
+pub(super) fn attempt_key(env: Env, id: Uuid, attempt: u32) -> [u8; 21] {
     let mut k = [0u8; 21];
     k[..17].copy_from_slice(&env_id(env, id));
     k[17..].copy_from_slice(&attempt.to_be_bytes());
@@ -89,6 +90,10 @@ pub enum Next {
     Corrupt(String),
     /// Nothing left to deliver (the target is gone or already final): remove it.
     Drop,
+    /// A subscription call whose URL, rendered with its ids, would be too long (the
+    /// subscription's URL grew since the batch was cut): replace it with one call per group
+    /// of ids, due now.
+    Split(Vec<Vec<Uuid>>),
 }
 
 /// An outbox entry as read: its key and record.
@@ -142,6 +147,10 @@ fn held_in_tx(t: &Tx<'_>, env: Env, target: &Target) -> Result<Option<bool>, Sto
         }
         // A job's webhook is never held: it goes to the URL the job named.
         Target::Webhook { .. } => Ok(Some(false)),
+        // A subscription's calls wait while it is turned off; `None` once it is deleted.
+        Target::Subscription { subscription, .. } => {
+            super::subscriptions::held_in_tx(t, env, *subscription)
+        }
     }
 }
 
@@ -234,21 +243,42 @@ impl Store {
         let endpoint = queued.endpoint().to_vec();
         let health = health.map(|h| encode(&h)).transpose()?;
         let attempt_error = attempt.as_ref().map(AttemptRec::describe);
+        let note = match (&queued.delivery.target, &attempt) {
+            (Target::Subscription { ids, .. }, Some(a)) => Some(AttemptNote {
+                at: a.at,
+                delivery: queued.delivery.id,
+                attempt: 0,
+                status: a.status,
+                latency_ms: a.latency_ms,
+                error: a.error.clone(),
+                ids: ids.len() as u32,
+                test: false,
+            }),
+            _ => None,
+        };
         let attempt = attempt.map(|a| encode(&a)).transpose()?;
+        let split = matches!(next, Next::Split(_));
         self.writer
             .write_waiting(move |t| {
                 finish_job(
                     t,
                     queued,
                     endpoint,
-                    attempt,
-                    attempt_error,
+                    Recorded {
+                        attempt,
+                        attempt_error,
+                        note,
+                    },
                     next,
                     health,
                     now,
                 )
             })
-            .await
+            .await?;
+        if split {
+            self.outbox.rescan();
+        }
+        Ok(())
     }
 
     /// Parks entries whose endpoint holds them back. Each is checked again inside the
@@ -382,7 +412,7 @@ pub(super) enum OwnerUpdate {
     None,
     /// The message to store (with its tracking entry), and a poll queue entry to add.
     Message {
-        put: MessagePut,
+        put: Box<MessagePut>,
         pending: Option<(Vec<u8>, Vec<u8>)>,
     },
 }
@@ -432,15 +462,17 @@ fn owner_event(
             };
             Ok((
                 OwnerUpdate::Message {
-                    put: MessagePut::new(&m, before)?,
+                    put: Box::new(MessagePut::new(&m, before)?),
                     pending,
                 },
                 outcome,
             ))
         }
         // A webhook has no owner whose state its outcome changes; the attempt log is
-        // its record.
-        Target::Webhook { .. } => Ok((OwnerUpdate::None, Transition::Changed)),
+        // its record. A subscription's record notes the attempt (see `finish_job`).
+        Target::Webhook { .. } | Target::Subscription { .. } => {
+            Ok((OwnerUpdate::None, Transition::Changed))
+        }
     }
 }
 
@@ -453,18 +485,29 @@ pub(super) fn owner_update(
     owner_event(t, d, event, now).map(|(u, _)| u)
 }
 
+/// What an attempt left to record: its log row (encoded), its error in words, and for a
+/// subscription call the note its subscription's record keeps.
+struct Recorded {
+    attempt: Option<Vec<u8>>,
+    attempt_error: Option<String>,
+    note: Option<AttemptNote>,
+}
+
 /// The writer job of [`Store::finish_delivery`]: reads and decides everything, then writes.
-#[allow(clippy::too_many_arguments)]
 fn finish_job(
     t: &Tx<'_>,
     queued: Queued,
     endpoint: Vec<u8>,
-    attempt: Option<Vec<u8>>,
-    attempt_error: Option<String>,
+    recorded: Recorded,
     next: Next,
     health: Option<Vec<u8>>,
     now: i64,
 ) -> Result<(), StoreError> {
+    let Recorded {
+        attempt,
+        attempt_error,
+        note,
+    } = recorded;
     let mut d = queued.delivery;
     let present = t.get(Table::Outbox, &queued.key)?.is_some();
     let number = match &attempt {
@@ -477,7 +520,8 @@ fn finish_job(
         Next::Park => match held_in_tx(t, d.env, &d.target)? {
             Some(true) => Next::Park,
             Some(false) => Next::RetryAt(due_at(now)),
-            None => Next::ToPolling,
+            None if matches!(d.target, Target::Transmission { .. }) => Next::ToPolling,
+            None => Next::Drop,
         },
         other => other,
     };
@@ -498,7 +542,7 @@ fn finish_job(
         (Next::Corrupt(why), _) => Some(Event::Corrupt { error: why.clone() }),
         (Next::Park, _) => Some(Event::Requeued { due: PARKED }),
         (Next::ToPolling, _) => Some(Event::ToPolling),
-        (Next::Drop, _) => None,
+        (Next::Drop, _) | (Next::Split(_), _) => None,
     };
     let (owner, accepted) = match event {
         Some(e) if present => owner_event(t, &d, e, now)?,
@@ -516,6 +560,42 @@ fn finish_job(
     let requeued = requeue
         .map(|due| encode(&d).map(|v| (due, v)))
         .transpose()?;
+    let replacements = match (&next, &d.target) {
+        (
+            Next::Split(groups),
+            Target::Subscription {
+                subscription,
+                event,
+                occurred_at,
+                ..
+            },
+        ) if present => groups
+            .iter()
+            .map(|ids| {
+                let r = DeliveryRec {
+                    id: Uuid::now_v7(),
+                    env: d.env,
+                    target: Target::Subscription {
+                        subscription: *subscription,
+                        event: *event,
+                        ids: ids.clone(),
+                        occurred_at: *occurred_at,
+                    },
+                    attempt: 0,
+                    tries: 0,
+                };
+                encode(&r).map(|v| (outbox_key(&endpoint, due_at(now), r.id), v))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    let sub_note = match (&d.target, note, number) {
+        (Target::Subscription { subscription, .. }, Some(mut n), Some(number)) => {
+            n.attempt = number;
+            super::subscriptions::attempt_note_update(t, d.env, *subscription, n)?
+        }
+        _ => None,
+    };
 
     // Writes only from here on.
     if let (Some(n), Some(a)) = (number, attempt) {
@@ -529,6 +609,12 @@ fn finish_job(
         if let Some((due, value)) = requeued {
             t.insert(Table::Outbox, outbox_key(&endpoint, due, d.id), value)?;
         }
+    }
+    for (k, v) in replacements {
+        t.insert(Table::Outbox, k, v)?;
+    }
+    if let Some((k, v)) = sub_note {
+        t.insert(Table::Subscriptions, k, v)?;
     }
     owner.write(t)
 }

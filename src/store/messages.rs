@@ -19,6 +19,7 @@ use super::records::{
     RequestRec, Target, TransmissionRec, TransmissionState, ValidationErrorRec,
 };
 use super::schemas::{reference_holder, reference_value};
+use super::subscriptions::EventKind;
 use super::tracking::{intake_entries, request_id_at, MessagePut};
 use super::transitions::{Event, Transition};
 use super::writer::{Table, LARGE_WRITE_BYTES};
@@ -321,6 +322,24 @@ impl Store {
             .into_iter()
             .map(|(n, key)| (n, key, reference_value(messages[n].id, now)))
             .collect();
+        // New transmissions for receivers whose subscriptions watch for them. Only those
+        // watched now are listed; the job checks again (cheap while nothing watches).
+        let mut created = Vec::new();
+        if self.subs.any_active() {
+            let snap = self.subs.snapshot();
+            if snap.watched(env, EventKind::TransmissionCreated) {
+                for m in &messages {
+                    for (uuid, receiver) in m.transmission_refs() {
+                        if !snap
+                            .watchers(env, EventKind::TransmissionCreated, receiver)
+                            .is_empty()
+                        {
+                            created.push((receiver.to_owned(), uuid));
+                        }
+                    }
+                }
+            }
+        }
 
         self.writer
             .write(move |t| {
@@ -350,6 +369,9 @@ impl Store {
                 }
                 if let Some(put) = remembered {
                     put.write(t)?;
+                }
+                for (receiver, uuid) in created {
+                    t.feed(env, &receiver, EventKind::TransmissionCreated, uuid, now)?;
                 }
                 t.insert(Table::Requests, request_key, request_value)?;
                 Ok(Ok(()))

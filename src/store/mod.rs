@@ -30,6 +30,8 @@
 //! | `counters` | `m` ‖ env ‖ status, `q` ‖ queue, `r` ‖ kind ‖ minute | i64 (BE): see [`counters`] |
 //! | `schemas` | schema id | [`SchemaRec`]: the validator of one doctype and version |
 //! | `unique_refs` | env ‖ sender ‖ 0xFF ‖ doctype ‖ 0xFF ‖ reference | message id ‖ received at (u64 BE ms) |
+//! | `subscriptions` | env ‖ subscription id | [`SubscriptionRec`]: an event subscription |
+//! | `sub_pending` | subscription id ‖ event (1 byte) ‖ object id | changed at (u64 BE ms): ids waiting for a batch |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -48,6 +50,7 @@ pub mod payload_log;
 pub mod records;
 mod requeue;
 mod schemas;
+pub mod subscriptions;
 pub mod tracking;
 pub mod transitions;
 mod writer;
@@ -63,6 +66,10 @@ pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use messages::{AcceptError, AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
+pub use subscriptions::{
+    AttemptNote, ChangedBy, EventKind, Flushed, SubChange, SubIndex, SubscriptionPatch,
+    SubscriptionRec,
+};
 pub use tracking::{
     CancelOutcome, StatusSummary, TrackedRequest, TrackingPage, TrackingQuery, TrackingSort,
 };
@@ -126,6 +133,8 @@ pub struct Trees {
     bulk_ops: sled::Tree,
     schemas: sled::Tree,
     unique_refs: sled::Tree,
+    subscriptions: sled::Tree,
+    sub_pending: sled::Tree,
 }
 
 impl Trees {
@@ -160,6 +169,8 @@ impl Trees {
             &self.bulk_ops,
             &self.schemas,
             &self.unique_refs,
+            &self.subscriptions,
+            &self.sub_pending,
         ]
     }
 }
@@ -235,6 +246,9 @@ pub struct Store {
     opened: std::time::Instant,
     /// How long an `externalReference` stays taken (ms), for senders that keep them unique.
     reference_window_ms: std::sync::atomic::AtomicI64,
+    /// Event subscriptions in memory: what the writer feeds changes by, and which have ids
+    /// waiting for their batch.
+    subs: Arc<SubIndex>,
 }
 
 impl Store {
@@ -284,10 +298,20 @@ impl Store {
             bulk_ops: tree("bulk_ops")?,
             schemas: tree("schemas")?,
             unique_refs: tree("unique_refs")?,
+            subscriptions: tree("subscriptions")?,
+            sub_pending: tree("sub_pending")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
-        let writer = Writer::start(Arc::clone(&t), Arc::clone(&payload_log), dir, writer_queue)?;
+        let subs = Arc::new(SubIndex::default());
+        Store::load_subscriptions(&t, &subs)?;
+        let writer = Writer::start(
+            Arc::clone(&t),
+            Arc::clone(&payload_log),
+            Arc::clone(&subs),
+            dir,
+            writer_queue,
+        )?;
         let token_key = directory::ensure_token_key(&t, &writer)?;
         let store = Store {
             t,
@@ -304,6 +328,7 @@ impl Store {
             reference_window_ms: std::sync::atomic::AtomicI64::new(
                 schemas::DEFAULT_REFERENCE_WINDOW_MS,
             ),
+            subs,
         };
         store.reload_directory()?;
         let indexed = store.build_tracking_index()?;

@@ -127,6 +127,15 @@ pub enum Target {
         partner: String,
         url: String,
     },
+    /// One batch of an event subscription: `ids` changed (`event`), the latest at
+    /// `occurred_at`. The URL is the subscription's as it is when the attempt is made, with
+    /// the ids in place of its placeholder; its body `{event, ids, occurredAt}`.
+    Subscription {
+        subscription: Uuid,
+        event: super::subscriptions::EventKind,
+        ids: Vec<Uuid>,
+        occurred_at: i64,
+    },
 }
 
 impl Target {
@@ -135,6 +144,7 @@ impl Target {
         match self {
             Target::Transmission { .. } => "push",
             Target::Webhook { .. } => "webhook",
+            Target::Subscription { .. } => "subscription",
         }
     }
 }
@@ -146,6 +156,9 @@ impl Target {
         match self {
             Target::Transmission { receiver, .. } => push_endpoint(env, receiver),
             Target::Webhook { partner, .. } => super::background::webhook_endpoint(env, partner),
+            Target::Subscription { subscription, .. } => {
+                super::subscriptions::subscription_endpoint(env, *subscription)
+            }
         }
     }
 }

@@ -15,7 +15,9 @@
 //!
 //! A message's entry changes whenever its status or processed time does: every job that
 //! stores a changed message goes through [`MessagePut`], which compares the record with
-//! what it was before [`MessageRec::apply`] ran.
+//! what it was before [`MessageRec::apply`] ran. The same comparison feeds a status change
+//! to the `message.status` subscriptions of the message's sender and receivers, in the
+//! same job (see `store::subscriptions`).
 
 use std::collections::HashSet;
 
@@ -25,6 +27,7 @@ use super::codec::{decode, encode, env_id, partner_id, partner_prefix, SEP};
 use super::counters::{message_key, rate_key, CounterKey, Rate};
 use super::deliveries::queued_push_key;
 use super::records::{MessageRec, RequestRec};
+use super::subscriptions::EventKind;
 use super::transitions::{Event, Transition};
 use super::writer::{Table, Tx};
 use super::{Store, StoreError};
@@ -184,6 +187,17 @@ pub(super) struct MessagePut {
     moved: Option<(CounterKey, CounterKey)>,
     /// Transmissions delivered by this change.
     delivered: usize,
+    status_change: Option<StatusChange>,
+}
+
+/// A message whose status changed: the event its sender's and receivers' subscriptions to
+/// `message.status` are fed with, in the job that stores it.
+struct StatusChange {
+    env: Env,
+    id: Uuid,
+    at: i64,
+    /// The sender and the receivers, each once.
+    owners: Vec<String>,
 }
 
 impl MessagePut {
@@ -197,6 +211,21 @@ impl MessagePut {
                 tracking_value(m),
             )
         });
+        let status_change = (m.status != before.status).then(|| {
+            let mut owners = Vec::with_capacity(1 + m.transmissions.len());
+            owners.push(m.sender.clone());
+            for t in &m.transmissions {
+                if !owners.contains(&t.receiver) {
+                    owners.push(t.receiver.clone());
+                }
+            }
+            StatusChange {
+                env: m.env,
+                id: m.id,
+                at: m.history.last().map_or(m.received_at, |(at, _)| *at),
+                owners,
+            }
+        });
         Ok(MessagePut {
             key: env_id(m.env, m.id),
             record: encode(m)?,
@@ -208,6 +237,7 @@ impl MessagePut {
                 )
             }),
             delivered: now.delivered.saturating_sub(before.delivered),
+            status_change,
         })
     }
 
@@ -225,6 +255,11 @@ impl MessagePut {
                 rate_key(Rate::Delivered, super::now_ms()),
                 self.delivered as i64,
             );
+        }
+        if let Some(c) = self.status_change {
+            for owner in &c.owners {
+                t.feed(c.env, owner, EventKind::MessageStatus, c.id, c.at)?;
+            }
         }
         Ok(())
     }

@@ -42,7 +42,10 @@ use sled::{IVec, Transactional};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::counters::{self, CounterKey, Deltas};
+use uuid::Uuid;
+
 use super::payload_log::PayloadLog;
+use super::subscriptions::SubIndex;
 use super::{StoreError, Trees};
 
 /// Payloads at least this large are copied on a blocking thread, not an async worker.
@@ -83,6 +86,8 @@ pub enum Table {
     BulkOps,
     Schemas,
     UniqueRefs,
+    Subscriptions,
+    SubPending,
 }
 
 /// One transactional view per tree, indexed by `Table as usize`.
@@ -97,6 +102,9 @@ pub struct Tx<'a> {
     poisoned: Cell<bool>,
     /// The counter changes of the round's jobs, written once at its end.
     deltas: RefCell<Deltas>,
+    subs: &'a SubIndex,
+    /// Subscriptions that got pending ids in this round; the flusher is told once it commits.
+    fed: RefCell<Vec<Uuid>>,
 }
 
 impl Tx<'_> {
@@ -139,6 +147,19 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The in-memory index of subscriptions, which changes are fed by.
+    pub(super) fn subscriptions(&self) -> &SubIndex {
+        self.subs
+    }
+
+    /// Notes that subscription `sub` got a pending id in this round.
+    pub(super) fn note_fed(&self, sub: Uuid) {
+        let mut fed = self.fed.borrow_mut();
+        if fed.last() != Some(&sub) {
+            fed.push(sub);
+        }
+    }
+
     /// Deletes a key. A key that was there in a queue tree counts one entry less.
     pub fn remove(&self, table: Table, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         let key = key.as_ref();
@@ -176,11 +197,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer for `trees`, whose sled files live in `dir`.
-    /// At most `queue` jobs wait at once (see [`Writer::write`]).
+    /// Starts the writer for `trees`, whose sled files live in `dir`, feeding changes to
+    /// the subscriptions of `subs`. At most `queue` jobs wait at once (see [`Writer::write`]).
     pub fn start(
         trees: Arc<Trees>,
         payloads: Arc<PayloadLog>,
+        subs: Arc<SubIndex>,
         dir: &Path,
         queue: usize,
     ) -> Result<Writer, StoreError> {
@@ -193,7 +215,7 @@ impl Writer {
         let watch = Arc::clone(&observer);
         let thread = std::thread::Builder::new()
             .name("waybill-writer".into())
-            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &flag, &watch))?;
+            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &subs, &flag, &watch))?;
         Ok(Writer {
             queue: Mutex::new(Some(tx)),
             room: Arc::new(Semaphore::new(capacity)),
@@ -337,6 +359,7 @@ fn write_loop(
     trees: &Trees,
     db_file: &File,
     payloads: &PayloadLog,
+    subs: &SubIndex,
     failed: &AtomicBool,
     observer: &std::sync::OnceLock<RoundObserver>,
 ) {
@@ -351,7 +374,7 @@ fn write_loop(
             }
         }
         let count = group.len() as u64;
-        let done = apply(trees, group);
+        let done = apply(trees, subs, group);
         let started = std::time::Instant::now();
         let flushed = done.is_some()
             && match flush_once(trees, db_file, payloads) {
@@ -392,7 +415,9 @@ fn write_loop(
 }
 
 /// Runs a group of jobs in one transaction; `None` if it was aborted by a storage error.
-fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
+/// Once it commits, the subscriptions it fed are marked for the flusher (which then finds
+/// their entries in the tree).
+fn apply(trees: &Trees, subs: &SubIndex, group: Vec<Job>) -> Option<Vec<Completion>> {
     // sled may call a transaction closure again after a conflict; with a single writer
     // there are none, and jobs run once: a second call finds no jobs and aborts.
     let pending = RefCell::new(Some(group));
@@ -405,16 +430,21 @@ fn apply(trees: &Trees, group: Vec<Job>) -> Option<Vec<Completion>> {
             views: &views[..],
             poisoned: Cell::new(false),
             deltas: RefCell::new(Deltas::default()),
+            subs,
+            fed: RefCell::new(Vec::new()),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
         let deltas = tx.deltas.take();
         if deltas.write(&tx).is_err() || tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
-        Ok(done)
+        Ok((done, tx.fed.take()))
     });
     match result {
-        Ok(done) => Some(done),
+        Ok((done, fed)) => {
+            subs.mark_pending(&fed, super::now_ms());
+            Some(done)
+        }
         Err(e) => {
             tracing::error!(error = ?e, "a store transaction failed");
             None

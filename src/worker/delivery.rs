@@ -3,7 +3,8 @@
 //! of them, serves endpoints in turn so a slow one cannot starve the others, and records
 //! every outcome with the retry schedule, `Retry-After`, parking and endpoint health that
 //! all kinds of delivery share. What a kind carries and what its outcome does to its owner
-//! live in the kind's module (`push` for transmissions) and in the store's transitions.
+//! live in the kind's module (`push` for transmissions and job webhooks, `subscriptions`
+//! for event callbacks) and in the store's transitions.
 //!
 //! Which deliveries are under way is known here only, in memory: their outbox entries stay
 //! at their due time until the outcome is written. A crash forgets the attempts, and the
@@ -266,7 +267,9 @@ impl Engine {
         let open: Vec<Vec<u8>> = self
             .endpoints
             .iter()
-            .filter(|(k, ep)| ep.parked && push::endpoint_state(&dir, k) == EndpointState::Open)
+            .filter(|(k, ep)| {
+                ep.parked && push::endpoint_state(&self.state, &dir, k) == EndpointState::Open
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in open {
@@ -307,7 +310,7 @@ impl Engine {
             if ep.ready.is_empty() {
                 continue;
             }
-            if push::endpoint_state(&dir, &key) == EndpointState::Held {
+            if push::endpoint_state(&self.state, &dir, &key) == EndpointState::Held {
                 let items: Vec<Queued> = ep.ready.drain(..).collect();
                 ep.parked = true;
                 self.park(key, items);
@@ -552,6 +555,8 @@ impl Attempt {
                 None => "no answer".into(),
             });
         let (health, failing_ms) = self.health.failed(store, endpoint, now, &error);
+        let on = super::subscriptions::enabled_at(&self.state, endpoint);
+        let failing_ms = failing_since_on(failing_ms, now, on);
         let limit_ms = cfg.disable_after_hours.saturating_mul(3_600_000);
         // The receiver says the endpoint is gone (410), or it has failed for too long: stop
         // calling it until an admin turns it back on; its deliveries are parked.
@@ -581,6 +586,16 @@ impl Attempt {
             )),
         };
         (next, Some(health))
+    }
+}
+
+/// How long an endpoint counts as failing: since its first failure after the last success,
+/// but for a subscription (`enabled_at`) never since before it was last turned on, so one
+/// turned back on gets the whole `delivery.disable_after_hours` again.
+fn failing_since_on(failing_ms: u64, now: i64, enabled_at: Option<i64>) -> u64 {
+    match enabled_at {
+        Some(on) => failing_ms.min(now.saturating_sub(on).max(0) as u64),
+        None => failing_ms,
     }
 }
 
@@ -692,6 +707,31 @@ impl HealthBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscription_turned_back_on_counts_its_failures_from_then() {
+        let hour = 3_600_000;
+        // Failing for 200 h, turned back on 1 h ago: 1 h counts.
+        assert_eq!(
+            failing_since_on(200 * hour, 500 * hour as i64, Some(499 * hour as i64)),
+            hour
+        );
+        // Turned on long before the failures began: they all count.
+        assert_eq!(
+            failing_since_on(5 * hour, 500 * hour as i64, Some(0)),
+            5 * hour
+        );
+        // Pushes have no such time.
+        assert_eq!(
+            failing_since_on(200 * hour, 500 * hour as i64, None),
+            200 * hour
+        );
+        assert_eq!(
+            failing_since_on(7, 0, Some(10)),
+            0,
+            "a clock step back is no failure"
+        );
+    }
 
     #[test]
     fn retry_after_is_clamped_and_never_shortens_the_schedule() {

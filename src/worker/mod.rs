@@ -1,5 +1,6 @@
 //! Background loops owned by [`crate::run`]: each is spawned here and runs until the server
-//! stops. The delivery engine is told to stop and lets its attempts under way finish; the
+//! stops (the delivery engine, the background job workers, the subscription flusher, the
+//! free-disk watch). The delivery engine is told to stop and lets its attempts under way finish; the
 //! others hold no state an abort could lose, and are aborted.
 
 pub mod background;
@@ -7,6 +8,7 @@ pub mod bulk;
 pub mod delivery;
 pub mod housekeeping;
 pub mod push;
+pub mod subscriptions;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,10 @@ pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
             tokio::spawn(live.watch(
                 "housekeeping",
                 housekeeping::run(state.clone(), stop.clone()),
+            )),
+            tokio::spawn(live.watch(
+                "subscriptions",
+                subscriptions::run(state.clone(), stop.clone()),
             )),
             tokio::spawn(live.watch("disk-watch", watch_disk(state, disk_low))),
         ],

@@ -1,6 +1,8 @@
 //! The transmission push, one kind of delivery: what its call carries (the payload, the
 //! routing query parameters, the partner's headers, signed with the partner's secret), when
-//! its endpoint holds it back, and what to do when there is nothing left to push.
+//! its endpoint holds it back, and what to do when there is nothing left to push. Also
+//! where an attempt is prepared for every kind (job webhooks here, subscription calls in
+//! `subscriptions`).
 
 use crate::model::{Env, Status};
 use crate::outbound::Call;
@@ -36,16 +38,25 @@ fn parse_endpoint(endpoint: &[u8]) -> Option<(Env, &str)> {
     }
 }
 
-/// Whether `endpoint` takes calls now, by the current directory.
-pub fn endpoint_state(dir: &Directory, endpoint: &[u8]) -> EndpointState {
+/// Whether `endpoint` takes calls now, by the current directory (and, for a subscription's
+/// endpoint, the subscriptions in memory).
+pub fn endpoint_state(state: &AppState, dir: &Directory, endpoint: &[u8]) -> EndpointState {
+    match super::subscriptions::endpoint_held(state, endpoint) {
+        Some(true) => return EndpointState::Held,
+        Some(false) => return EndpointState::Open,
+        None => {}
+    }
     match parse_endpoint(endpoint).and_then(|(env, code)| Some((env, dir.partner(code)?))) {
         Some((env, p)) if p.push_held(env).is_some() => EndpointState::Held,
         _ => EndpointState::Open,
     }
 }
 
-/// Turns off a push endpoint (a 410 answer, or failing for too long).
+/// Turns off a push endpoint or a subscription (a 410 answer, or failing for too long).
 pub async fn disable(state: &AppState, endpoint: &[u8], reason: String) {
+    if super::subscriptions::disable(state, endpoint, &reason).await {
+        return;
+    }
     let Some((env, code)) = parse_endpoint(endpoint) else {
         return;
     };
@@ -68,6 +79,7 @@ pub fn prepare(state: &AppState, q: &Queued) -> Result<Prepared, StoreError> {
             partner,
             url,
         } => return webhook(state, d, *job_id, partner, url),
+        Target::Subscription { .. } => return super::subscriptions::prepare(state, d),
     };
     let finish = |next| Ok(Prepared::Finish(next));
     let (m, payload) = match &q.prefetched {

@@ -17,6 +17,7 @@ mod packaging;
 mod process;
 mod push;
 mod receiver;
+mod subscriptions;
 mod tracking;
 mod transmissions;
 mod validation;

@@ -35,6 +35,18 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/admin/api/messages/{id}/cancel"),
     // tokens.rs
     ("post", "/api/v1/auth/token"),
+    // subscriptions.rs
+    ("post", "/api/v1/subscriptions"),
+    ("get", "/api/v1/subscriptions"),
+    ("get", "/api/v1/subscriptions/{id}"),
+    ("patch", "/api/v1/subscriptions/{id}"),
+    ("delete", "/api/v1/subscriptions/{id}"),
+    ("post", "/api/v1/subscriptions/{id}/test"),
+    // admin_subscriptions.rs
+    ("get", "/admin/api/subscriptions"),
+    ("get", "/admin/api/subscriptions/{id}"),
+    ("patch", "/admin/api/subscriptions/{id}"),
+    ("post", "/admin/api/subscriptions/{id}/test"),
     // documents.rs
     ("post", "/api/v1/documents/{doctype}"),
     ("get", "/api/v1/documents/{doctype}/{id}"),

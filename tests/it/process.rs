@@ -12,9 +12,9 @@ use crate::{agent, send, wait_for_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_waybill");
 
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     listen: String,
     token: String,
 }
@@ -32,7 +32,7 @@ fn start(dir: &Path) -> Server {
 }
 
 /// Starts the binary on `dir` with extra environment settings and waits until it is ready.
-fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     start_logging(dir, env, Stdio::null())
 }
 
@@ -74,7 +74,7 @@ fn start_logging(dir: &Path, env: &[(&str, &str)], log: Stdio) -> Server {
 impl Server {
     /// Partners ACME and GLOBEX (with `globex` merged into its definition), a key for each
     /// and a route ACME → GLOBEX for every doctype. Returns (ACME's key, GLOBEX's key).
-    fn acme_to_globex(&self, globex: Value) -> (String, String) {
+    pub(crate) fn acme_to_globex(&self, globex: Value) -> (String, String) {
         let mut def = json!({"code": "GLOBEX", "name": "Globex"});
         if let (Some(d), Some(extra)) = (def.as_object_mut(), globex.as_object()) {
             d.extend(extra.clone());
@@ -104,7 +104,7 @@ impl Server {
     }
 
     /// ACME sends `body` to the receivers its routes name; returns the intake answer's data.
-    fn send_doc(&self, key: &str, body: &[u8]) -> Value {
+    pub(crate) fn send_doc(&self, key: &str, body: &[u8]) -> Value {
         send(
             &agent(),
             "POST",
@@ -844,7 +844,7 @@ fn no_secret_or_payload_reaches_the_log() {
     let with_token = send(
         &agent(),
         "GET",
-        &format!("{}/api/v1/requests", server.base),
+        &format!("{}/api/v1/transmissions", server.base),
         &[("Authorization", &format!("Bearer {token}"))],
         None,
     );

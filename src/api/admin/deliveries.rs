@@ -44,6 +44,17 @@ fn outbox_view(e: &OutboxEntry) -> Value {
         Target::Webhook {
             job_id, partner, ..
         } => json!({"kind": "webhook", "jobId": job_id, "partner": partner}),
+        Target::Subscription {
+            subscription,
+            event,
+            ids,
+            ..
+        } => json!({
+            "kind": "subscription",
+            "subscriptionId": subscription,
+            "event": event.as_str(),
+            "ids": ids.len(),
+        }),
     };
     json!({
         "id": d.id,

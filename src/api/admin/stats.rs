@@ -57,6 +57,7 @@ async fn stats(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
                 "heldDeliveries": c.outbox_held,
                 "queuedJobs": c.jobs_queued,
                 "runningJobs": c.jobs_running,
+                "pendingSubscriptionIds": c.sub_pending,
             },
             "deliveries": {"due": c.outbox_waiting, "held": c.outbox_held},
             "perMinute": per_minute,
