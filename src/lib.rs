@@ -64,6 +64,8 @@ pub struct AppState {
     pub tokens: Arc<api::TokenKeys>,
     /// Idempotency keys whose first call is still running.
     pub in_flight: Arc<api::idempotency::InFlight>,
+    /// Idempotency keys that may have a stored answer (filled from the store at start).
+    pub seen_keys: Arc<api::seen_keys::SeenKeys>,
     /// Wakes the background workers when a job is queued.
     pub jobs_queued: Arc<Notify>,
     /// The doctype schemas, compiled.
@@ -299,6 +301,7 @@ pub async fn run(
         config: Arc::new(config),
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
         in_flight: Arc::default(),
+        seen_keys: Arc::default(),
         jobs_queued: Arc::default(),
         schemas: Arc::new(schemas),
         wakeups: Arc::default(),
@@ -310,6 +313,19 @@ pub async fn run(
         metrics: Arc::default(),
         started: std::time::Instant::now(),
     };
+    let seen = Arc::clone(&state.seen_keys);
+    let filling = Arc::clone(&store);
+    tokio::task::spawn_blocking(move || {
+        let now = store::now_ms();
+        match filling.idempotency_keys(|k| seen.add(k, now)) {
+            Ok(n) => {
+                seen.mark_filled();
+                tracing::debug!(keys = n, "idempotency keys loaded");
+            }
+            // Left unfilled, the filter sends every key to the store: slower, still right.
+            Err(e) => tracing::error!(error = %e, "cannot read the idempotency keys"),
+        }
+    });
     let m = Arc::clone(&state.metrics);
     store.observe_writer(Box::new(move |group, flush| m.writer_round(group, flush)));
 

@@ -253,7 +253,10 @@ async fn submit(ctx: Ctx, state: AppState, body: BodyStream) -> Result<Response,
         return Err(ApiError::unauthorized());
     };
     let mode = mode(&state, &ctx).await?;
-    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };
@@ -424,7 +427,10 @@ async fn cancel(
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, 64 * 1024).await?;
     let id = parse_id(&id, "job")?;
-    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };

@@ -45,7 +45,10 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
-    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };

@@ -277,7 +277,7 @@ pub fn fingerprint(ctx: &Ctx, body: &[u8]) -> [u8; 32] {
 
 /// Decides what to do with a call of `principal` whose body is `body`: run it (holding
 /// its key), replay a stored answer, or refuse (409).
-pub fn begin(
+pub async fn begin(
     state: &AppState,
     ctx: &Ctx,
     principal: &Principal,
@@ -310,11 +310,20 @@ pub fn begin(
         slot,
         flights: Arc::clone(&state.in_flight),
     };
-    let Some(rec) = state
-        .store
-        .idempotency(&claim.slot.key)?
-        .filter(|r| r.expires_at > now)
-    else {
+    // Most keys are new, and the filter says so without a read; a key it may have seen
+    // is read on a blocking thread, because a read waits while the writer's
+    // transaction is open and an async worker held there stalls every request it serves.
+    let found = if state.seen_keys.may_hold(&claim.slot.key, now) {
+        let store = Arc::clone(&state.store);
+        let key = claim.slot.key.clone();
+        tokio::task::spawn_blocking(move || store.idempotency(&key))
+            .await
+            .map_err(|_| ApiError::unavailable("the Idempotency-Key lookup did not finish"))??
+    } else {
+        None
+    };
+    state.seen_keys.add(&claim.slot.key, now);
+    let Some(rec) = found.filter(|r| r.expires_at > now) else {
         return Ok(Gate::Run(claim));
     };
     if rec.fingerprint != claim.slot.fingerprint {

@@ -233,7 +233,10 @@ async fn inbound(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response
     } else {
         return Err(ApiError::unauthorized());
     };
-    let claim = match super::idempotency::begin(&state, &ctx, &principal, &payload)?.split() {
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &payload)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };
@@ -434,7 +437,10 @@ fn validate_batch(
 async fn batch(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, state.config.server.max_body_bytes).await?;
-    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };

@@ -15,6 +15,7 @@ mod deliveries;
 mod documents;
 pub mod idempotency;
 mod inbound;
+pub mod seen_keys;
 mod subscriptions;
 mod system;
 mod tokens;

@@ -306,7 +306,10 @@ async fn create(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response,
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, BODY_LIMIT).await?;
     let req: Create = parse_json(&ctx, &bytes)?;
-    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };
@@ -413,7 +416,10 @@ async fn patch(
     let bytes = read_body(&ctx, body, BODY_LIMIT).await?;
     let id = parse_id(&id, "subscription")?;
     let req: Patch = parse_json(&ctx, &bytes)?;
-    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };
@@ -462,7 +468,10 @@ async fn delete(
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, BODY_LIMIT).await?;
     let id = parse_id(&id, "subscription")?;
-    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };
@@ -494,7 +503,10 @@ async fn test(
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, BODY_LIMIT).await?;
     let sub = own(&state, &principal, &id)?;
-    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };

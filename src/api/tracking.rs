@@ -554,7 +554,10 @@ fn row(r: &TrackedRequest, feed_id: &str, client_name: &str) -> Value {
 async fn search(state: AppState, ctx: Ctx, body: BodyStream) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, MAX_BODY).await?;
-    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };
@@ -672,7 +675,10 @@ async fn cancel(
 ) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, IGNORED_BODY).await?;
-    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };

@@ -270,7 +270,10 @@ async fn acknowledge(
 ) -> Result<Response, ApiError> {
     let principal = auth::partner(&state, &ctx)?;
     let bytes = read_body(&ctx, body, 64 * 1024).await?;
-    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)?.split() {
+    let claim = match super::idempotency::begin(&state, &ctx, &principal, &bytes)
+        .await?
+        .split()
+    {
         Ok(c) => c,
         Err(replay) => return Ok(replay),
     };

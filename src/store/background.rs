@@ -327,6 +327,16 @@ impl Store {
         self.t.idempotency.get(key)?.map(|v| decode(&v)).transpose()
     }
 
+    /// Calls `f` with the key of every stored answer, expired or not; returns how many.
+    pub fn idempotency_keys(&self, mut f: impl FnMut(&[u8])) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for k in self.t.idempotency.iter().keys() {
+            f(&k?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Stores an answer on its own: for calls that change nothing else.
     pub async fn remember(&self, put: IdemPut) -> Result<(), StoreError> {
         self.writer.write(move |t| put.write(t)).await

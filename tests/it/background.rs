@@ -371,6 +371,31 @@ fn an_idempotency_key_replays_refuses_mismatches_and_long_keys() {
 }
 
 #[test]
+fn an_answer_stored_before_a_restart_is_replayed_after_it() {
+    let app = spawn_app();
+    let (acme, globex) = setup(&app);
+    let first = keyed(&app, &acme, "before-restart", br#"{"n":1}"#).data(201);
+    let dir = app.stop();
+    let app = crate::spawn_app_in(dir, "http", crate::agent(), |_| {});
+    // Once the keys already stored are indexed in memory, a repeat is told apart from
+    // a new key without reading the store; it must still be replayed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.call("GET", "/readyz", &[], None).json()["data"]["idempotencyKeysLoaded"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the stored keys were never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = keyed(&app, &acme, "before-restart", br#"{"n":1}"#);
+    assert_eq!(again.data(201)["id"], first["id"]);
+    assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
+    keyed(&app, &acme, "before-restart", br#"{"n":2}"#).error(409, "idempotency_key_reused");
+    keyed(&app, &acme, "after-restart", br#"{"n":1}"#).data(201);
+    assert_eq!(app.poll(&globex, "limit=100").len(), 2);
+}
+
+#[test]
 fn twenty_concurrent_duplicates_store_one_message() {
     let app = spawn_app();
     let (acme, globex) = setup(&app);
