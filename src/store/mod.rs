@@ -49,6 +49,7 @@ mod messages;
 pub mod payload_log;
 pub mod records;
 mod requeue;
+pub mod retention;
 mod schemas;
 pub mod subscriptions;
 pub mod tracking;
