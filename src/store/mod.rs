@@ -40,6 +40,7 @@ pub mod admins;
 pub mod background;
 pub mod bulk;
 mod codec;
+pub mod compact;
 pub mod counters;
 mod deliveries;
 pub mod directory;

@@ -25,7 +25,7 @@ use crate::AppState;
 
 /// Jobs started per write, at most.
 const BATCH: usize = 64;
-/// How often expired leases are looked for and old jobs pruned.
+/// How often expired leases are looked for.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 /// The route tree as a service that takes a stored request.
