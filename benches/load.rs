@@ -62,6 +62,8 @@ mod background;
 mod poll_leased;
 #[path = "load/push_slow.rs"]
 mod push_slow;
+#[path = "load/retention.rs"]
+mod retention;
 #[path = "load/subscriptions.rs"]
 mod subscriptions;
 #[path = "load/tracking.rs"]
@@ -81,9 +83,12 @@ usage: cargo bench --bench load -- [options]
                         on a fresh server, and the TLS/plain throughput ratio,
                         or tracking: searches over a filled store (alone),
                         or admin: the admin message listing and stats over
-                        a filled store (alone)
+                        a filled store (alone), or retention: a month of
+                        traffic pruned (data dir before, after, after compact;
+                        intake latency with and without pruning; alone)
   --messages N          messages to store in the memory, tracking and admin phases
-                        (default 1000000), to push in the push phase (default
+                        (default 1000000), in the retention phase (default
+                        200000), to push in the push phase (default
                         50000) or to lease in the poll-leased phase (default
                         100000)
   --rate N              messages per second in the push latency run, which
@@ -173,6 +178,8 @@ struct Options {
     tracking: bool,
     /// The admin listing and stats over a filled store (`--phase admin`), alone.
     admin: bool,
+    /// A month of traffic pruned (`--phase retention`), alone.
+    retention: bool,
     /// Serve (and talk) HTTPS when starting our own server.
     tls: bool,
     tls_ca: Option<PathBuf>,
@@ -200,6 +207,7 @@ fn parse_args() -> Result<Options, String> {
         compare: false,
         tracking: false,
         admin: false,
+        retention: false,
         tls: false,
         tls_ca: None,
         server: None,
@@ -271,11 +279,13 @@ fn parse_args() -> Result<Options, String> {
                 o.compare = false;
                 o.tracking = false;
                 o.admin = false;
+                o.retention = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
                         "compare" => o.compare = true,
                         "tracking" => o.tracking = true,
                         "admin" => o.admin = true,
+                        "retention" => o.retention = true,
                         "inbound" => o.inbound = true,
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
@@ -302,7 +312,12 @@ fn parse_args() -> Result<Options, String> {
                 if o.admin && (others || o.compare || o.tracking) {
                     return Err("--phase admin starts its own server; name no other phase".into());
                 }
-                if !(others || o.compare || o.tracking || o.admin) {
+                if o.retention && (others || o.compare || o.tracking || o.admin) {
+                    return Err(
+                        "--phase retention fills a store of its own; name no other phase".into(),
+                    );
+                }
+                if !(others || o.compare || o.tracking || o.admin || o.retention) {
                     return Err("--phase names no phase".into());
                 }
                 if o.compare && others {
@@ -458,6 +473,14 @@ async fn run(opts: Options) -> Result<(), String> {
             return Err("--phase admin fills a store of its own; drop --server and --tls".into());
         }
         return admin::run(opts.messages.unwrap_or(1_000_000)).await;
+    }
+    if opts.retention {
+        if opts.server.is_some() || opts.tls {
+            return Err(
+                "--phase retention fills a store of its own; drop --server and --tls".into(),
+            );
+        }
+        return retention::run(opts.messages.unwrap_or(200_000)).await;
     }
     if !opts.compare {
         session(&opts, opts.tls).await?;

@@ -135,8 +135,10 @@ pub struct SubscriptionsConfig {
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Age in days after which finished records are pruned.
+    /// Age in days after which finished records are pruned (1 to 3650).
     pub days: u64,
+    /// Minutes between two pruning passes (1 to 1440).
+    pub every_minutes: u64,
 }
 
 /// `[limits]`: per-partner request rate.
@@ -316,6 +318,12 @@ impl Config {
         }
         if self.store.writer_queue == 0 {
             return bad("store.writer_queue must be greater than 0");
+        }
+        if !(1..=3650).contains(&self.retention.days) {
+            return bad("retention.days must be 1-3650");
+        }
+        if !(1..=1440).contains(&self.retention.every_minutes) {
+            return bad("retention.every_minutes must be 1-1440");
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls_cert and server.tls_key must be set together");

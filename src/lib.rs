@@ -6,6 +6,7 @@
 //! - [`store`]: sled trees, record codecs, group commit. The only module that names sled.
 //! - [`api`]: the HTTP routes (warp filters), one module per resource.
 //! - [`worker`]: background loops owned by [`run`]: the delivery engine, the disk space watch.
+//! - [`clock`]: the time the retention pruner reads.
 //! - [`cli`]: the admin subcommands, which call a running server with the admin token.
 //! - [`server`]: the accept loop that serves the routes over HTTP or HTTPS.
 //! - [`tls`]: certificates (PEM files, reload on SIGHUP, self-signed for trying out).
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -84,6 +86,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// When this process began serving, for the uptime.
     pub started: std::time::Instant,
+    /// The time retention is judged by (the system clock unless moved on purpose).
+    pub clock: clock::Clock,
 }
 
 impl AppState {
@@ -244,6 +248,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    run_with_clock(config, listener, shutdown, clock::Clock::system()).await
+}
+
+/// [`run`] with the clock that retention is judged by. An embedding process (the tests)
+/// keeps a clone and may move it forward to age what is stored.
+pub async fn run_with_clock(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: clock::Clock,
+) -> Result<(), RunError> {
     let certs = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(
             tls::CertStore::open(cert, key).map_err(RunError::Tls)?,
@@ -312,6 +327,7 @@ pub async fn run(
         shutdown: stop_rx,
         metrics: Arc::default(),
         started: std::time::Instant::now(),
+        clock,
     };
     let seen = Arc::clone(&state.seen_keys);
     let filling = Arc::clone(&store);

@@ -59,6 +59,9 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Rewrite the store's database files to give back the space of pruned records.
+    /// Offline: refused while a server runs on the data directory.
+    Compact,
     /// Manage partners on the running server.
     #[command(subcommand)]
     Partner(cli::PartnerCmd),
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             hosts,
             out_dir,
         } => init(&config, self_signed, &hosts, out_dir),
+        Command::Compact => compact(&config),
         Command::Partner(c) => admin(AdminCommand::Partner(c)),
         Command::Key(c) => admin(AdminCommand::Key(c)),
         Command::Route(c) => admin(AdminCommand::Route(c)),
@@ -141,6 +145,32 @@ fn print_or_fail(write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<
     let mut out = std::io::stdout().lock();
     match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waybill: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compact(config: &Config) -> ExitCode {
+    let dir = &config.server.data_dir;
+    let payloads = || waybill::store::compact::payload_bytes(dir);
+    let before = payloads();
+    match waybill::store::compact::compact(dir) {
+        Ok(done) => {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            println!(
+                "store files: {:.1} MiB before, {:.1} MiB after ({:.1} MiB given back)",
+                mib(done.before),
+                mib(done.after),
+                mib(done.before.saturating_sub(done.after))
+            );
+            println!(
+                "payload files: {:.1} MiB (retention deletes them while serving)",
+                mib(before)
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("waybill: {e}");
             ExitCode::FAILURE

@@ -85,6 +85,8 @@ pub struct Metrics {
     store_bytes: Gauge,
     free_disk_bytes: Gauge,
     uptime_seconds: Gauge<f64, AtomicU64>,
+    pruned: Family<KindLabel, Counter>,
+    reclaimed_bytes: Counter,
 }
 
 /// The levels read at scrape time, set just before the metrics are encoded.
@@ -130,6 +132,8 @@ impl Metrics {
             store_bytes: Gauge::default(),
             free_disk_bytes: Gauge::default(),
             uptime_seconds: Gauge::default(),
+            pruned: Family::default(),
+            reclaimed_bytes: Counter::default(),
         };
         root.register(
             "http_requests",
@@ -223,10 +227,33 @@ impl Metrics {
             Unit::Seconds,
             m.uptime_seconds.clone(),
         );
+        root.register(
+            "pruned_rows",
+            "Rows removed by retention, by kind (message, row: their index entries, requests and attempt logs, job and idempotency: background records)",
+            m.pruned.clone(),
+        );
+        root.register_with_unit(
+            "reclaimed",
+            "Bytes of payload segment files deleted by retention",
+            Unit::Bytes,
+            m.reclaimed_bytes.clone(),
+        );
         Metrics {
             registry: root,
             ..m
         }
+    }
+
+    /// Retention removed `n` rows of `kind`.
+    pub fn pruned(&self, kind: &'static str, n: u64) {
+        if n > 0 {
+            self.pruned.get_or_create(&KindLabel { kind }).inc_by(n);
+        }
+    }
+
+    /// Retention deleted segment files of `bytes` in all.
+    pub fn reclaimed(&self, bytes: u64) {
+        self.reclaimed_bytes.inc_by(bytes);
     }
 
     /// Counts one answered request to `route` (from [`Metrics::route_of`]).

@@ -182,6 +182,8 @@ pub struct PartnerPatch {
     pub push_headers: Option<Vec<(String, String)>>,
     pub push_params: Option<Vec<(String, String)>>,
     pub unique_references: Option<bool>,
+    /// `Some(None)` removes the partner's own retention.
+    pub retention_days: Option<Option<u32>>,
 }
 
 /// A freshly created key: its record and the secret, which is never stored.
@@ -268,6 +270,7 @@ impl Store {
                 created_at: now,
                 updated_at: now,
                 unique_references: false,
+                retention_days: None,
             };
             t.insert(Table::Partners, rec.code.as_bytes(), encode(&rec)?)?;
             Ok(rec)
@@ -322,6 +325,9 @@ impl Store {
             }
             if let Some(paused) = patch.push_paused {
                 rec.push_paused = paused;
+            }
+            if let Some(days) = patch.retention_days {
+                rec.retention_days = days;
             }
             if let Some(unique) = patch.unique_references {
                 rec.unique_references = unique;

@@ -53,7 +53,32 @@ pub struct PayloadLog {
     dirty: Mutex<Dirty>,
     /// Read handles of segments, opened on first use.
     readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// The first segment this process wrote. Every segment before it was closed by an
+    /// earlier process, so no append to it can still be waiting for its record.
+    first_of_run: u32,
+    /// Segments this process closed (rolled over), with when (unix ms).
+    closed: Mutex<HashMap<u32, i64>>,
+    /// How many [`SegmentPin`]s live: while any does, no segment file is deleted. A
+    /// deletion holds this lock throughout, so a new pin waits until it is over.
+    pins: Arc<Mutex<usize>>,
 }
+
+/// Holds every segment file in place while it lives (a backup reading them); deletions
+/// wait for the next pass after the last pin is dropped. See [`PayloadLog::pin_segments`].
+pub struct SegmentPin(Arc<Mutex<usize>>);
+
+impl Drop for SegmentPin {
+    fn drop(&mut self) {
+        let mut n = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// How long after this process closed a segment it may be deleted. An append's record
+/// is written by the request that appended it, within the request's own time limits
+/// (body, background call and writer queue, each bounded well under this), so a
+/// segment closed this long ago has no append still waiting for its record.
+pub const CLOSED_GRACE_MS: i64 = 60 * 60 * 1000;
 
 impl PayloadLog {
     /// The size of every segment file together.
@@ -67,6 +92,86 @@ impl PayloadLog {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum()
+    }
+}
+
+impl PayloadLog {
+    /// Keeps every segment file in place until the returned pin is dropped: for a reader
+    /// of the files themselves (a backup). Cheap; deletions simply wait.
+    pub fn pin_segments(&self) -> SegmentPin {
+        *self.pins.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        SegmentPin(Arc::clone(&self.pins))
+    }
+
+    /// The segment files on disk with their sizes, in number order.
+    pub fn segments(&self) -> Result<Vec<(u32, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            out.push((n, entry.metadata()?.len()));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Whether `segment` is closed for good at `now`: not the one being written, and
+    /// either closed by an earlier process or closed by this one over
+    /// [`CLOSED_GRACE_MS`] ago. Only such a segment may be deleted.
+    pub fn settled(&self, segment: u32, now: i64) -> bool {
+        let active = match self.active.lock() {
+            Ok(a) => a.segment,
+            Err(_) => return false,
+        };
+        if segment >= active {
+            return false;
+        }
+        if segment < self.first_of_run {
+            return true;
+        }
+        self.closed
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&segment).copied())
+            .is_some_and(|at| now - at > CLOSED_GRACE_MS)
+    }
+
+    /// Deletes segment files that hold no live payload, unless a [`SegmentPin`] lives.
+    /// The caller has made sure (after the flush that made it so) that no durable record
+    /// points into them, and that each is [`PayloadLog::settled`]. Returns the bytes
+    /// freed, or `None` when pinned.
+    pub fn delete_segments(&self, dead: &[u32]) -> Result<Option<u64>, StoreError> {
+        if dead.is_empty() {
+            return Ok(Some(0));
+        }
+        let pins = self.pins.lock().map_err(|_| StoreError::Closed)?;
+        if *pins > 0 {
+            return Ok(None);
+        }
+        let mut freed = 0;
+        for &segment in dead {
+            let path = segment_path(&self.dir, segment);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(&path) {
+                Ok(()) => freed += len,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Ok(mut readers) = self.readers.write() {
+                readers.remove(&segment);
+            }
+        }
+        // The deletions are durable once the directory is.
+        File::open(&self.dir)?.sync_all()?;
+        drop(pins);
+        Ok(Some(freed))
     }
 }
 
@@ -113,6 +218,9 @@ impl PayloadLog {
             }),
             dirty: Mutex::new(dirty),
             readers: RwLock::new(HashMap::new()),
+            first_of_run: segment,
+            closed: Mutex::new(HashMap::new()),
+            pins: Arc::new(Mutex::new(0)),
         })
     }
 
@@ -127,6 +235,9 @@ impl PayloadLog {
             if a.len > 0 && a.len + u64::from(len) > SEGMENT_BYTES {
                 let next = a.segment + 1;
                 let file = Arc::new(create_segment(&self.dir, next)?);
+                if let Ok(mut closed) = self.closed.lock() {
+                    closed.insert(a.segment, super::now_ms());
+                }
                 *a = Active {
                     segment: next,
                     file,

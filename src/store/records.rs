@@ -35,6 +35,9 @@ pub struct PartnerRec {
     /// Refuse a message whose `externalReference` this sender already used for the same
     /// doctype within the retention window (see `store::schemas`).
     pub unique_references: bool,
+    /// Days this partner's finished messages are kept, overriding `retention.days`; a
+    /// message is kept for the longest retention among its sender and receivers.
+    pub retention_days: Option<u32>,
 }
 
 impl PartnerRec {
@@ -266,12 +269,14 @@ impl std::fmt::Debug for TokenKeyRec {
 
 impl Record for TokenKeyRec {}
 impl Record for PartnerRec {
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, StoreError> {
         match version {
-            // Version 2 added `unique_references` at the end; `false` encodes as one 0 byte.
-            1 => decode_body(&appended_zero(body)),
+            // Version 2 added `unique_references` at the end and version 3
+            // `retention_days`; `false` and `None` each encode as one 0 byte.
+            1 => decode_body(&appended_zero(&appended_zero(body))),
+            2 => decode_body(&appended_zero(body)),
             v => Err(StoreError::Codec(format!("unknown partner version {v}"))),
         }
     }
@@ -860,10 +865,17 @@ mod tests {
             created_at: 1,
             updated_at: 2,
             unique_references: false,
+            retention_days: None,
         };
-        let read: PartnerRec = decode(&older(encode(&p).unwrap(), 1)).unwrap();
+        let read: PartnerRec = decode(&older(encode(&p).unwrap(), 2)).unwrap();
         assert_eq!(read.push_url, p.push_url);
         assert_eq!(read.test_signing.previous, p.test_signing.previous);
-        assert!(read.push_paused && !read.unique_references);
+        assert!(read.push_paused && !read.unique_references && read.retention_days.is_none());
+        // Version 1 also lacked `unique_references`, one more byte before the end.
+        let mut v1 = older(encode(&p).unwrap(), 1);
+        assert_eq!(v1.pop(), Some(0));
+        let read: PartnerRec = decode(&v1).unwrap();
+        assert_eq!(read.test_signing.previous, p.test_signing.previous);
+        assert!(!read.unique_references && read.retention_days.is_none());
     }
 }

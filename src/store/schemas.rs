@@ -36,7 +36,7 @@ use crate::model::{Env, Status};
 pub(super) const DEFAULT_REFERENCE_WINDOW_MS: i64 = 30 * 86_400_000;
 
 /// `env ‖ sender ‖ 0xFF ‖ doctype ‖ 0xFF ‖ reference`.
-fn unique_ref_key(env: Env, sender: &str, doctype: &str, reference: &str) -> Vec<u8> {
+pub(super) fn unique_ref_key(env: Env, sender: &str, doctype: &str, reference: &str) -> Vec<u8> {
     let mut k = partner_prefix(env, sender);
     k.extend_from_slice(doctype.as_bytes());
     k.push(SEP);

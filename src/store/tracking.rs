@@ -68,7 +68,7 @@ fn status_byte(s: Status) -> u8 {
 }
 
 /// `env ‖ sender ‖ 0xFF ‖ request id ‖ message id`.
-fn tracking_key(env: Env, sender: &str, request_id: Uuid, message_id: Uuid) -> Vec<u8> {
+pub(super) fn tracking_key(env: Env, sender: &str, request_id: Uuid, message_id: Uuid) -> Vec<u8> {
     let mut k = partner_id(env, sender, request_id);
     k.extend_from_slice(message_id.as_bytes());
     k
@@ -114,7 +114,13 @@ fn ref_prefix(env: Env, sender: &str, reference: &str) -> Vec<u8> {
     k
 }
 
-fn ref_key(env: Env, sender: &str, reference: &str, request_id: Uuid, message_id: Uuid) -> Vec<u8> {
+pub(super) fn ref_key(
+    env: Env,
+    sender: &str,
+    reference: &str,
+    request_id: Uuid,
+    message_id: Uuid,
+) -> Vec<u8> {
     let mut k = ref_prefix(env, sender, reference);
     k.extend_from_slice(request_id.as_bytes());
     k.extend_from_slice(message_id.as_bytes());

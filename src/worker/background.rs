@@ -25,7 +25,7 @@ use crate::AppState;
 
 /// Jobs started per write, at most.
 const BATCH: usize = 64;
-/// How often expired leases are looked for and old jobs pruned.
+/// How often expired leases are looked for.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 /// The route tree as a service that takes a stored request.
@@ -140,17 +140,7 @@ async fn housekeep(state: &AppState) {
     if let Err(e) = state.store.requeue_running(Some(now_ms())).await {
         tracing::error!(error = %e, "cannot queue jobs with ended leases again");
     }
-    let now = now_ms();
-    let retention = state.config.retention.days as i64 * 86_400_000;
-    match state
-        .store
-        .prune_background(now, now - retention, 1000)
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "pruned old jobs and idempotency answers"),
-        Err(e) => tracing::error!(error = %e, "cannot prune old jobs"),
-    }
+    // Old jobs and idempotent answers are pruned by the retention worker.
 }
 
 #[tracing::instrument(skip_all, fields(job = %job.id, partner = %job.partner))]

@@ -36,7 +36,8 @@ async fn pass(state: &AppState) {
         Err(e) => tracing::error!(error = %e, "cannot prune admin sessions"),
     }
     let keep = state.config.retention.days as i64 * 86_400_000;
-    match state.store.prune_audit(now - keep).await {
+    // Retention is judged by the retention clock, as the pruner's is.
+    match state.store.prune_audit(state.clock.now_ms() - keep).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "pruned audit entries past retention.days"),
         Err(e) => tracing::error!(error = %e, "cannot prune the audit log"),

@@ -1,6 +1,6 @@
 //! Background loops owned by [`crate::run`]: each is spawned here and runs until the server
 //! stops (the delivery engine, the background job workers, the subscription flusher, the
-//! free-disk watch). The delivery engine is told to stop and lets its attempts under way finish; the
+//! retention pruner, the free-disk watch). The delivery engine is told to stop and lets its attempts under way finish; the
 //! others hold no state an abort could lose, and are aborted.
 
 pub mod background;
@@ -8,6 +8,7 @@ pub mod bulk;
 pub mod delivery;
 pub mod housekeeping;
 pub mod push;
+pub mod retention;
 pub mod subscriptions;
 
 use std::future::Future;
@@ -40,6 +41,7 @@ pub fn spawn_all(state: AppState, disk_low: Arc<AtomicBool>) -> Workers {
                 "housekeeping",
                 housekeeping::run(state.clone(), stop.clone()),
             )),
+            tokio::spawn(live.watch("retention", retention::run(state.clone(), stop.clone()))),
             tokio::spawn(live.watch(
                 "subscriptions",
                 subscriptions::run(state.clone(), stop.clone()),

@@ -17,6 +17,7 @@ mod packaging;
 mod process;
 mod push;
 mod receiver;
+mod retention;
 mod subscriptions;
 mod tracking;
 mod transmissions;
@@ -34,6 +35,8 @@ pub struct TestApp {
     pub base: String,
     pub token: String,
     pub dir: tempfile::TempDir,
+    /// The clock retention is judged by; moving it forward ages what is stored.
+    pub clock: waybill::clock::Clock,
     agent: ureq::Agent,
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -117,15 +120,22 @@ pub fn spawn_app_in(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(waybill::run(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    let clock = waybill::clock::Clock::system();
+    let server = runtime.spawn(waybill::run_with_clock(
+        config,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        clock.clone(),
+    ));
     let mut app = TestApp {
         addr,
         base: format!("{scheme}://localhost:{}", addr.port()),
         token: String::new(),
         agent,
         dir,
+        clock,
         runtime: Some(runtime),
         stop: Some(stop),
         server: Some(server),

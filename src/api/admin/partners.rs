@@ -91,6 +91,7 @@ fn partner_view(p: &PartnerRec) -> Value {
         "pushParams": map(&p.push_params),
         "pushPaused": p.push_paused,
         "uniqueReferences": p.unique_references,
+        "retentionDays": p.retention_days,
         "disabledEndpoints": p
             .disabled_endpoints
             .iter()
@@ -303,6 +304,19 @@ async fn patch_partner(
             }
             "pushUrl" if v.is_null() => patch.push_url = Some(None),
             "testPushUrl" if v.is_null() => patch.test_push_url = Some(None),
+            "retentionDays" if v.is_null() => patch.retention_days = Some(None),
+            "retentionDays" => {
+                let days = v
+                    .as_u64()
+                    .filter(|d| (1..=3650).contains(d))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "retentionDays must be a whole number of days from 1 to 3650, or null",
+                        )
+                        .field("retentionDays")
+                    })?;
+                patch.retention_days = Some(Some(days as u32));
+            }
             "uniqueReferences" => {
                 patch.unique_references = Some(v.as_bool().ok_or_else(|| {
                     ApiError::bad_request("uniqueReferences must be true or false")

@@ -1,0 +1,141 @@
+//! The retention pruner: a minute after start and then every `retention.every_minutes`
+//! (or at once when the retention clock is moved), it removes finished messages past
+//! their retention, finished background jobs and expired idempotent answers, then
+//! deletes the payload segment files nothing points into any more.
+//!
+//! Each environment's messages are read in key order (v7 ids: oldest first) from where the
+//! last pass stopped, at most [`SCAN`] records per store call, each batch of removals an
+//! ordinary writer job ([`crate::store::retention::BATCH`] messages), with a pause
+//! between calls so that intake keeps its share of the writer and the disk.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::model::Env;
+use crate::store::retention::Retention;
+use crate::AppState;
+
+/// Records read by one store call.
+const SCAN: usize = 4096;
+/// Store calls per environment in one pass; a larger backlog goes in later passes.
+const CALLS_PER_PASS: usize = 64;
+/// Pause between two store calls.
+const BREATHER: Duration = Duration::from_millis(20);
+/// Background jobs and idempotent answers removed per writer job.
+const BACKGROUND_BATCH: usize = 1000;
+/// The first pass waits this long after start, so a restart is not slowed by pruning.
+const FIRST_PASS: Duration = Duration::from_secs(60);
+
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut cursors: [Option<Vec<u8>>; 2] = [None, None];
+    let every = Duration::from_secs(state.config.retention.every_minutes.max(1) * 60);
+    let mut wait = FIRST_PASS;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.clock.moved() => {}
+            changed = stop.changed() => {
+                // A dropped sender also means the server is going away.
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+        }
+        pass(&state, &mut cursors).await;
+        wait = every;
+    }
+}
+
+fn retention_of(state: &AppState) -> Retention {
+    let dir = state.store.directory();
+    Retention {
+        default_days: u32::try_from(state.config.retention.days).unwrap_or(u32::MAX),
+        partners: dir
+            .partners()
+            .iter()
+            .filter_map(|p| p.retention_days.map(|d| (p.code.clone(), d)))
+            .collect(),
+    }
+}
+
+async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
+    let now = state.clock.now_ms();
+    let retention = retention_of(state);
+    let (mut messages, mut rows) = (0, 0);
+    for (env, cursor) in [Env::Live, Env::Test].into_iter().zip(cursors.iter_mut()) {
+        for _ in 0..CALLS_PER_PASS {
+            match state
+                .store
+                .prune_messages(env, cursor.take(), now, &retention, SCAN)
+                .await
+            {
+                Ok(p) => {
+                    messages += p.messages;
+                    rows += p.rows;
+                    *cursor = p.next;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot prune messages");
+                    break;
+                }
+            }
+            if cursor.is_none() {
+                break;
+            }
+            tokio::time::sleep(BREATHER).await;
+        }
+    }
+    if messages > 0 {
+        tracing::info!(messages, rows, "pruned finished messages past retention");
+    }
+    state.metrics.pruned("message", messages as u64);
+    state.metrics.pruned("row", rows as u64);
+
+    let keep = i64::from(retention.default_days) * 86_400_000;
+    let mut background = 0;
+    loop {
+        match state
+            .store
+            .prune_background(now, now - keep, BACKGROUND_BATCH)
+            .await
+        {
+            Ok(n) => {
+                background += n;
+                if n < BACKGROUND_BATCH {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prune old jobs");
+                break;
+            }
+        }
+        tokio::time::sleep(BREATHER).await;
+    }
+    if background > 0 {
+        tracing::info!(
+            removed = background,
+            "pruned old jobs and idempotent answers"
+        );
+    }
+    state.metrics.pruned("background", background as u64);
+
+    // The removals above were answered, so they are durable: a segment nothing points
+    // into now stays that way. Segment ages are judged by the real clock.
+    let store = std::sync::Arc::clone(&state.store);
+    let now = crate::store::now_ms();
+    match tokio::task::spawn_blocking(move || store.sweep_segments(now)).await {
+        Ok(Ok(s)) => {
+            if !s.deleted.is_empty() {
+                tracing::info!(segments = ?s.deleted, bytes = s.freed_bytes, "deleted payload files nothing points into");
+            }
+            if s.pinned > 0 {
+                tracing::info!(segments = s.pinned, "dead payload files kept while pinned");
+            }
+            state.metrics.reclaimed(s.freed_bytes);
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot sweep payload segments"),
+        Err(e) => tracing::error!(error = %e, "payload segment sweep failed"),
+    }
+}

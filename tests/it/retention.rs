@@ -1,0 +1,274 @@
+//! Retention: the pruner removes finished work past its retention with everything that
+//! indexes it, keeps whatever is still pending, honours a partner's own retention, and
+//! deletes payload files once nothing points into them. Time is moved with the clock the
+//! pruner reads (`TestApp::clock`), the only thing the tests change.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::receiver::{Answer, Receiver};
+use crate::{agent, spawn_app_in, spawn_app_with, TestApp};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Waits (up to 60 s) until `done` holds; `what` names it when it never does.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn message_status(app: &TestApp, key: &str, id: &str) -> u16 {
+    app.partner_get(key, &format!("/api/v1/messages/{id}"))
+        .status
+}
+
+fn create(app: &TestApp, key: &str, doctype: &str, body: &[u8], extra: &[(&str, &str)]) -> Value {
+    let mut headers = vec![("X-Api-Key", key), ("Content-Type", "application/json")];
+    headers.extend_from_slice(extra);
+    app.call(
+        "POST",
+        &format!("/api/v1/documents/{doctype}"),
+        &headers,
+        Some(body),
+    )
+    .data(201)
+}
+
+fn attempts(app: &TestApp, delivery: &str) -> usize {
+    app.admin(
+        "GET",
+        &format!("/admin/api/deliveries/{delivery}/attempts"),
+        None,
+    )
+    .data(200)
+    .as_array()
+    .expect("attempt list")
+    .len()
+}
+
+fn stats(app: &TestApp) -> Value {
+    app.admin("GET", "/admin/api/stats", None).data(200)
+}
+
+/// Acknowledges every transmission a poll of `key` hands out.
+fn ack_all(app: &TestApp, key: &str) -> usize {
+    let items = app.poll(key, "limit=100");
+    for item in &items {
+        app.ack(key, item["uuid"].as_str().unwrap(), "processed")
+            .data(200);
+    }
+    items.len()
+}
+
+#[test]
+fn old_finished_work_goes_with_its_rows_and_pending_work_stays() {
+    let ok = Receiver::start(vec![]);
+    let down = Receiver::always(Answer::status(503));
+    let app = spawn_app_with(|c| c.delivery.retry_schedule = vec![3600]);
+    let acme = app.partner("ACME");
+    let initech = app.partner("INITECH");
+    for (code, url) in [("GLOBEX", &ok.url), ("HOOLI", &down.url)] {
+        app.admin(
+            "POST",
+            "/admin/api/partners",
+            Some(json!({"code": code, "name": code, "pushUrl": format!("{url}/in")})),
+        )
+        .data(201);
+    }
+    app.route("ACME", "GLOBEX", "order");
+    app.route("ACME", "INITECH", "invoice");
+    app.route("ACME", "HOOLI", "alert");
+
+    // Finished: a pushed order, an acknowledged invoice, an order stored under an
+    // idempotency key, and a background job.
+    let pushed = create(&app, &acme, "order", br#"{"n":1}"#, &[]);
+    let pushed_id = pushed["id"].as_str().unwrap().to_owned();
+    let pushed_uuid = pushed["transmissions"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keyed = create(
+        &app,
+        &acme,
+        "order",
+        br#"{"n":2}"#,
+        &[("Idempotency-Key", "k-1")],
+    );
+    let keyed_id = keyed["id"].as_str().unwrap().to_owned();
+    let acked = create(&app, &acme, "invoice", br#"{"n":3}"#, &[]);
+    let acked_id = acked["id"].as_str().unwrap().to_owned();
+    assert_eq!(ack_all(&app, &initech), 1);
+    let job = app
+        .call(
+            "GET",
+            &format!("/api/v1/messages/{pushed_id}"),
+            &[("X-Api-Key", &acme), ("Waybill-Background", "none")],
+            None,
+        )
+        .data(202);
+    let job_path = format!("/api/v1/background/{}", job["id"].as_str().unwrap());
+    wait_until("the job ends", || {
+        app.partner_get(&acme, &job_path).data(200)["state"] == "completed"
+    });
+    for id in [&pushed_id, &keyed_id] {
+        let mut seen = Value::Null;
+        wait_until("the push is done", || {
+            seen = app
+                .partner_get(&acme, &format!("/api/v1/messages/{id}"))
+                .data(200);
+            seen["messageStatus"] == "processed"
+        });
+    }
+    assert_eq!(attempts(&app, &pushed_uuid), 1);
+    let tracking = pushed["trackingLocation"].as_str().unwrap().to_owned();
+    app.partner_get(&acme, &tracking).data(200);
+
+    // Pending: an invoice never acknowledged, an alert whose push waits for its retry.
+    let waiting = create(&app, &acme, "invoice", br#"{"n":4}"#, &[]);
+    let waiting_id = waiting["id"].as_str().unwrap().to_owned();
+    let retrying = create(&app, &acme, "alert", br#"{"n":5}"#, &[]);
+    let retrying_id = retrying["id"].as_str().unwrap().to_owned();
+    let retrying_uuid = retrying["transmissions"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until("the failed push is logged", || {
+        attempts(&app, &retrying_uuid) == 1
+    });
+    let before = stats(&app);
+    assert_eq!(before["messages"]["live"]["total"], 5, "{before}");
+
+    // The key still holds its answer: another body under it is refused.
+    app.call(
+        "POST",
+        "/api/v1/documents/order",
+        &[
+            ("X-Api-Key", &acme),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "k-1"),
+        ],
+        Some(br#"{"n":6}"#),
+    )
+    .error(409, "idempotency_key_reused");
+
+    app.clock.advance(31 * DAY_MS);
+    wait_until("the finished messages are pruned", || {
+        [&pushed_id, &keyed_id, &acked_id]
+            .iter()
+            .all(|id| message_status(&app, &acme, id) == 404)
+    });
+    wait_until("the job is pruned", || {
+        app.partner_get(&acme, &job_path).status == 404
+    });
+    // Their request, tracking entries and attempt log went with them.
+    app.partner_get(&acme, &tracking).error(404, "not_found");
+    assert_eq!(attempts(&app, &pushed_uuid), 0);
+
+    // The pending ones stay, whole, with their queue entries and attempt logs.
+    assert_eq!(message_status(&app, &acme, &waiting_id), 200);
+    assert_eq!(message_status(&app, &acme, &retrying_id), 200);
+    assert_eq!(attempts(&app, &retrying_uuid), 1);
+    let items = app.poll(&initech, "limit=10");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["messageId"], waiting_id.as_str());
+    assert_eq!(items[0]["payload"], json!({"n": 4}));
+
+    // The counts follow: pruned messages leave them.
+    let after = stats(&app);
+    assert_eq!(after["messages"]["live"]["total"], 2, "{after}");
+    assert_eq!(after["messages"]["live"]["complete"], 0, "{after}");
+    // The invoice just polled, and the alert between its push attempts.
+    assert_eq!(after["messages"]["live"]["processed"], 1, "{after}");
+    assert_eq!(after["messages"]["live"]["processing"], 1, "{after}");
+
+    // The key's answer is gone with its retention: the key is free again.
+    create(
+        &app,
+        &acme,
+        "order",
+        br#"{"n":6}"#,
+        &[("Idempotency-Key", "k-1")],
+    );
+
+    let metrics = String::from_utf8(app.call("GET", "/metrics", &[], None).body).unwrap();
+    assert!(
+        metrics.contains("waybill_pruned_rows_total{kind=\"message\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_partner_keeps_its_messages_longer_and_dead_payload_files_are_deleted() {
+    let app = spawn_app_with(|_| {});
+    let acme = app.partner("ACME");
+    let globex = app.partner("GLOBEX");
+    let initech = app.partner("INITECH");
+    app.route("ACME", "GLOBEX", "order");
+    app.route("ACME", "INITECH", "invoice");
+    let patch = |body: Value| app.admin("PATCH", "/admin/api/partners/INITECH", Some(body));
+    for bad in [json!(0), json!(3651), json!("90"), json!(1.5)] {
+        patch(json!({ "retentionDays": bad })).error(400, "bad_request");
+    }
+    assert_eq!(
+        patch(json!({"retentionDays": 90})).data(200)["retentionDays"],
+        90
+    );
+    let order = create(&app, &acme, "order", br#"{"o":1}"#, &[]);
+    let invoice = create(&app, &acme, "invoice", br#"{"i":1}"#, &[]);
+    assert_eq!(ack_all(&app, &globex), 1);
+    assert_eq!(ack_all(&app, &initech), 1);
+    let dir = app.stop();
+    let first_segment = dir.path().join("payloads/00000001.seg");
+    assert!(first_segment.exists());
+
+    // A new process writes its payloads to a new segment.
+    let app = spawn_app_in(dir, "http", agent(), |_| {});
+    let later = create(&app, &acme, "order", br#"{"o":2}"#, &[]);
+    assert_eq!(ack_all(&app, &globex), 1);
+    let detail = app
+        .admin("GET", "/admin/api/partners/INITECH", None)
+        .data(200);
+    assert_eq!(detail["retentionDays"], 90);
+
+    app.clock.advance(31 * DAY_MS);
+    let (order_id, invoice_id, later_id) = (
+        order["id"].as_str().unwrap(),
+        invoice["id"].as_str().unwrap(),
+        later["id"].as_str().unwrap(),
+    );
+    wait_until("the orders are pruned", || {
+        message_status(&app, &acme, order_id) == 404 && message_status(&app, &acme, later_id) == 404
+    });
+    // INITECH's invoice is kept for its 90 days, and so is the file holding its payload.
+    assert_eq!(message_status(&app, &acme, invoice_id), 200);
+    let raw = app.admin(
+        "GET",
+        &format!("/admin/api/messages/{invoice_id}/payload"),
+        None,
+    );
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.body, br#"{"i":1}"#);
+    assert!(app.dir.path().join("payloads/00000001.seg").exists());
+
+    app.clock.advance(60 * DAY_MS);
+    wait_until("the invoice is pruned", || {
+        message_status(&app, &acme, invoice_id) == 404
+    });
+    wait_until("the dead payload file is deleted", || {
+        !app.dir.path().join("payloads/00000001.seg").exists()
+    });
+    // The file being written to stays, and so does what arrives now.
+    assert!(app.dir.path().join("payloads/00000002.seg").exists());
+    let fresh = create(&app, &acme, "order", br#"{"o":3}"#, &[]);
+    let items = app.poll(&globex, "limit=10");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["messageId"], fresh["id"]);
+    assert_eq!(items[0]["payload"], json!({"o": 3}));
+    let s = stats(&app);
+    assert_eq!(s["messages"]["live"]["total"], 1, "{s}");
+    assert_eq!(s["messages"]["live"]["processed"], 1, "{s}");
+}
