@@ -38,6 +38,7 @@
 
 pub mod admins;
 pub mod background;
+pub mod backup;
 pub mod bulk;
 mod codec;
 pub mod counters;
