@@ -44,6 +44,7 @@ mod codec;
 pub mod counters;
 mod deliveries;
 pub mod directory;
+mod export;
 mod key_use;
 pub mod listing;
 mod messages;
