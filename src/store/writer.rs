@@ -136,14 +136,6 @@ impl Tx<'_> {
         }
     }
 
-    /// The keys this round changed so far (empty unless a backup is under way).
-    pub(super) fn touched_so_far(&self) -> Vec<(Table, Box<[u8]>)> {
-        self.touched
-            .as_ref()
-            .map(|t| t.borrow().clone())
-            .unwrap_or_default()
-    }
-
     /// Reads a key, seeing the writes made earlier in this round.
     pub fn get(&self, table: Table, key: impl AsRef<[u8]>) -> Result<Option<IVec>, StoreError> {
         self.check(self.tree(table).get(key))
@@ -388,6 +380,39 @@ impl Writer {
         self.enqueue(job, move |r| {
             let _ = tx.send(r);
         })?;
+        rx.recv().map_err(|_| StoreError::FlushFailed)?
+    }
+
+    /// Runs `f` on the writer thread between two rounds: after the round that takes this
+    /// call has committed and flushed (and its changed keys are in the journal), before
+    /// the next begins. No write happens while `f` runs, and no transaction is open, so
+    /// `f` may read the trees directly. Blocks until `f` is done.
+    pub fn between_rounds<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> Result<R, StoreError> + Send + 'static,
+    {
+        if self.failed() {
+            return Err(StoreError::FlushFailed);
+        }
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |_| {
+            Box::new(move |flushed| {
+                let _ = tx.send(if flushed {
+                    f()
+                } else {
+                    Err(StoreError::FlushFailed)
+                });
+            })
+        });
+        {
+            let queue = self.queue.lock().map_err(|_| StoreError::Closed)?;
+            queue
+                .as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(job)
+                .map_err(|_| StoreError::Closed)?;
+        }
         rx.recv().map_err(|_| StoreError::FlushFailed)?
     }
 

@@ -5,6 +5,7 @@ mod admin;
 mod admin_api;
 mod admin_users;
 mod background;
+mod backup;
 mod delivery;
 mod edge;
 mod environments;

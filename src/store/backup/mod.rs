@@ -8,13 +8,16 @@
 //!    read at some moment of the copy, not all at the same one);
 //! 3. catch-up passes read the noted keys again, still while serving, until few are left
 //!    (each pass takes the keys noted so far and a new set begins);
-//! 4. one writer job holds its round while it reads the keys noted last (present: its
-//!    value, absent: a deletion) and the length of every payload segment file.
+//! 4. the writer is held between two rounds (after one has committed and flushed, before
+//!    the next begins) while the keys noted last are read (present: the value, absent: a
+//!    deletion) and the length of every payload segment file. Between rounds matters: a
+//!    round writes its counters after its last job, so a read inside a round could see a
+//!    message without its count.
 //!
 //! A key that no round changed after the copy began was read with its value at the pause;
 //! every other key is read again in a later step, the last time inside the pause. So the
 //! copy with the records of steps 3 and 4 applied in order is the store exactly as it was
-//! at that job: everything committed before it, nothing after. Writes wait only for step 4,
+//! between those rounds: everything committed before, nothing after. Writes wait only for step 4,
 //! which reads only the keys changed during the last pass.
 //!
 //! Payload bytes are copied after the pause, each segment up to the length it had then: a
@@ -183,18 +186,19 @@ impl Store {
             }
         }
 
-        // 4. The pause: the last keys and the segment lengths, inside one writer round.
+        // 4. The pause: between two writer rounds, the last keys and the segment lengths.
         let noted = Arc::clone(&journal);
+        let trees = Arc::clone(&self.t);
         let payloads = self.dir.join("payloads");
-        let (last, segments, held) = self.writer.write_blocking(move |tx| {
+        let (last, segments, held) = self.writer.between_rounds(move || {
             let started = Instant::now();
-            let mut keys = noted.take();
-            keys.extend(tx.touched_so_far());
-            // Rounds after this one need not be noted.
+            let keys = noted.take();
+            // Rounds after this point need not be noted.
             noted.stop();
+            let all = trees.all();
             let mut last = Vec::with_capacity(keys.len());
             for (table, key) in sorted(keys) {
-                let value = tx.get(table, &key)?;
+                let value = all[table as usize].get(&key)?;
                 last.push((table, key, value));
             }
             let segments = segment_lengths(&payloads)?;
