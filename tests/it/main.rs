@@ -13,6 +13,7 @@ mod errors;
 mod https;
 mod intake;
 mod metrics;
+mod monitoring;
 mod openapi;
 mod packaging;
 mod process;
