@@ -91,6 +91,9 @@ pub enum Table {
     SubPending,
 }
 
+/// A key of one tree, as the journal notes it.
+pub type TableKey = (Table, Box<[u8]>);
+
 /// One transactional view per tree, indexed by `Table as usize`.
 type Views = [TransactionalTree];
 
@@ -108,7 +111,7 @@ pub struct Tx<'a> {
     fed: RefCell<Vec<Uuid>>,
     /// While a backup copies the trees: every key this round wrote or removed, handed to
     /// the [`Journal`] once the round is over.
-    touched: Option<RefCell<Vec<(Table, Box<[u8]>)>>>,
+    touched: Option<RefCell<Vec<TableKey>>>,
 }
 
 impl Tx<'_> {
@@ -215,12 +218,12 @@ pub struct Writer {
 #[derive(Default)]
 pub struct Journal {
     on: AtomicBool,
-    keys: Mutex<HashSet<(Table, Box<[u8]>)>>,
+    keys: Mutex<HashSet<TableKey>>,
 }
 
 impl Journal {
     /// Takes the keys noted so far, leaving an empty set that goes on filling.
-    pub fn take(&self) -> HashSet<(Table, Box<[u8]>)> {
+    pub fn take(&self) -> HashSet<TableKey> {
         match self.keys.lock() {
             Ok(mut k) => std::mem::take(&mut *k),
             Err(p) => std::mem::take(&mut *p.into_inner()),
@@ -238,7 +241,7 @@ impl Journal {
         drop(self.take());
     }
 
-    fn add(&self, touched: Vec<(Table, Box<[u8]>)>) {
+    fn add(&self, touched: Vec<TableKey>) {
         if touched.is_empty() {
             return;
         }

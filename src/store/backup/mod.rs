@@ -38,7 +38,7 @@ pub use restore::{restore, verify, RestoreError, RestoreSummary};
 
 use format::{Encoder, Kind, Op, CHUNK};
 
-use super::writer::{Journal, Table};
+use super::writer::{Journal, Table, TableKey};
 use super::{Store, StoreError};
 
 /// The trees by name, in the order of [`Table`] and [`super::Trees::all`]. A backup names
@@ -296,7 +296,7 @@ impl Out<'_, '_> {
     }
 }
 
-fn sorted(keys: HashSet<(Table, Box<[u8]>)>) -> Vec<(Table, Box<[u8]>)> {
+fn sorted(keys: HashSet<TableKey>) -> Vec<TableKey> {
     let mut keys: Vec<_> = keys.into_iter().collect();
     keys.sort_by(|a, b| (a.0 as usize, &a.1).cmp(&(b.0 as usize, &b.1)));
     keys
