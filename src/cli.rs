@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 
+pub mod backup;
+
 /// `waybill partner ...`
 #[derive(Debug, Subcommand)]
 pub enum PartnerCmd {
@@ -178,32 +180,7 @@ pub enum CliError {
 
 /// Runs an admin command against the server the configuration points at.
 pub fn run(config: &Config, cmd: AdminCommand) -> Result<(), CliError> {
-    let token = match std::env::var("WAYBILL_ADMIN_TOKEN") {
-        Ok(t) if !t.is_empty() => t,
-        _ => {
-            let path = config.server.data_dir.join("admin.token");
-            std::fs::read_to_string(&path)
-                .map_err(|source| CliError::Token {
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .trim()
-                .to_owned()
-        }
-    };
-    let base = std::env::var("WAYBILL_URL").unwrap_or_else(|_| {
-        let scheme = if config.server.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let mut addr = config.server.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("{scheme}://{addr}")
-    });
-    let client = Client { base, token };
+    let client = Client::from_config(config)?;
     match cmd {
         AdminCommand::Partner(PartnerCmd::Add {
             code,
@@ -439,6 +416,37 @@ struct Client {
 }
 
 impl Client {
+    /// The server the configuration (or `WAYBILL_URL`) points at, with the admin token
+    /// from `WAYBILL_ADMIN_TOKEN` or the data directory.
+    fn from_config(config: &Config) -> Result<Client, CliError> {
+        let token = match std::env::var("WAYBILL_ADMIN_TOKEN") {
+            Ok(t) if !t.is_empty() => t,
+            _ => {
+                let path = config.server.data_dir.join("admin.token");
+                std::fs::read_to_string(&path)
+                    .map_err(|source| CliError::Token {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        let base = std::env::var("WAYBILL_URL").unwrap_or_else(|_| {
+            let scheme = if config.server.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("{scheme}://{addr}")
+        });
+        Ok(Client { base, token })
+    }
+
     /// Calls the admin API and returns the envelope's `data`, or the envelope's error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CliError> {
         let url = format!("{}{}", self.base, path);

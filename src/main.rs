@@ -77,6 +77,37 @@ enum Command {
     /// Manage doctype schemas (payload validation) on the running server.
     #[command(subcommand)]
     Schema(cli::SchemaCmd),
+    /// Take a consistent backup of the running server's store into FILE (while it serves).
+    Backup {
+        /// Where to write the backup; it is written to FILE.partial first and renamed
+        /// once it is whole.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Restore a backup into a new, empty data directory (with no server running on it).
+    Restore {
+        /// The backup file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Write the messages received in a time range to standard output, one JSON object a line.
+    Export {
+        /// Received at or after: an RFC 3339 time or a date (its midnight UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Received before: an RFC 3339 time or a date (its midnight UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// The output format; `jsonl` is the one offered.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Only this environment (`live` or `test`); both by default.
+        #[arg(long)]
+        env: Option<String>,
+        /// Include each payload (JSON as is, anything else base64).
+        #[arg(long)]
+        payloads: bool,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_name = "SHELL")]
@@ -95,6 +126,16 @@ fn main() -> ExitCode {
             return print_or_fail(|out| cli::write_completions(shell, Cli::command(), out))
         }
         Some(Command::Man) => return print_or_fail(|out| cli::write_man_page(Cli::command(), out)),
+        // Offline: it needs a directory, not a configuration or a server.
+        Some(Command::Restore { file }) => {
+            return match cli::backup::restore(&file, args.data_dir.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("waybill: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {}
     }
     let overrides = Overrides {
@@ -135,8 +176,34 @@ fn main() -> ExitCode {
         Command::Route(c) => admin(AdminCommand::Route(c)),
         Command::User(c) => admin(AdminCommand::User(c)),
         Command::Schema(c) => admin(AdminCommand::Schema(c)),
+        Command::Backup { file } => done(cli::backup::backup(&config, &file)),
+        Command::Export {
+            since,
+            until,
+            format,
+            env,
+            payloads,
+        } => done(cli::backup::export(
+            &config,
+            since.as_deref(),
+            until.as_deref(),
+            &format,
+            env.as_deref(),
+            payloads,
+        )),
         // Answered before the configuration was loaded.
-        Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
+        Command::Completions { .. } | Command::Man | Command::Restore { .. } => ExitCode::SUCCESS,
+    }
+}
+
+/// The exit status of a command that ran: its error, if any, goes to standard error.
+fn done(result: Result<(), cli::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waybill: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

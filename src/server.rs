@@ -37,6 +37,8 @@ use tokio::time::Sleep;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+pub mod streamed;
+
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after shutdown begins.
@@ -412,9 +414,9 @@ where
     S: hyper::service::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<http_body_util::Either<R, streamed::Streamed>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, mut req: http::Request<B>) -> Self::Future {
         use tracing::Instrument;
@@ -441,7 +443,6 @@ where
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let mut out = fut.await;
-            drop(busy);
             if let Ok(res) = &mut out {
                 let status = res.status();
                 // An error answer may come before the body was read (credentials are
@@ -466,7 +467,8 @@ where
                     tracing::debug!(parent: &span, ms, "answered");
                 }
             }
-            out
+            // A streamed body keeps the request in flight until it is sent.
+            out.map(|res| streamed::attach(res, Box::new(busy)))
         })
     }
 }

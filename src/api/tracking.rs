@@ -343,7 +343,7 @@ pub(super) fn parse_status(raw: &str, field: &str) -> Result<Status, ApiError> {
 
 /// A point in time: an RFC 3339 date-time, or a date (`2026-11-29`, its midnight UTC).
 /// Returns unix ms and whether only a date was given.
-fn parse_time(raw: &str, field: &str) -> Result<(i64, bool), ApiError> {
+pub(super) fn parse_time(raw: &str, field: &str) -> Result<(i64, bool), ApiError> {
     let raw = raw.trim();
     if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
         return Ok(((t.unix_timestamp_nanos() / 1_000_000) as i64, false));

@@ -38,12 +38,14 @@
 
 pub mod admins;
 pub mod background;
+pub mod backup;
 pub mod bulk;
 mod codec;
 pub mod compact;
 pub mod counters;
 mod deliveries;
 pub mod directory;
+mod export;
 mod key_use;
 pub mod listing;
 mod messages;

@@ -28,6 +28,7 @@
 //! in the payload log).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +56,7 @@ pub const LARGE_WRITE_BYTES: usize = 64 * 1024;
 const MAX_GROUP: usize = 1024;
 
 /// The trees a job may change, by name. The order is that of [`Trees::all`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table {
     Partners,
     ApiKeys,
@@ -90,6 +91,9 @@ pub enum Table {
     SubPending,
 }
 
+/// A key of one tree, as the journal notes it.
+pub type TableKey = (Table, Box<[u8]>);
+
 /// One transactional view per tree, indexed by `Table as usize`.
 type Views = [TransactionalTree];
 
@@ -105,6 +109,9 @@ pub struct Tx<'a> {
     subs: &'a SubIndex,
     /// Subscriptions that got pending ids in this round; the flusher is told once it commits.
     fed: RefCell<Vec<Uuid>>,
+    /// While a backup copies the trees: every key this round wrote or removed, handed to
+    /// the [`Journal`] once the round is over.
+    touched: Option<RefCell<Vec<TableKey>>>,
 }
 
 impl Tx<'_> {
@@ -125,6 +132,13 @@ impl Tx<'_> {
         })
     }
 
+    /// Notes a key changed in this round, while a backup needs to know.
+    fn touch(&self, table: Table, key: &[u8]) {
+        if let Some(t) = &self.touched {
+            t.borrow_mut().push((table, key.into()));
+        }
+    }
+
     /// Reads a key, seeing the writes made earlier in this round.
     pub fn get(&self, table: Table, key: impl AsRef<[u8]>) -> Result<Option<IVec>, StoreError> {
         self.check(self.tree(table).get(key))
@@ -138,6 +152,7 @@ impl Tx<'_> {
         value: impl Into<IVec>,
     ) -> Result<(), StoreError> {
         let key = key.as_ref();
+        self.touch(table, key);
         let old = self.check(self.tree(table).insert(key, value))?;
         if old.is_none() {
             if let Some(counter) = counters::queue_of(table, key) {
@@ -163,6 +178,7 @@ impl Tx<'_> {
     /// Deletes a key. A key that was there in a queue tree counts one entry less.
     pub fn remove(&self, table: Table, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         let key = key.as_ref();
+        self.touch(table, key);
         let old = self.check(self.tree(table).remove(key))?;
         if old.is_some() {
             if let Some(counter) = counters::queue_of(table, key) {
@@ -194,6 +210,47 @@ pub struct Writer {
     failed: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     observer: Arc<std::sync::OnceLock<RoundObserver>>,
+    journal: Arc<Journal>,
+}
+
+/// The keys changed while a backup copies the trees, per table. Switched on for the copy
+/// only; while it is off a round pays one atomic load for it.
+#[derive(Default)]
+pub struct Journal {
+    on: AtomicBool,
+    keys: Mutex<HashSet<TableKey>>,
+}
+
+impl Journal {
+    /// Takes the keys noted so far, leaving an empty set that goes on filling.
+    pub fn take(&self) -> HashSet<TableKey> {
+        match self.keys.lock() {
+            Ok(mut k) => std::mem::take(&mut *k),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+
+    /// How many keys are noted now.
+    pub fn len(&self) -> usize {
+        self.keys.lock().map(|k| k.len()).unwrap_or(0)
+    }
+
+    /// Stops noting and forgets what was noted.
+    pub fn stop(&self) {
+        self.on.store(false, Ordering::SeqCst);
+        drop(self.take());
+    }
+
+    fn add(&self, touched: Vec<TableKey>) {
+        if touched.is_empty() {
+            return;
+        }
+        let mut keys = match self.keys.lock() {
+            Ok(k) => k,
+            Err(p) => p.into_inner(),
+        };
+        keys.extend(touched);
+    }
 }
 
 impl Writer {
@@ -213,9 +270,22 @@ impl Writer {
         let flag = Arc::clone(&failed);
         let observer = Arc::new(std::sync::OnceLock::new());
         let watch = Arc::clone(&observer);
+        let journal = Arc::new(Journal::default());
+        let noted = Arc::clone(&journal);
         let thread = std::thread::Builder::new()
             .name("waybill-writer".into())
-            .spawn(move || write_loop(&rx, &trees, &db_file, &payloads, &subs, &flag, &watch))?;
+            .spawn(move || {
+                let parts = Parts {
+                    trees: &trees,
+                    db_file: &db_file,
+                    payloads: &payloads,
+                    subs: &subs,
+                    failed: &flag,
+                    observer: &watch,
+                    journal: &noted,
+                };
+                write_loop(&rx, &parts)
+            })?;
         Ok(Writer {
             queue: Mutex::new(Some(tx)),
             room: Arc::new(Semaphore::new(capacity)),
@@ -223,7 +293,31 @@ impl Writer {
             failed,
             thread: Mutex::new(Some(thread)),
             observer,
+            journal,
         })
+    }
+
+    /// The journal of changed keys a backup switches on.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Switches the journal on and returns once every round from now on notes the keys
+    /// it changes: the rounds that started without it have committed by then, so a copy
+    /// begun after this misses no change. Refused while it is on (a backup is running).
+    /// Blocks: for a thread that is not running async code.
+    pub fn start_journal(&self) -> Result<(), StoreError> {
+        if self.journal.on.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Busy);
+        }
+        drop(self.journal.take());
+        // A round reads the switch after taking its jobs, so the round that takes this
+        // one, and every later round, sees it on.
+        if let Err(e) = self.write_blocking(|_| Ok(())) {
+            self.journal.stop();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Sets what is told of every round from now on (the metrics). Only the first call
@@ -292,6 +386,39 @@ impl Writer {
         rx.recv().map_err(|_| StoreError::FlushFailed)?
     }
 
+    /// Runs `f` on the writer thread between two rounds: after the round that takes this
+    /// call has committed and flushed (and its changed keys are in the journal), before
+    /// the next begins. No write happens while `f` runs, and no transaction is open, so
+    /// `f` may read the trees directly. Blocks until `f` is done.
+    pub fn between_rounds<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> Result<R, StoreError> + Send + 'static,
+    {
+        if self.failed() {
+            return Err(StoreError::FlushFailed);
+        }
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |_| {
+            Box::new(move |flushed| {
+                let _ = tx.send(if flushed {
+                    f()
+                } else {
+                    Err(StoreError::FlushFailed)
+                });
+            })
+        });
+        {
+            let queue = self.queue.lock().map_err(|_| StoreError::Closed)?;
+            queue
+                .as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(job)
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.recv().map_err(|_| StoreError::FlushFailed)?
+    }
+
     /// Queues `job`; `answer` gets its result once the round covering it is flushed.
     fn enqueue<R, F>(
         &self,
@@ -354,15 +481,27 @@ impl Writer {
     }
 }
 
-fn write_loop(
-    rx: &mpsc::Receiver<Job>,
-    trees: &Trees,
-    db_file: &File,
-    payloads: &PayloadLog,
-    subs: &SubIndex,
-    failed: &AtomicBool,
-    observer: &std::sync::OnceLock<RoundObserver>,
-) {
+/// What the writer thread works with.
+struct Parts<'a> {
+    trees: &'a Trees,
+    db_file: &'a File,
+    payloads: &'a PayloadLog,
+    subs: &'a SubIndex,
+    failed: &'a AtomicBool,
+    observer: &'a std::sync::OnceLock<RoundObserver>,
+    journal: &'a Journal,
+}
+
+fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
+    let Parts {
+        trees,
+        db_file,
+        payloads,
+        subs,
+        failed,
+        observer,
+        journal,
+    } = *p;
     let (mut rounds, mut jobs, mut busy) = (0u64, 0u64, std::time::Duration::ZERO);
     // `recv` fails once every sender is gone: at shutdown, after the queue is drained.
     while let Ok(first) = rx.recv() {
@@ -374,7 +513,7 @@ fn write_loop(
             }
         }
         let count = group.len() as u64;
-        let done = apply(trees, subs, group);
+        let done = apply(trees, subs, journal, group);
         let started = std::time::Instant::now();
         let flushed = done.is_some()
             && match flush_once(trees, db_file, payloads) {
@@ -417,11 +556,19 @@ fn write_loop(
 /// Runs a group of jobs in one transaction; `None` if it was aborted by a storage error.
 /// Once it commits, the subscriptions it fed are marked for the flusher (which then finds
 /// their entries in the tree).
-fn apply(trees: &Trees, subs: &SubIndex, group: Vec<Job>) -> Option<Vec<Completion>> {
+fn apply(
+    trees: &Trees,
+    subs: &SubIndex,
+    journal: &Journal,
+    group: Vec<Job>,
+) -> Option<Vec<Completion>> {
     // sled may call a transaction closure again after a conflict; with a single writer
     // there are none, and jobs run once: a second call finds no jobs and aborts.
     let pending = RefCell::new(Some(group));
     let all = trees.all();
+    // Read once the jobs are taken: see `Writer::start_journal`.
+    let noting = journal.on.load(Ordering::SeqCst);
+    let touched = RefCell::new(Vec::new());
     let result = all[..].transaction(|views| {
         let Some(group) = pending.borrow_mut().take() else {
             return Err(ConflictableTransactionError::Abort(()));
@@ -432,14 +579,22 @@ fn apply(trees: &Trees, subs: &SubIndex, group: Vec<Job>) -> Option<Vec<Completi
             deltas: RefCell::new(Deltas::default()),
             subs,
             fed: RefCell::new(Vec::new()),
+            touched: noting.then(|| RefCell::new(Vec::new())),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
         let deltas = tx.deltas.take();
-        if deltas.write(&tx).is_err() || tx.poisoned.get() {
+        let written = deltas.write(&tx);
+        if let Some(t) = &tx.touched {
+            touched.replace(t.take());
+        }
+        if written.is_err() || tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
         Ok((done, tx.fed.take()))
     });
+    // Noted whether the round committed or not: reading a key again that did not change
+    // costs a read, missing one would make the backup wrong.
+    journal.add(touched.into_inner());
     match result {
         Ok((done, fed)) => {
             subs.mark_pending(&fed, super::now_ms());

@@ -6,6 +6,7 @@
 //! before, `?limit=` the page size. A listing reads a bounded number of records per call,
 //! so a page of a rare filter may come back short with a `nextCursor`: go on from there.
 
+mod backup;
 mod bulk;
 mod deliveries;
 mod jobs;
@@ -56,7 +57,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(deliveries::routes(state.clone()))
         .unify()
-        .or(stats::routes(state))
+        .or(stats::routes(state.clone()))
+        .unify()
+        .or(backup::routes(state))
         .unify()
         .boxed()
 }

@@ -36,6 +36,8 @@ const COMMON_FILES: &[&str] = &[
     "/usr/share/doc/waybill/README.md",
     "/usr/share/doc/waybill/copyright",
     "/usr/share/doc/waybill/examples/privileged-port.conf",
+    "/usr/share/doc/waybill/examples/waybill-alerts.yml",
+    "/usr/share/doc/waybill/examples/waybill-dashboard.json",
     "/usr/share/fish/vendor_completions.d/waybill.fish",
     "/usr/share/man/man1/waybill.1.gz",
 ];
