@@ -38,6 +38,7 @@ pub use restore::{restore, verify, RestoreError, RestoreSummary};
 
 use format::{Encoder, Kind, Op, CHUNK};
 
+use super::payload_log::SegmentPin;
 use super::writer::{Journal, Table, TableKey};
 use super::{Store, StoreError};
 
@@ -102,17 +103,12 @@ pub enum BackupError {
 /// What a backup wrote, as its trailer says.
 pub type BackupSummary = Trailer;
 
-/// Keeps the payload segment files a backup reads from being deleted or rewritten while it
-/// copies them. The retention pruner must not delete or compact a segment file while the
-/// returned guard lives; this is where its pin (`PayloadLog::pin_segments`) is to be taken.
-/// Until the pruner exists nothing deletes segments, and the guard holds nothing.
-fn hold_segments(store: &Store) -> SegmentHold {
-    let _ = &store.payload_log;
-    SegmentHold
+/// Keeps the payload segment files a backup reads from being deleted while it copies
+/// them: the retention pruner deletes no segment file while the pin lives, and waits for
+/// its next pass instead.
+fn hold_segments(store: &Store) -> SegmentPin {
+    store.payload_log.pin_segments()
 }
-
-/// See [`hold_segments`].
-struct SegmentHold;
 
 /// Switches the journal off however the backup ends.
 struct JournalOn<'a>(&'a Journal);
