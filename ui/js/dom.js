@@ -69,14 +69,15 @@ export function badge(status) {
   return h("span.badge" + (tone ? "." + tone : ""), String(status));
 }
 
-/** A time as the reader's local date and time; the exact UTC time in the tooltip. */
+/** A time as the reader's local date and time (year-month-day, 24-hour clock, so it is
+ *  short and sorts as it reads); the exact UTC time in the tooltip. */
 export function when(iso) {
   if (!iso) return h("span.muted", "—");
   const d = new Date(iso);
   if (isNaN(d)) return String(iso);
-  return h("time", { datetime: iso, title: iso }, d.toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
-  }));
+  const p = (n) => String(n).padStart(2, "0");
+  const text = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  return h("time", { datetime: iso, title: iso }, text);
 }
 
 /** Bytes in words. */
