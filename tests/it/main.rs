@@ -5,6 +5,7 @@ mod admin;
 mod admin_api;
 mod admin_users;
 mod background;
+mod browser;
 mod delivery;
 mod edge;
 mod environments;
@@ -20,6 +21,7 @@ mod receiver;
 mod subscriptions;
 mod tracking;
 mod transmissions;
+mod ui;
 mod validation;
 
 use std::net::SocketAddr;
