@@ -207,9 +207,9 @@ pub fn routes() -> BoxedFilter<(Response,)> {
     let b = Arc::clone(&bundle);
     let index = warp::path("ui")
         .and(warp::path::end())
-        .and(read.clone())
+        .and(read)
         .and(warp::path::full())
-        .and(conditional.clone())
+        .and(conditional)
         .map(
             move |full: warp::path::FullPath, inm: Option<String>, ae: Option<String>| {
                 if full.as_str() == "/ui" {

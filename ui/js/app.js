@@ -4,7 +4,7 @@
 
 import { api, setCsrf, whenSignedOut } from "./api.js";
 import { h, fill } from "./dom.js";
-import { flash, errorBox } from "./ui.js";
+import { flash, errorBox, clearStaleFlash } from "./ui.js";
 
 const NAV = [
   ["dashboard", "Dashboard"],
@@ -138,6 +138,7 @@ async function route() {
   const loc = location();
   if (current) current.stop();
   delete document.body.dataset.ready;
+  clearStaleFlash();
   let name = viewOf(loc.parts);
   if (name !== "login" && !me) {
     try {

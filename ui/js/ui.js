@@ -9,8 +9,16 @@ export function flash(message, tone = "ok") {
   const note = h("div.notice." + tone, { role: tone === "error" ? "alert" : "status" },
     h("span", message),
     h("button", { type: "button", "aria-label": "Dismiss", onclick: () => note.remove() }, "×"));
+  note.dataset.at = String(Date.now());
   fill(box, note);
   if (tone === "ok") setTimeout(() => note.remove(), 5000);
+}
+
+/** Drops notices about an earlier page (a notice made just before moving on stays). */
+export function clearStaleFlash() {
+  for (const n of document.querySelectorAll("#flash .notice")) {
+    if (Date.now() - Number(n.dataset.at || 0) > 1000) n.remove();
+  }
 }
 
 /** A failed call, in words, inside a view. */

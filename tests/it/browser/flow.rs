@@ -237,7 +237,8 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
 
     // Redeliver it: the failed transmission is queued again.
     click_button(b, "Redeliver").await;
-    b.wait_text("Redeliver: done.").await;
+    b.wait_text("Redelivered: the failed transmissions are queued again.")
+        .await;
     let after = app
         .admin("GET", &format!("/admin/api/messages/{id}"), None)
         .data(200);

@@ -9,14 +9,18 @@ const STATUSES = ["queued", "processing", "processed", "complete", "failed", "in
 
 /** Intake and deliveries per minute as two lines. */
 function chart(perMinute) {
-  const W = 600, H = 180, L = 36, B = 22, T = 8;
+  // A wide view box, drawn at the card's width with its proportions kept (text stays true).
+  const W = 1200, H = 210, L = 44, B = 24, T = 10;
   const max = Math.max(1, ...perMinute.map((m) => Math.max(m.intake, m.delivered)));
   const x = (i) => L + (i * (W - L - 8)) / Math.max(1, perMinute.length - 1);
   const y = (v) => T + (H - T - B) * (1 - v / max);
   const line = (key) => perMinute.map((m, i) => (i ? "L" : "M") + x(i).toFixed(1) + " " + y(m[key]).toFixed(1)).join(" ");
-  const label = (iso) => new Date(iso).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  const label = (iso) => {
+    const d = new Date(iso);
+    return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+  };
   const ticks = perMinute.length ? [0, Math.floor(perMinute.length / 2), perMinute.length - 1] : [];
-  return svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Messages taken in and delivered per minute over the last hour", preserveAspectRatio: "none" },
+  return svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Messages taken in and delivered per minute over the last hour" },
     svg("line", { class: "axis", x1: L, y1: y(0), x2: W - 8, y2: y(0) }),
     svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: y(0) }),
     svg("text", { x: L - 6, y: T + 10, "text-anchor": "end" }, num(max)),
@@ -59,6 +63,7 @@ export async function render(ctx) {
       fill(body,
         h("div.grid",
           h("div.card", h("h2", "Messages (" + env + ")"), h("div.stat", num(m.total)),
+            m.total ? null : h("p.muted", "None yet. Add partners and a route, give the sender a key, and what it sends shows here."),
             h("dl.kv", STATUSES.map((st) => [h("dt", link("#/messages?" + (env === "test" ? "env=test&" : "") + "messageStatus=" + st, st)), h("dd", num(m[st]))]))),
           h("div.card", h("h2", "Queues"), h("dl.kv",
             h("dt", "Waiting for a poll"), h("dd", num(q.pendingTransmissions - q.leasedTransmissions)),

@@ -29,11 +29,11 @@ export async function render(ctx) {
   const transmissions = h("div");
   const viewer = h("div.card");
 
-  async function act(button, verb, call, question) {
+  async function act(button, verb, call, done, question) {
     if (question && !(await confirmDialog(question, verb, verb === "Cancel"))) return;
     await busy(button, async () => {
       await api("POST", path + "/" + call + envQ);
-      flash(`${verb}: done.`);
+      flash(done);
       await load();
     });
   }
@@ -71,11 +71,11 @@ export async function render(ctx) {
       return;
     }
     const cancel = h("button.danger", { type: "button" }, "Cancel");
-    cancel.addEventListener("click", () => act(cancel, "Cancel", "cancel", "Cancel this message? Receivers that have not taken it will not get it."));
+    cancel.addEventListener("click", () => act(cancel, "Cancel", "cancel", "Cancelled: no receiver will get this message now.", "Cancel this message? Receivers that have not taken it will not get it."));
     const redeliver = h("button", { type: "button" }, "Redeliver");
-    redeliver.addEventListener("click", () => act(redeliver, "Redeliver", "redeliver"));
+    redeliver.addEventListener("click", () => act(redeliver, "Redeliver", "redeliver", "Redelivered: the failed transmissions are queued again."));
     const revalidate = h("button", { type: "button" }, "Revalidate");
-    revalidate.addEventListener("click", () => act(revalidate, "Revalidate", "revalidate"));
+    revalidate.addEventListener("click", () => act(revalidate, "Revalidate", "revalidate", "Validated again; the status below says whether it passed."));
     const failed = m.transmissions.some((t) => t.status === "failed");
     fill(head, h("h1", "Message ", h("span.mono", m.id)),
       h("div.toolbar",

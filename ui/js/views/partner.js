@@ -8,7 +8,7 @@ import { endpointState } from "./partners.js";
 
 /** "Name: value" lines ⇄ an object (headers use ":", parameters "="). */
 function toLines(obj, sep) {
-  return Object.entries(obj || {}).map(([k, v]) => k + sep + " " + v).join("\n");
+  return Object.entries(obj || {}).map(([k, v]) => k + sep + (sep === ":" ? " " : "") + v).join("\n");
 }
 function fromLines(text, sep, what) {
   const out = {};
@@ -16,7 +16,7 @@ function fromLines(text, sep, what) {
     const line = raw.trim();
     if (!line) continue;
     const at = line.indexOf(sep);
-    if (at <= 0) throw new Error(`${what}, line ${i + 1}: write it as name${sep} value.`);
+    if (at <= 0) throw new Error(`${what}, line ${i + 1}: write it as name${sep === ":" ? ": " : "="}value.`);
     out[line.slice(0, at).trim()] = line.slice(at + 1).trim();
   }
   return out;
@@ -50,7 +50,7 @@ export async function render(ctx) {
     const testPushUrl = h("input", { value: p.testPushUrl || "", type: "url", placeholder: "empty: test traffic is polled" });
     const headers = h("textarea", { rows: 3, placeholder: "Authorization: Bearer …" });
     headers.value = toLines(p.pushHeaders, ":");
-    const params = h("textarea", { rows: 3, placeholder: "tenant= acme" });
+    const params = h("textarea", { rows: 3, placeholder: "tenant=acme" });
     params.value = toLines(p.pushParams, "=");
     const active = h("input", { type: "checkbox", checked: p.active });
     const unique = h("input", { type: "checkbox", checked: p.uniqueReferences });
@@ -61,7 +61,7 @@ export async function render(ctx) {
       h("label", "Name", name),
       h("div.form-row", h("label", "Live push URL", pushUrl), h("label", "Test push URL", testPushUrl)),
       h("div.form-row", h("label", "Push headers, one per line (Name: value)", headers),
-        h("label", "Push query parameters, one per line (name= value)", params)),
+        h("label", "Push query parameters, one per line (name=value)", params)),
       h("div.row", h("label.check", active, "Active (may send and receive)"),
         h("label.check", unique, "Refuse a reference it already used")),
       formProblem,
@@ -212,7 +212,7 @@ export async function render(ctx) {
 
   drawSecrets();
   fill(ctx.main, h("p", h("a", { href: "#/partners" }, "← Partners")), head, problem, shown,
-    h("div.grid-2", h("div", settings, secrets), h("div", health, keys, routes)));
+    h("div.grid-2", h("div", settings, secrets), h("div", health, routes)), keys);
   await load();
   ctx.every(load, 15000);
 }
