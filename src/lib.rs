@@ -14,6 +14,7 @@
 //! - [`validation`]: doctype schemas, compiled and cached, and the checks of a payload.
 //! - [`net`]: address ranges.
 //! - [`secrets`]: API keys, tokens and signing secrets, from the OS random source.
+//! - [`ui`]: the admin web UI's embedded files, served under `/ui/`.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests start the real server on
 //! `127.0.0.1:0` exactly as `waybill serve` does.
@@ -31,6 +32,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod validation;
 pub mod worker;
 

@@ -71,6 +71,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(admin_schemas::routes(state.clone()))
         .unify()
+        .or(crate::ui::routes())
+        .unify()
         .boxed();
     // Admin calls go through the audit log; everything else skips it at the first segment.
     admin_users::audited(state, all.clone())

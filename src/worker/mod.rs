@@ -131,6 +131,11 @@ async fn watch_disk(state: AppState, disk_low: Arc<AtomicBool>) {
 
 /// Bytes available to unprivileged writers on the file system holding `dir`.
 pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    disk_space(dir).map(|(free, _)| free)
+}
+
+/// Bytes available to unprivileged writers, and the size, of the file system holding `dir`.
+pub fn disk_space(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -139,7 +144,11 @@ pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let block = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(block),
+        (st.f_blocks as u64).saturating_mul(block),
+    ))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod admin_api;
 mod admin_users;
 mod background;
 mod backup;
+mod browser;
 mod delivery;
 mod edge;
 mod environments;
@@ -23,6 +24,7 @@ mod retention;
 mod subscriptions;
 mod tracking;
 mod transmissions;
+mod ui;
 mod validation;
 
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! `GET /admin/api/stats`: message counts by environment and status, queue depths,
 //! intake and deliveries per minute over the last hour, the store's size on disk and the
-//! uptime. Everything comes from counters the writer keeps (`store::counters`), so the
+//! uptime, and for the dashboard the health `/readyz` reports and the disk's free space. Everything comes from counters the writer keeps (`store::counters`), so the
 //! answer costs a few dozen key reads however many messages are stored.
 
 use http::StatusCode;
@@ -39,6 +39,12 @@ async fn stats(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
         by.insert("total".into(), json!(row.iter().sum::<u64>()));
         messages.insert(env.as_str().into(), Value::Object(by));
     }
+    // What `/readyz` would say, for the dashboard: the workers' and the writer's state.
+    let problems = state.not_ready();
+    let disk = match crate::worker::disk_space(&state.config.server.data_dir) {
+        Ok((free, total)) => json!({"freeBytes": free, "totalBytes": total}),
+        Err(_) => Value::Null,
+    };
     let per_minute: Vec<Value> = c
         .per_minute
         .iter()
@@ -66,6 +72,12 @@ async fn stats(state: AppState, ctx: Ctx) -> Result<Response, ApiError> {
                 "delivered": c.per_minute.iter().map(|m| m.2).sum::<u64>(),
             },
             "storeBytes": state.store.size_on_disk()?,
+            "disk": disk,
+            "health": {
+                "ready": problems.is_empty(),
+                "problems": problems,
+                "writesQueued": state.store.writes_queued(),
+            },
             "uptimeSeconds": state.store.uptime_seconds(),
             "at": rfc3339(now),
         }),
