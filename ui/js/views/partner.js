@@ -54,6 +54,11 @@ export async function render(ctx) {
     params.value = toLines(p.pushParams, "=");
     const active = h("input", { type: "checkbox", checked: p.active });
     const unique = h("input", { type: "checkbox", checked: p.uniqueReferences });
+    const retention = h("input", {
+      type: "number", min: 1, max: 3650, step: 1,
+      value: p.retentionDays == null ? "" : String(p.retentionDays),
+      placeholder: "empty: the appliance's retention.days",
+    });
     const save = h("button.primary", { type: "submit" }, "Save changes");
     const formProblem = h("div");
     const form = h("form.form",
@@ -62,6 +67,7 @@ export async function render(ctx) {
       h("div.form-row", h("label", "Live push URL", pushUrl), h("label", "Test push URL", testPushUrl)),
       h("div.form-row", h("label", "Push headers, one per line (Name: value)", headers),
         h("label", "Push query parameters, one per line (name=value)", params)),
+      h("label", "Keep finished messages for (days)", retention),
       h("div.row", h("label.check", active, "Active (may send and receive)"),
         h("label.check", unique, "Refuse a reference it already used")),
       formProblem,
@@ -80,6 +86,7 @@ export async function render(ctx) {
           pushParams: fromLines(params.value, "=", "Push parameters"),
           active: active.checked,
           uniqueReferences: unique.checked,
+          retentionDays: retention.value.trim() === "" ? null : Number(retention.value),
         };
       } catch (err) {
         fill(formProblem, errorBox(err));
