@@ -31,8 +31,9 @@ use super::writer::{Table, Tx};
 use super::{Store, StoreError};
 use crate::model::{Env, Status};
 
-/// Most messages removed by one writer job.
-pub const BATCH: usize = 256;
+/// Most messages removed by one writer job. A job holds its whole writer round, and the
+/// intake writes in that round wait for it: small jobs keep that wait short.
+pub const BATCH: usize = 64;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -121,9 +122,17 @@ struct Doomed {
     attempts: Vec<Vec<u8>>,
 }
 
+/// The messages one scan found to remove, and where the next scan starts.
+pub struct Prunable {
+    doomed: Vec<Doomed>,
+    next: Option<Vec<u8>>,
+}
+
 impl Store {
     /// Prunes finished messages of `env` older than their retention at `now`, reading at
     /// most `scan` records starting after `after`, in writer jobs of at most [`BATCH`].
+    /// The scan runs on the calling thread: from async code, prefer
+    /// [`Store::scan_prunable`] on a blocking thread, then [`Store::remove_prunable`].
     pub async fn prune_messages(
         &self,
         env: Env,
@@ -132,6 +141,21 @@ impl Store {
         retention: &Retention,
         scan: usize,
     ) -> Result<PrunePass, StoreError> {
+        let found = self.scan_prunable(env, after, now, retention, scan)?;
+        self.remove_prunable(env, now, retention, found).await
+    }
+
+    /// Reads at most `scan` message records of `env` after `after` and picks the finished
+    /// ones past their retention at `now`. It reads sled, so it waits whenever the writer's
+    /// transaction is open: call it off the async workers.
+    pub fn scan_prunable(
+        &self,
+        env: Env,
+        after: Option<Vec<u8>>,
+        now: i64,
+        retention: &Retention,
+        scan: usize,
+    ) -> Result<Prunable, StoreError> {
         let young = now - retention.shortest_ms();
         let start = match &after {
             Some(k) => {
@@ -143,7 +167,6 @@ impl Store {
         };
         let end = vec![env.byte() + 1];
         let mut doomed = Vec::new();
-        let mut pass = PrunePass::default();
         let mut last = None;
         let mut reached_young = true;
         for (n, entry) in self.t.messages.range(start..end).enumerate() {
@@ -175,7 +198,26 @@ impl Store {
             }
             doomed.push(Doomed { key, attempts });
         }
-        pass.next = if reached_young { None } else { last };
+        Ok(Prunable {
+            doomed,
+            next: if reached_young { None } else { last },
+        })
+    }
+
+    /// Removes what [`Store::scan_prunable`] found, in writer jobs of at most [`BATCH`]
+    /// messages; each message is checked again inside its job.
+    pub async fn remove_prunable(
+        &self,
+        env: Env,
+        now: i64,
+        retention: &Retention,
+        found: Prunable,
+    ) -> Result<PrunePass, StoreError> {
+        let Prunable { mut doomed, next } = found;
+        let mut pass = PrunePass {
+            next,
+            ..PrunePass::default()
+        };
         while !doomed.is_empty() {
             let batch: Vec<Doomed> = doomed.drain(..doomed.len().min(BATCH)).collect();
             let retention = retention.clone();

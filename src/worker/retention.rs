@@ -8,12 +8,14 @@
 //! ordinary writer job ([`crate::store::retention::BATCH`] messages), with a pause
 //! between calls so that intake keeps its share of the writer and the disk.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::model::Env;
 use crate::store::retention::Retention;
+use crate::store::StoreError;
 use crate::AppState;
 
 /// Records read by one store call.
@@ -65,11 +67,19 @@ async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
     let (mut messages, mut rows) = (0, 0);
     for (env, cursor) in [Env::Live, Env::Test].into_iter().zip(cursors.iter_mut()) {
         for _ in 0..CALLS_PER_PASS {
-            match state
-                .store
-                .prune_messages(env, cursor.take(), now, &retention, SCAN)
-                .await
-            {
+            let (store, after, r) = (Arc::clone(&state.store), cursor.take(), retention.clone());
+            // The scan reads sled: on an async worker it would wait for the writer's
+            // open transaction and stall every request that worker serves.
+            let found =
+                tokio::task::spawn_blocking(move || store.scan_prunable(env, after, now, &r, SCAN))
+                    .await
+                    .map_err(|_| StoreError::Closed)
+                    .and_then(|f| f);
+            let removed = match found {
+                Ok(f) => state.store.remove_prunable(env, now, &retention, f).await,
+                Err(e) => Err(e),
+            };
+            match removed {
                 Ok(p) => {
                     messages += p.messages;
                     rows += p.rows;
