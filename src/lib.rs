@@ -70,8 +70,8 @@ pub struct AppState {
     pub in_flight: Arc<api::idempotency::InFlight>,
     /// Idempotency keys that may have a stored answer (filled from the store at start).
     pub seen_keys: Arc<api::seen_keys::SeenKeys>,
-    /// Wakes the background workers when a job is queued.
-    pub jobs_queued: Arc<Notify>,
+    /// The background workers' run slots; wakes them when a job is queued.
+    pub jobs: Arc<worker::background::JobSlots>,
     /// The doctype schemas, compiled.
     pub schemas: Arc<validation::Schemas>,
     /// Long polls waiting per (environment, receiver).
@@ -303,6 +303,7 @@ pub async fn run_with_clock(
     let store = Arc::new(store);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let jobs_concurrency = config.background.concurrency;
     let state = AppState {
         store: Arc::clone(&store),
         limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
@@ -319,7 +320,7 @@ pub async fn run_with_clock(
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
         in_flight: Arc::default(),
         seen_keys: Arc::default(),
-        jobs_queued: Arc::default(),
+        jobs: Arc::new(worker::background::JobSlots::new(jobs_concurrency)),
         schemas: Arc::new(schemas),
         wakeups: Arc::default(),
         disk_low: Arc::default(),

@@ -302,8 +302,16 @@ async fn submit(ctx: Ctx, state: AppState, body: BodyStream) -> Result<Response,
         answer = answer.header("preference-applied", "respond-async");
     }
     let put = claim.as_ref().map(|c| c.put(&state, &answer)).transpose()?;
-    state.store.submit_job(job, bytes, put).await?;
-    state.jobs_queued.notify_one();
+    // With a run slot free now, the job is started in the write that stores it.
+    let slot = state.jobs.free_slot();
+    let lease = slot
+        .as_ref()
+        .map(|_| now + crate::worker::background::lease_ms(&state));
+    let job = state.store.submit_job(job, bytes, put, lease).await?;
+    match slot {
+        Some(slot) => state.jobs.hand_over(job, slot),
+        None => state.jobs.queued.notify_one(),
+    }
     Ok(answer.into_response())
 }
 
@@ -555,7 +563,7 @@ async fn admin_retry(id: String, state: AppState, ctx: Ctx) -> Result<Response, 
     let id = parse_id(&id, "job")?;
     match state.store.retry_job(env, id).await? {
         JobCancel::Done(job) => {
-            state.jobs_queued.notify_one();
+            state.jobs.queued.notify_one();
             Ok(ok(StatusCode::OK, admin_view(&job)))
         }
         JobCancel::Conflict(job) => {

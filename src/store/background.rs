@@ -400,16 +400,24 @@ impl Store {
         }
     }
 
-    /// Persists a new job (state queued) with its request body, and the submission's own
-    /// answer when it carried an idempotency key.
+    /// Persists a new job with its request body, and the submission's own answer when it
+    /// carried an idempotency key. The job is queued, or, given a lease, already running
+    /// (its first run starts in this same write).
     pub async fn submit_job(
         &self,
         mut job: JobRec,
         body: Bytes,
         idem: Option<IdemPut>,
+        lease_until: Option<i64>,
     ) -> Result<JobRec, StoreError> {
         if !body.is_empty() {
             job.body = Some(self.append_payload(body).await?);
+        }
+        if let Some(until) = lease_until {
+            job.state = JobState::Running;
+            job.started_at = Some(job.created_at);
+            job.lease_until = Some(until);
+            job.runs = job.runs.saturating_add(1);
         }
         let key = env_id(job.env, job.id);
         let value = encode(&job)?;
@@ -417,7 +425,12 @@ impl Store {
         self.writer
             .write(move |t| {
                 t.insert(Table::Jobs, key, value)?;
-                t.insert(Table::JobsQueued, id.as_bytes(), vec![env.byte()])?;
+                match lease_until {
+                    Some(until) => {
+                        t.insert(Table::JobsRunning, running_key(until, id), vec![env.byte()])?
+                    }
+                    None => t.insert(Table::JobsQueued, id.as_bytes(), vec![env.byte()])?,
+                }
                 match idem {
                     Some(put) => put.write(t),
                     None => Ok(()),

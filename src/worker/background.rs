@@ -8,13 +8,14 @@
 //! died with the process. Run again, a job whose call had already changed something finds
 //! the answer stored with that change under its key, so each job has one effect.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::api::background::Injected;
@@ -27,6 +28,60 @@ use crate::AppState;
 const BATCH: usize = 64;
 /// How often expired leases are looked for.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// A job started by its own submission, with the run slot it holds.
+type Handed = (JobRec, OwnedSemaphorePermit);
+
+/// The run slots the workers share (`background.concurrency`), and the way a submission
+/// reaches them. A job submitted while a slot is free is written as running, with its
+/// lease, in the submission's own write and handed over here in memory: it starts without
+/// a second write and without waiting for the worker to look at the queue. A crash before
+/// it runs is the same as a crash mid-run: its lease sends it round again.
+pub struct JobSlots {
+    slots: Arc<Semaphore>,
+    /// Wakes the workers when a job is queued.
+    pub queued: Notify,
+    hand: mpsc::UnboundedSender<Handed>,
+    handed: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
+    /// Whether the workers run and take handed jobs.
+    taking: AtomicBool,
+}
+
+impl JobSlots {
+    pub fn new(concurrency: usize) -> JobSlots {
+        let (hand, handed) = mpsc::unbounded_channel();
+        JobSlots {
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            queued: Notify::new(),
+            hand,
+            handed: Mutex::new(Some(handed)),
+            taking: AtomicBool::new(false),
+        }
+    }
+
+    /// A free run slot for a job about to be submitted, when the workers run and one is
+    /// free now.
+    pub fn free_slot(&self) -> Option<OwnedSemaphorePermit> {
+        if !self.taking.load(Ordering::Acquire) || self.hand.is_closed() {
+            return None;
+        }
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    /// Gives a job written as running to the workers. Should they have stopped meanwhile,
+    /// the job's lease queues it again.
+    pub fn hand_over(&self, job: JobRec, slot: OwnedSemaphorePermit) {
+        if self.hand.send((job, slot)).is_err() {
+            tracing::warn!("a started job waits for its lease to end: the workers stopped");
+        }
+    }
+
+    fn take_handed(&self) -> Option<mpsc::UnboundedReceiver<Handed>> {
+        let taken = self.handed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.taking.store(taken.is_some(), Ordering::Release);
+        taken
+    }
+}
 
 /// The route tree as a service that takes a stored request.
 pub trait Routes:
@@ -54,6 +109,10 @@ impl<T> Routes for T where
 }
 
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(mut handed) = state.jobs.take_handed() else {
+        tracing::error!("the background workers are already running");
+        return;
+    };
     match state.store.requeue_running(None).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -65,8 +124,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let routes = Arc::new(TowerToHyperService::new(warp::service(crate::api::routes(
         state.clone(),
     ))));
-    let slots = Arc::new(Semaphore::new(state.config.background.concurrency.max(1)));
+    let slots = Arc::clone(&state.jobs.slots);
     let mut tasks = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<()>, (job, permit): Handed| {
+        tasks.spawn(run_one(state.clone(), Arc::clone(&routes), job, permit));
+    };
     let mut housekeeping = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
@@ -79,11 +141,18 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         // Wait for a free slot, then take as many more as are free now: one write
         // starts every job they can run, so a burst does not start jobs one flush at a time.
+        while let Ok(h) = handed.try_recv() {
+            spawn(&mut tasks, h);
+        }
         let first = tokio::select! {
             p = Arc::clone(&slots).acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
+            Some(h) = handed.recv() => {
+                spawn(&mut tasks, h);
+                continue;
+            }
             _ = stop.changed() => continue,
         };
         let mut permits = vec![first];
@@ -103,7 +172,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         if queued.is_empty() {
             drop(permits);
             tokio::select! {
-                _ = state.jobs_queued.notified() => {}
+                _ = state.jobs.queued.notified() => {}
+                Some(h) = handed.recv() => spawn(&mut tasks, h),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.changed() => {}
             }
@@ -116,9 +186,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             .await
         {
             Ok(jobs) => {
-                for (job, permit) in jobs.into_iter().zip(permits) {
-                    let (s, r) = (state.clone(), Arc::clone(&routes));
-                    tasks.spawn(run_one(s, r, job, permit));
+                for h in jobs.into_iter().zip(permits) {
+                    spawn(&mut tasks, h);
                 }
             }
             Err(e) => {
@@ -128,11 +197,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     }
     // Runs under way stop here; their leases send them round again at the next start.
+    state.jobs.taking.store(false, Ordering::Release);
     tasks.shutdown().await;
 }
 
 /// How long a run holds its job: its time limit, and a margin to record the outcome.
-fn lease_ms(state: &AppState) -> i64 {
+pub fn lease_ms(state: &AppState) -> i64 {
     (state.config.background.timeout_seconds as i64 + 30) * 1000
 }
 

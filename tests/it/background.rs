@@ -293,6 +293,47 @@ fn jobs_are_private_to_their_partner_and_environment() {
 }
 
 #[test]
+fn a_job_submitted_while_a_slot_is_free_starts_in_its_submission_write() {
+    let app = crate::spawn_app_with(|c| c.background.concurrency = 1);
+    let (acme, globex) = setup(&app);
+    let state = |key: &str, id: &Value| {
+        app.partner_get(key, &format!("/api/v1/background/{}", id.as_str().unwrap()))
+            .data(200)
+    };
+    // The only slot is free: the 202 comes after the job was written as running.
+    let hold = submit(
+        &app,
+        &globex,
+        "GET",
+        "/api/v1/transmissions?wait=2",
+        &[NONE],
+        None,
+    );
+    let first = state(&globex, &hold["id"]);
+    assert_eq!(first["state"], "running", "{first}");
+    assert_eq!(first["runs"], 1);
+    assert_eq!(first["startedAt"], first["createdAt"]);
+    // The slot is taken: the next job waits in the queue, then runs once it is free.
+    let next = submit(
+        &app,
+        &acme,
+        "POST",
+        "/api/v1/documents/order",
+        &[NONE],
+        Some(b"{}"),
+    );
+    assert_eq!(state(&acme, &next["id"])["state"], "queued");
+    let done = wait_done(&app, &acme, next["id"].as_str().unwrap());
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["runs"], 1);
+    let held = wait_done(&app, &globex, hold["id"].as_str().unwrap());
+    assert_eq!(
+        (held["state"].as_str(), held["runs"].as_i64()),
+        (Some("completed"), Some(1))
+    );
+}
+
+#[test]
 fn a_queued_job_can_be_cancelled_and_a_finished_one_cannot() {
     let app = crate::spawn_app_with(|c| c.background.concurrency = 1);
     let (acme, globex) = setup(&app);
