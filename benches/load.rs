@@ -58,6 +58,8 @@ use tokio_rustls::TlsConnector;
 mod admin;
 #[path = "load/background.rs"]
 mod background;
+#[path = "load/backup.rs"]
+mod backup;
 #[path = "load/poll_leased.rs"]
 mod poll_leased;
 #[path = "load/push_slow.rs"]
@@ -85,9 +87,11 @@ usage: cargo bench --bench load -- [options]
                         or admin: the admin message listing and stats over
                         a filled store (alone), or retention: a month of
                         traffic pruned (data dir before, after, after compact;
-                        intake latency with and without pruning; alone)
+                        intake latency with and without pruning; alone),
+                        or backup: an online backup of a filled store (MB/s,
+                        the writer's pause, intake latency beside it; alone)
   --messages N          messages to store in the memory, tracking and admin phases
-                        (default 1000000), in the retention phase (default
+                        (default 1000000), in the retention and backup phases (default
                         200000), to push in the push phase (default
                         50000) or to lease in the poll-leased phase (default
                         100000)
@@ -180,6 +184,8 @@ struct Options {
     admin: bool,
     /// A month of traffic pruned (`--phase retention`), alone.
     retention: bool,
+    /// An online backup beside intake (`--phase backup`), alone.
+    backup: bool,
     /// Serve (and talk) HTTPS when starting our own server.
     tls: bool,
     tls_ca: Option<PathBuf>,
@@ -208,6 +214,7 @@ fn parse_args() -> Result<Options, String> {
         tracking: false,
         admin: false,
         retention: false,
+        backup: false,
         tls: false,
         tls_ca: None,
         server: None,
@@ -280,12 +287,14 @@ fn parse_args() -> Result<Options, String> {
                 o.tracking = false;
                 o.admin = false;
                 o.retention = false;
+                o.backup = false;
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
                         "compare" => o.compare = true,
                         "tracking" => o.tracking = true,
                         "admin" => o.admin = true,
                         "retention" => o.retention = true,
+                        "backup" => o.backup = true,
                         "inbound" => o.inbound = true,
                         "pollack" => o.pollack = true,
                         "memory" => o.memory = true,
@@ -317,7 +326,13 @@ fn parse_args() -> Result<Options, String> {
                         "--phase retention fills a store of its own; name no other phase".into(),
                     );
                 }
-                if !(others || o.compare || o.tracking || o.admin || o.retention) {
+                let alone = o.compare || o.tracking || o.admin || o.retention;
+                if o.backup && (others || alone) {
+                    return Err(
+                        "--phase backup fills a store of its own; name no other phase".into(),
+                    );
+                }
+                if !(others || alone || o.backup) {
                     return Err("--phase names no phase".into());
                 }
                 if o.compare && others {
@@ -481,6 +496,12 @@ async fn run(opts: Options) -> Result<(), String> {
             );
         }
         return retention::run(opts.messages.unwrap_or(200_000)).await;
+    }
+    if opts.backup {
+        if opts.server.is_some() || opts.tls {
+            return Err("--phase backup fills a store of its own; drop --server and --tls".into());
+        }
+        return backup::run(opts.messages.unwrap_or(200_000)).await;
     }
     if !opts.compare {
         session(&opts, opts.tls).await?;

@@ -61,7 +61,7 @@ fn payload() -> Bytes {
     Bytes::from(p)
 }
 
-async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
+pub(super) async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
     let now = waybill::store::now_ms();
     let start = now - 30 * DAY_MS;
     let step = (30 * DAY_MS) as f64 / messages.max(1) as f64;
@@ -101,6 +101,14 @@ async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
 
 /// Intake latencies (µs) for `MEASURE`, from `INTAKE_TASKS` tasks.
 async fn intake(store: &Arc<Store>) -> Vec<u32> {
+    intake_while(store, tokio::time::sleep(MEASURE)).await
+}
+
+/// Intake latencies (µs) from `INTAKE_TASKS` tasks until `until` ends.
+pub(super) async fn intake_while(
+    store: &Arc<Store>,
+    until: impl std::future::Future<Output = ()>,
+) -> Vec<u32> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..INTAKE_TASKS {
@@ -121,7 +129,7 @@ async fn intake(store: &Arc<Store>) -> Vec<u32> {
             lat
         });
     }
-    tokio::time::sleep(MEASURE).await;
+    until.await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     while let Some(r) = tasks.join_next().await {
