@@ -1,6 +1,6 @@
-//! The crash suite: the real binary under load from 64 writers and 8 pollers (one
-//! connection each), killed with SIGKILL at a random moment, round after round on the
-//! same data directory. Writers send singles, atomic batches, messages to a receiver with
+//! The crash suite: the real binary under load from 64 writers and 8 pollers, every
+//! request in flight on its own connection, killed with SIGKILL at a random moment, round
+//! after round on the same data directory. Writers send singles, atomic batches, messages to a receiver with
 //! a push URL and background calls that report to a webhook; pollers lease and
 //! acknowledge; the polling receiver subscribes to its changes. After every restart the
 //! checker compares what the server holds with what it promised (every 2xx), and a final
@@ -27,7 +27,7 @@ use check::Receivers;
 use load::{Cast, Http, Kind, Rng, Shared};
 
 /// Kills, each followed by a restart.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 6;
 /// Tasks sending, each one request at a time on its own connection.
 const WRITERS: usize = 64;
 /// Tasks polling and acknowledging.
@@ -182,7 +182,7 @@ fn sigkill_rounds_lose_nothing() {
         .unwrap();
     let mut lost = Vec::new();
     for round in 1..=ROUNDS {
-        let delay = Duration::from_millis(1000 + rng.below(2500));
+        let delay = Duration::from_millis(1000 + rng.below(3000));
         let in_flight = load_then_kill(&rt, &mut server, &cast, &ledger, &mut rng, delay);
         ledger.lock().unwrap().life = round;
         server = start_with(dir.path(), &SETTINGS);
@@ -198,7 +198,14 @@ fn sigkill_rounds_lose_nothing() {
         );
         lost.extend(wrong);
     }
-    lost.extend(drain(&rt, &server, &cast, &ledger, &receivers));
+    let draining = Instant::now();
+    let open = drain(&rt, &server, &cast, &ledger, &receivers);
+    println!(
+        "drain: {} outstanding after {:.1} s",
+        open.len(),
+        draining.elapsed().as_secs_f64()
+    );
+    lost.extend(open);
     lost.extend(check::store_agrees(&server, &cast.acme, &ledger, true));
     let http = Arc::new(Http::new(&server.base));
     lost.extend(rt.block_on(check::payloads_intact(

@@ -410,17 +410,28 @@ pub async fn poller(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<
                 l.handed_out(item, sent_at);
             }
         }
+        // The acknowledgements of one poll go out together, each on its own connection.
+        let mut acks = tokio::task::JoinSet::new();
         for item in &items {
-            let uuid = item["uuid"].as_str().unwrap_or_default();
-            let headers = [key[0], ("Content-Type", "application/json")];
-            let path = format!("/api/v1/transmissions/status/{uuid}");
-            let body = br#"{"status":"processed"}"#.to_vec();
-            let reply = http.call("PUT", &path, &headers, body).await;
-            note_refused(&ledger, "ack", &reply);
-            if reply.is_some_and(|r| r.ok()) {
-                let mut l = ledger.lock().unwrap();
-                l.acks.entry(uuid.to_owned()).or_insert_with(Instant::now);
-            }
+            let uuid = item["uuid"].as_str().unwrap_or_default().to_owned();
+            acks.spawn(ack(http.clone(), ledger.clone(), cast.clone(), uuid));
         }
+        while acks.join_next().await.is_some() {}
+    }
+}
+
+/// Acknowledges one transmission as processed and records a 2xx.
+async fn ack(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, uuid: String) {
+    let headers = [
+        ("X-Api-Key", cast.globex.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let path = format!("/api/v1/transmissions/status/{uuid}");
+    let body = br#"{"status":"processed"}"#.to_vec();
+    let reply = http.call("PUT", &path, &headers, body).await;
+    note_refused(&ledger, "ack", &reply);
+    if reply.is_some_and(|r| r.ok()) {
+        let mut l = ledger.lock().unwrap();
+        l.acks.entry(uuid).or_insert_with(Instant::now);
     }
 }
