@@ -1,10 +1,10 @@
 //! The crash suite: the real binary under load from 64 writers and 8 pollers, every
 //! request in flight on its own connection, killed with SIGKILL at a random moment, round
-//! after round on the same data directory. Writers send singles, atomic batches, messages to a receiver with
-//! a push URL and background calls that report to a webhook; pollers lease and
-//! acknowledge; the polling receiver subscribes to its changes. After every restart the
-//! checker compares what the server holds with what it promised (every 2xx), and a final
-//! life drains everything and checks it all arrived: see `check.rs`.
+//! after round on the same data directory. Writers send singles, atomic batches, messages
+//! to a receiver with a push URL and background calls (half report to a webhook);
+//! pollers lease and acknowledge; the polling receiver subscribes to its changes. After
+//! every restart the checker compares what the server holds with what it promised (every
+//! 2xx), and a final life drains everything and checks it all arrived: see `check.rs`.
 //!
 //! The choices (kill moments, message kinds, payload bytes) come from one seed, printed
 //! first; `WAYBILL_CRASH_SEED` repeats them (the timing of a real machine does not

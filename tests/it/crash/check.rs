@@ -232,7 +232,7 @@ pub fn outstanding(
                 other => open.push(format!("job {id} ({}) ended as {other:?}", job.reference)),
             }
         }
-        if !reported.contains_key(id) {
+        if job.reported && !reported.contains_key(id) {
             open.push(format!("job {id} ({}) was never reported", job.reference));
         }
     }
