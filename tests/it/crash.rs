@@ -191,7 +191,7 @@ fn sigkill_rounds_lose_nothing() {
         let ok = l.messages.values().filter(|s| s.ok).count();
         println!(
             "round {round}: killed after {delay:?} with {in_flight} requests in flight; \
-             {ok} of {} messages answered 2xx so far, {} acknowledgements; {} wrong after restart",
+             {ok} of {} messages and jobs answered 2xx so far, {} acknowledgements; {} wrong after restart",
             l.messages.len(),
             l.acks.len(),
             wrong.len()
