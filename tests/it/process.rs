@@ -133,7 +133,7 @@ impl Server {
         send(&agent(), "GET", &url, &[("X-Api-Key", key)], None).status
     }
 
-    fn admin(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) fn admin(&self, method: &str, path: &str, body: Value) -> Value {
         let auth = format!("Bearer {}", self.token);
         let bytes = serde_json::to_vec(&body).unwrap();
         send(

@@ -1,0 +1,441 @@
+//! The crash suite's clients and their ledger: writers that send singles, batches, pushes
+//! and background calls, and pollers that lease and acknowledge, all over one pooled
+//! async HTTP/1.1 client (so every request in flight has its own connection). Every
+//! answer is written down as it arrives; only a 2xx counts as a promise.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// A small seeded generator (splitmix64): the same seed gives the same choices.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// How a message was sent, which decides where it must turn up.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// One intake call to the polling receiver.
+    Single,
+    /// A member of a batch to the polling receiver.
+    Batch,
+    /// One intake call to the push receiver.
+    Push,
+    /// An intake call to the polling receiver run as a background job.
+    Job,
+}
+
+/// One message the clients tried to send.
+pub struct Sent {
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+    /// Answered 2xx (for a job: the job was accepted with its 202).
+    pub ok: bool,
+    /// The transmission, when the intake answer named it.
+    pub uuid: Option<String>,
+}
+
+pub struct Batch {
+    pub reference: String,
+    pub refs: Vec<String>,
+    pub ok: bool,
+}
+
+pub struct Job {
+    pub reference: String,
+    /// Set once the submission was answered 202.
+    pub id: Option<String>,
+    /// Submitted with the webhook URL (else with `Waybill-Background: none`).
+    pub reported: bool,
+}
+
+/// One transmission as polls handed it out.
+pub struct Handout {
+    pub reference: String,
+    pub message_id: String,
+    /// The server lives (rounds) it was handed out in, in order.
+    pub lives: Vec<usize>,
+}
+
+/// Everything the clients sent and saw, across all rounds.
+#[derive(Default)]
+pub struct Ledger {
+    /// The current server life (0 for the first start).
+    pub life: usize,
+    /// By external reference, which is unique per message and starts its payload.
+    pub messages: HashMap<String, Sent>,
+    pub batches: Vec<Batch>,
+    pub jobs: Vec<Job>,
+    /// By transmission uuid.
+    pub handouts: HashMap<String, Handout>,
+    /// Acknowledgements answered 2xx, by uuid, with when the answer arrived.
+    pub acks: HashMap<String, Instant>,
+    /// Promises found broken, each described.
+    pub broken: Vec<String>,
+    /// Answers that were neither 2xx nor a failed connection: the requests were wrong.
+    pub refused: Vec<String>,
+    pub duplicated: u64,
+    pub recovered: u64,
+}
+
+impl Ledger {
+    /// A poll sent at `sent_at` handed out `item`.
+    fn handed_out(&mut self, item: &Value, sent_at: Instant) {
+        let uuid = item["uuid"].as_str().unwrap_or_default().to_owned();
+        let reference = item["externalReference"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if self.acks.get(&uuid).is_some_and(|at| *at < sent_at) {
+            self.broken.push(format!(
+                "{reference} ({uuid}) was handed out again after its acknowledgement"
+            ));
+        }
+        let payload = item["payload"]
+            .as_str()
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
+        match self.messages.get(&reference) {
+            None => self
+                .broken
+                .push(format!("{uuid} was never sent (reference {reference:?})")),
+            Some(sent) if payload.as_deref() != Some(&sent.payload[..]) => self
+                .broken
+                .push(format!("{reference} was handed out with another payload")),
+            Some(_) => {}
+        }
+        let life = self.life;
+        let acked = self.acks.contains_key(&uuid);
+        match self.handouts.get_mut(&uuid) {
+            Some(h) => {
+                self.duplicated += 1;
+                if h.lives.last().is_some_and(|l| *l < life) {
+                    if !acked {
+                        self.recovered += 1;
+                    }
+                    h.lives.push(life);
+                }
+            }
+            None => {
+                let message_id = item["messageId"].as_str().unwrap_or_default().to_owned();
+                self.handouts.insert(
+                    uuid,
+                    Handout {
+                        reference,
+                        message_id,
+                        lives: vec![life],
+                    },
+                );
+            }
+        }
+    }
+}
+
+pub type Shared = Arc<Mutex<Ledger>>;
+
+/// An answer: its status and body.
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn data(&self) -> Value {
+        serde_json::from_slice::<Value>(&self.body).unwrap_or_default()["data"].clone()
+    }
+}
+
+/// A pooled HTTP/1.1 client for one server life.
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    /// Requests sent and not yet answered.
+    pub in_flight: AtomicUsize,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Http {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
+        Http {
+            client,
+            base: base.to_owned(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// One request; `None` when no answer came (refused, cut off by the kill, too slow).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Option<Reply> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).expect("request");
+        let exchange = async {
+            let res = self.client.request(req).await.ok()?;
+            let status = res.status().as_u16();
+            let body = res.into_body().collect().await.ok()?.to_bytes().to_vec();
+            Some(Reply { status, body })
+        };
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let reply = tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .ok()
+            .flatten();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        reply
+    }
+}
+
+/// What the clients need to reach the server as the partners.
+pub struct Cast {
+    pub acme: String,
+    pub globex: String,
+    /// Where finished background jobs report.
+    pub job_hook: String,
+}
+
+/// A message's payload: its reference, a space, then random bytes (any byte value).
+fn payload(reference: &str, rng: &mut Rng) -> Vec<u8> {
+    let mut p = format!("{reference} ").into_bytes();
+    let n = 16 + rng.below(200) as usize;
+    p.extend((0..n).map(|_| rng.next() as u8));
+    p
+}
+
+/// Records an answer that is neither 2xx nor missing.
+fn note_refused(ledger: &Shared, what: &str, reply: &Option<Reply>) {
+    if let Some(r) = reply.as_ref().filter(|r| !r.ok()) {
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        ledger
+            .lock()
+            .unwrap()
+            .refused
+            .push(format!("{what}: {} {text}", r.status));
+    }
+}
+
+/// Sends singles, batches, pushes and background calls until `stop`.
+pub async fn writer(
+    http: Arc<Http>,
+    ledger: Shared,
+    cast: Arc<Cast>,
+    stop: Arc<AtomicBool>,
+    mut rng: Rng,
+    task: usize,
+) {
+    let octets = "application/octet-stream";
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let life = ledger.lock().unwrap().life;
+        let pick = rng.below(20);
+        if (12..15).contains(&pick) {
+            let reference = format!("b{life}.{task}.{n}");
+            let size = 2 + rng.below(5);
+            let refs: Vec<String> = (0..size).map(|i| format!("{reference}.{i}")).collect();
+            let mut messages = Vec::new();
+            {
+                let mut l = ledger.lock().unwrap();
+                for r in &refs {
+                    let p = payload(r, &mut rng);
+                    messages.push(json!({
+                        "messageType": "order", "receiver": "GLOBEX", "externalReference": r,
+                        "contentType": octets,
+                        "payload": base64::engine::general_purpose::STANDARD.encode(&p),
+                    }));
+                    let sent = Sent {
+                        kind: Kind::Batch,
+                        payload: p,
+                        ok: false,
+                        uuid: None,
+                    };
+                    l.messages.insert(r.clone(), sent);
+                }
+                l.batches.push(Batch {
+                    reference: reference.clone(),
+                    refs: refs.clone(),
+                    ok: false,
+                });
+            }
+            let body = json!({"batchReference": reference, "messages": messages});
+            let headers = [
+                ("X-Api-Key", cast.acme.as_str()),
+                ("Content-Type", "application/json"),
+            ];
+            let reply = http
+                .call(
+                    "POST",
+                    "/api/v1/requests",
+                    &headers,
+                    body.to_string().into_bytes(),
+                )
+                .await;
+            note_refused(&ledger, &reference, &reply);
+            if reply.is_some_and(|r| r.ok()) {
+                let mut l = ledger.lock().unwrap();
+                for r in &refs {
+                    if let Some(s) = l.messages.get_mut(r) {
+                        s.ok = true;
+                    }
+                }
+                if let Some(b) = l
+                    .batches
+                    .iter_mut()
+                    .rev()
+                    .find(|b| b.reference == reference)
+                {
+                    b.ok = true;
+                }
+            }
+        } else {
+            let (kind, receiver, doctype, prefix) = match pick {
+                0..12 => (Kind::Single, "GLOBEX", "order", "s"),
+                15..18 => (Kind::Push, "INITECH", "invoice", "p"),
+                _ => (Kind::Job, "GLOBEX", "order", "j"),
+            };
+            let reference = format!("{prefix}{life}.{task}.{n}");
+            let p = payload(&reference, &mut rng);
+            {
+                let mut l = ledger.lock().unwrap();
+                let sent = Sent {
+                    kind,
+                    payload: p.clone(),
+                    ok: false,
+                    uuid: None,
+                };
+                l.messages.insert(reference.clone(), sent);
+                if kind == Kind::Job {
+                    l.jobs.push(Job {
+                        reference: reference.clone(),
+                        id: None,
+                        reported: n % 2 == 0,
+                    });
+                }
+            }
+            let path = format!(
+                "/api/v1/inbound?sender=ACME&receiver={receiver}&doctype={doctype}&version=1\
+                 &externalReference={reference}"
+            );
+            let mut headers = vec![("X-Api-Key", cast.acme.as_str()), ("Content-Type", octets)];
+            if kind == Kind::Job {
+                let hook = if n % 2 == 0 { &cast.job_hook } else { "none" };
+                headers.push(("Waybill-Background", hook));
+            }
+            let reply = http.call("POST", &path, &headers, p).await;
+            note_refused(&ledger, &reference, &reply);
+            if let Some(r) = reply.filter(Reply::ok) {
+                let data = r.data();
+                let mut l = ledger.lock().unwrap();
+                if kind == Kind::Job {
+                    if let Some(j) = l.jobs.iter_mut().rev().find(|j| j.reference == reference) {
+                        j.id = data["id"].as_str().map(str::to_owned);
+                    }
+                }
+                if let Some(s) = l.messages.get_mut(&reference) {
+                    s.ok = true;
+                    s.uuid = data["transmissions"][0]["uuid"].as_str().map(str::to_owned);
+                }
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+}
+
+/// Leases the polling receiver's transmissions and acknowledges each, until `stop`.
+pub async fn poller(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<AtomicBool>) {
+    let key = [("X-Api-Key", cast.globex.as_str())];
+    while !stop.load(Ordering::Relaxed) {
+        let sent_at = Instant::now();
+        let reply = http
+            .call(
+                "GET",
+                "/api/v1/transmissions?limit=20&lease=5",
+                &key,
+                Vec::new(),
+            )
+            .await;
+        let items = match reply {
+            Some(r) if r.ok() => r.data().as_array().cloned().unwrap_or_default(),
+            other => {
+                note_refused(&ledger, "poll", &other);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        {
+            let mut l = ledger.lock().unwrap();
+            for item in &items {
+                l.handed_out(item, sent_at);
+            }
+        }
+        // The acknowledgements of one poll go out together, each on its own connection.
+        let mut acks = tokio::task::JoinSet::new();
+        for item in &items {
+            let uuid = item["uuid"].as_str().unwrap_or_default().to_owned();
+            acks.spawn(ack(http.clone(), ledger.clone(), cast.clone(), uuid));
+        }
+        while acks.join_next().await.is_some() {}
+    }
+}
+
+/// Acknowledges one transmission as processed and records a 2xx.
+async fn ack(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, uuid: String) {
+    let headers = [
+        ("X-Api-Key", cast.globex.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let path = format!("/api/v1/transmissions/status/{uuid}");
+    let body = br#"{"status":"processed"}"#.to_vec();
+    let reply = http.call("PUT", &path, &headers, body).await;
+    note_refused(&ledger, "ack", &reply);
+    if reply.is_some_and(|r| r.ok()) {
+        let mut l = ledger.lock().unwrap();
+        l.acks.entry(uuid).or_insert_with(Instant::now);
+    }
+}
