@@ -1,5 +1,6 @@
 //! The Grafana dashboard and the Prometheus alert rules under `packaging/` name only
-//! metrics a live server's `/metrics` exposes.
+//! metrics a live server's `/metrics` exposes, and the rules pass promtool's checks and
+//! their unit tests.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -134,4 +135,30 @@ fn the_dashboard_and_the_alert_rules_use_only_exposed_metrics() {
         }
     }
     assert!(used >= exprs.len(), "every expression names a metric");
+}
+
+/// Prometheus's own tool checks the rules and runs their unit tests
+/// (`packaging/prometheus/waybill-alerts.test.yml`): each alert fires on the series that
+/// should raise it and stays quiet on a healthy appliance's. `.ci/test` installs promtool
+/// (Debian's `prometheus`); without it this test fails rather than skips.
+#[test]
+fn promtool_accepts_the_alert_rules_and_their_unit_tests_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/prometheus");
+    for args in [
+        ["check", "rules", "waybill-alerts.yml"],
+        ["test", "rules", "waybill-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("promtool (Debian's prometheus package) is needed: {e}"));
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
