@@ -33,6 +33,8 @@ pub struct Injected {
     pub partner: String,
     pub env: Env,
     pub key_id: Uuid,
+    /// Turned true by the write that stored the replay's answer and, with it, ended the job.
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The longest webhook URL accepted.

@@ -26,6 +26,7 @@ use warp::reply::Response;
 
 use super::Ctx;
 use crate::error::ApiError;
+use crate::store::background::JobEnding;
 use crate::store::StoreError;
 use crate::store::{now_ms, IdemPut, IdemSlot, Principal, Remember, StoredResponse};
 use crate::AppState;
@@ -287,7 +288,7 @@ pub async fn begin(
         return Ok(Gate::Off);
     };
     let now = now_ms();
-    let slot = IdemSlot::new(
+    let mut slot = IdemSlot::new(
         principal.env,
         &principal.partner,
         &key,
@@ -295,6 +296,15 @@ pub async fn begin(
         now,
         TTL_MS,
     );
+    // A job's replay: the write that stores its answer also ends the job.
+    if let Some(inj) = &ctx.injected {
+        slot.job = Some(JobEnding {
+            env: inj.env,
+            id: inj.job_id,
+            max_bytes: state.config.background.max_content_bytes,
+            ended: Arc::clone(&inj.ended),
+        });
+    }
     // Held before the stored answer is read: a first call removes its key only after its
     // answer is durable, so a repeat either sees the key held or finds the answer.
     if !state.in_flight.enter(&slot.key) {

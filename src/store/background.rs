@@ -15,6 +15,9 @@
 //! - `idempotency`: `env ‖ partner ‖ 0xFF ‖ key` → [`IdempotencyRec`].
 //! - `idempotency_expiry`: `expiry (u64 BE ms) ‖ idempotency key` → nothing, for pruning.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -25,7 +28,7 @@ use super::payload_log::PayloadRef;
 use super::records::{DeliveryRec, Target};
 use super::subscriptions::EventKind;
 use super::writer::{Table, Tx, LARGE_WRITE_BYTES};
-use super::{Store, StoreError};
+use super::{now_ms, Store, StoreError};
 use crate::model::Env;
 
 /// Response bodies up to this size live inside their record; larger ones in the payload log.
@@ -158,6 +161,40 @@ pub struct IdemSlot {
     pub fingerprint: [u8; 32],
     pub created_at: i64,
     pub expires_at: i64,
+    /// Set for a background job's replay: the write that stores its answer ends the job.
+    pub job: Option<JobEnding>,
+}
+
+/// A running job whose replay is storing its answer. The answer's own write also records
+/// the job as completed, with that answer as its content and its webhook queued, so a
+/// job's change and its end are one write, and the webhook leaves as soon as it is flushed.
+#[derive(Debug, Clone)]
+pub struct JobEnding {
+    pub env: Env,
+    pub id: Uuid,
+    /// An answer larger than this is left to the worker, which fails the job.
+    pub max_bytes: u64,
+    /// Turned true inside the write that ended the job; the worker then has nothing to record.
+    pub ended: Arc<AtomicBool>,
+}
+
+impl JobEnding {
+    /// Completes the job with `response` in the current write, if it is still running.
+    fn complete(&self, t: &Tx<'_>, response: StoredResponse) -> Result<(), StoreError> {
+        let size = match &response.body {
+            StoredBody::Inline(b) => b.len() as u64,
+            StoredBody::Logged(p) => u64::from(p.len),
+        };
+        if size > self.max_bytes {
+            return Ok(());
+        }
+        let content = encode(&response)?;
+        let end = JobEnd::Completed(response);
+        if end_job(t, self.env, self.id, end, Some(content), now_ms())?.is_some() {
+            self.ended.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
 }
 
 impl IdemSlot {
@@ -177,6 +214,7 @@ impl IdemSlot {
             fingerprint,
             created_at: now,
             expires_at: now.saturating_add(ttl_ms),
+            job: None,
         }
     }
 
@@ -202,18 +240,29 @@ impl IdemSlot {
 pub struct IdemPut {
     pub slot: IdemSlot,
     pub value: Vec<u8>,
+    /// The answer itself, kept for a job's replay: it becomes the job's content.
+    job_content: Option<StoredResponse>,
 }
 
 impl IdemPut {
     pub fn new(slot: IdemSlot, response: StoredResponse) -> Result<IdemPut, StoreError> {
+        let job_content = slot.job.as_ref().map(|_| response.clone());
         let value = slot.encode(response)?;
-        Ok(IdemPut { slot, value })
+        Ok(IdemPut {
+            slot,
+            value,
+            job_content,
+        })
     }
 
-    /// Writes the answer and its expiry entry.
+    /// Writes the answer and its expiry entry, and ends a replayed job with it.
     pub fn write(self, t: &Tx<'_>) -> Result<(), StoreError> {
         t.insert(Table::IdempotencyExpiry, self.slot.expiry_key(), Vec::new())?;
-        t.insert(Table::Idempotency, self.slot.key, self.value)
+        t.insert(Table::Idempotency, &self.slot.key, self.value)?;
+        match (&self.slot.job, self.job_content) {
+            (Some(job), Some(response)) => job.complete(t, response),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -233,12 +282,8 @@ impl<R> Remember<R> {
         let Some(response) = (self.render)(result) else {
             return Ok(());
         };
-        match self.slot.encode(response) {
-            Ok(value) => IdemPut {
-                slot: self.slot,
-                value,
-            }
-            .write(t),
+        match IdemPut::new(self.slot, response) {
+            Ok(put) => put.write(t),
             Err(e) => {
                 tracing::warn!(error = %e, "an answer too large to keep under its idempotency key");
                 Ok(())
@@ -274,6 +319,56 @@ pub struct JobFilter {
     /// Only jobs with an id before this one (paging, newest first).
     pub before: Option<Uuid>,
     pub limit: usize,
+}
+
+/// Records how a running job's run ended: its state, its content, its webhook (offered
+/// to the delivery engine once the write is durable) and its event. A job that is no
+/// longer running is left alone (`None`).
+fn end_job(
+    t: &Tx<'_>,
+    env: Env,
+    id: Uuid,
+    end: JobEnd,
+    content: Option<Vec<u8>>,
+    now: i64,
+) -> Result<Option<JobRec>, StoreError> {
+    let job = get_job(t, env, id)?;
+    let Some(mut job) = job.filter(|j| j.state == JobState::Running) else {
+        return Ok(None);
+    };
+    let lease = job.lease_until.take().unwrap_or_default();
+    match end {
+        JobEnd::Completed(r) => {
+            job.state = JobState::Completed;
+            job.response_status = Some(r.status);
+            job.error = None;
+        }
+        JobEnd::Failed(why) => {
+            job.state = JobState::Failed;
+            job.response_status = None;
+            job.error = Some(why);
+        }
+    }
+    job.finished_at = Some(now);
+    let webhook = webhook_delivery(&job, now);
+    let outbox = webhook
+        .as_ref()
+        .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
+        .transpose()?;
+    let value = encode(&job)?;
+    t.remove(Table::JobsRunning, running_key(lease, id))?;
+    if let Some(c) = content {
+        t.insert(Table::JobContent, env_id(env, id), c)?;
+    }
+    if let Some((k, v)) = outbox {
+        t.insert(Table::Outbox, k, v)?;
+    }
+    t.insert(Table::Jobs, env_id(env, id), value)?;
+    t.feed(env, &job.partner, EventKind::BackgroundCompleted, id, now)?;
+    if let Some(q) = webhook {
+        t.offer_after_commit(q);
+    }
+    Ok(Some(job))
 }
 
 fn running_key(lease_until: i64, id: Uuid) -> [u8; 24] {
@@ -535,51 +630,9 @@ impl Store {
             JobEnd::Completed(r) => Some(encode(r)?),
             JobEnd::Failed(_) => None,
         };
-        let done = self
-            .writer
-            .write_waiting(move |t| {
-                let job = get_job(t, env, id)?;
-                let Some(mut job) = job.filter(|j| j.state == JobState::Running) else {
-                    return Ok(None);
-                };
-                let lease = job.lease_until.take().unwrap_or_default();
-                match end {
-                    JobEnd::Completed(r) => {
-                        job.state = JobState::Completed;
-                        job.response_status = Some(r.status);
-                        job.error = None;
-                    }
-                    JobEnd::Failed(why) => {
-                        job.state = JobState::Failed;
-                        job.response_status = None;
-                        job.error = Some(why);
-                    }
-                }
-                job.finished_at = Some(now);
-                let webhook = webhook_delivery(&job, now);
-                let outbox = webhook
-                    .as_ref()
-                    .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
-                    .transpose()?;
-                let value = encode(&job)?;
-                t.remove(Table::JobsRunning, running_key(lease, id))?;
-                if let Some(c) = content {
-                    t.insert(Table::JobContent, env_id(env, id), c)?;
-                }
-                if let Some((k, v)) = outbox {
-                    t.insert(Table::Outbox, k, v)?;
-                }
-                t.insert(Table::Jobs, env_id(env, id), value)?;
-                t.feed(env, &job.partner, EventKind::BackgroundCompleted, id, now)?;
-                Ok(Some((job, webhook)))
-            })
-            .await?;
-        Ok(done.map(|(job, webhook)| {
-            if let Some(q) = webhook {
-                self.outbox.offer(vec![q]);
-            }
-            job
-        }))
+        self.writer
+            .write_waiting(move |t| end_job(t, env, id, end, content, now))
+            .await
     }
 
     /// Cancels a queued job of `partner` (any partner's for `None`, an admin).

@@ -238,7 +238,7 @@ pub struct Store {
     directory: RwLock<Arc<Directory>>,
     admin_lock: tokio::sync::Mutex<()>,
     /// Tells the delivery engine about new outbox entries, so it need not poll.
-    pub outbox: OutboxSignal,
+    pub outbox: Arc<OutboxSignal>,
     /// The key that signs and checks partner tokens (JWT, HS256), made at first start.
     token_key: TokenKeyRec,
     /// When each API key was last used, noted in memory and saved now and then.
@@ -309,10 +309,12 @@ impl Store {
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
         let subs = Arc::new(SubIndex::default());
         Store::load_subscriptions(&t, &subs)?;
+        let outbox = Arc::new(OutboxSignal::new());
         let writer = Writer::start(
             Arc::clone(&t),
             Arc::clone(&payload_log),
             Arc::clone(&subs),
+            Arc::clone(&outbox),
             dir,
             writer_queue,
         )?;
@@ -323,7 +325,7 @@ impl Store {
             writer,
             directory: RwLock::new(Arc::new(Directory::default())),
             admin_lock: tokio::sync::Mutex::new(()),
-            outbox: OutboxSignal::new(),
+            outbox,
             token_key,
             key_use: key_use::KeyUse::default(),
             bulk_created: tokio::sync::Notify::new(),

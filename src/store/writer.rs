@@ -47,7 +47,7 @@ use uuid::Uuid;
 
 use super::payload_log::PayloadLog;
 use super::subscriptions::SubIndex;
-use super::{StoreError, Trees};
+use super::{OutboxSignal, Queued, StoreError, Trees};
 
 /// Payloads at least this large are copied on a blocking thread, not an async worker.
 pub const LARGE_WRITE_BYTES: usize = 64 * 1024;
@@ -109,6 +109,8 @@ pub struct Tx<'a> {
     subs: &'a SubIndex,
     /// Subscriptions that got pending ids in this round; the flusher is told once it commits.
     fed: RefCell<Vec<Uuid>>,
+    /// Outbox entries of this round handed to the delivery engine once they are durable.
+    offers: RefCell<Vec<Queued>>,
     /// While a backup copies the trees: every key this round wrote or removed, handed to
     /// the [`Journal`] once the round is over.
     touched: Option<RefCell<Vec<TableKey>>>,
@@ -173,6 +175,12 @@ impl Tx<'_> {
         if fed.last() != Some(&sub) {
             fed.push(sub);
         }
+    }
+
+    /// Hands `q`, an outbox entry this round wrote, to the delivery engine after the flush
+    /// that makes it durable (nothing, should the round fail).
+    pub(super) fn offer_after_commit(&self, q: Queued) {
+        self.offers.borrow_mut().push(q);
     }
 
     /// Deletes a key. A key that was there in a queue tree counts one entry less.
@@ -255,11 +263,13 @@ impl Journal {
 
 impl Writer {
     /// Starts the writer for `trees`, whose sled files live in `dir`, feeding changes to
-    /// the subscriptions of `subs`. At most `queue` jobs wait at once (see [`Writer::write`]).
+    /// the subscriptions of `subs` and new outbox entries a job offers to `outbox`. At
+    /// most `queue` jobs wait at once (see [`Writer::write`]).
     pub fn start(
         trees: Arc<Trees>,
         payloads: Arc<PayloadLog>,
         subs: Arc<SubIndex>,
+        outbox: Arc<OutboxSignal>,
         dir: &Path,
         queue: usize,
     ) -> Result<Writer, StoreError> {
@@ -280,6 +290,7 @@ impl Writer {
                     db_file: &db_file,
                     payloads: &payloads,
                     subs: &subs,
+                    outbox: &outbox,
                     failed: &flag,
                     observer: &watch,
                     journal: &noted,
@@ -487,6 +498,7 @@ struct Parts<'a> {
     db_file: &'a File,
     payloads: &'a PayloadLog,
     subs: &'a SubIndex,
+    outbox: &'a OutboxSignal,
     failed: &'a AtomicBool,
     observer: &'a std::sync::OnceLock<RoundObserver>,
     journal: &'a Journal,
@@ -498,6 +510,7 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
         db_file,
         payloads,
         subs,
+        outbox,
         failed,
         observer,
         journal,
@@ -513,7 +526,10 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
             }
         }
         let count = group.len() as u64;
-        let done = apply(trees, subs, journal, group);
+        let (done, offers) = match apply(trees, subs, journal, group) {
+            Some((done, offers)) => (Some(done), offers),
+            None => (None, Vec::new()),
+        };
         let started = std::time::Instant::now();
         let flushed = done.is_some()
             && match flush_once(trees, db_file, payloads) {
@@ -536,6 +552,9 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
         busy += took;
         rounds += 1;
         jobs += count;
+        if flushed && !offers.is_empty() {
+            outbox.offer(offers);
+        }
         // Dropping the completions of an aborted round answers their jobs with an error.
         for complete in done.into_iter().flatten() {
             complete(flushed);
@@ -555,13 +574,13 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
 
 /// Runs a group of jobs in one transaction; `None` if it was aborted by a storage error.
 /// Once it commits, the subscriptions it fed are marked for the flusher (which then finds
-/// their entries in the tree).
+/// their entries in the tree). Returns the completions and the outbox entries to offer.
 fn apply(
     trees: &Trees,
     subs: &SubIndex,
     journal: &Journal,
     group: Vec<Job>,
-) -> Option<Vec<Completion>> {
+) -> Option<(Vec<Completion>, Vec<Queued>)> {
     // sled may call a transaction closure again after a conflict; with a single writer
     // there are none, and jobs run once: a second call finds no jobs and aborts.
     let pending = RefCell::new(Some(group));
@@ -579,6 +598,7 @@ fn apply(
             deltas: RefCell::new(Deltas::default()),
             subs,
             fed: RefCell::new(Vec::new()),
+            offers: RefCell::new(Vec::new()),
             touched: noting.then(|| RefCell::new(Vec::new())),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
@@ -590,15 +610,15 @@ fn apply(
         if written.is_err() || tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
-        Ok((done, tx.fed.take()))
+        Ok((done, tx.fed.take(), tx.offers.take()))
     });
     // Noted whether the round committed or not: reading a key again that did not change
     // costs a read, missing one would make the backup wrong.
     journal.add(touched.into_inner());
     match result {
-        Ok((done, fed)) => {
+        Ok((done, fed, offers)) => {
             subs.mark_pending(&fed, super::now_ms());
-            Some(done)
+            Some((done, offers))
         }
         Err(e) => {
             tracing::error!(error = ?e, "a store transaction failed");

@@ -5,8 +5,10 @@
 //! (no stored secret) and, for anything but a GET, the job id as its idempotency key.
 //!
 //! A job is leased while it runs. At start every running job is queued again: its worker
-//! died with the process. Run again, a job whose call had already changed something finds
-//! the answer stored with that change under its key, so each job has one effect.
+//! died with the process. A call that changes something stores its answer in the same
+//! write, and that write also ends the job (its content, its webhook), so a job that
+//! made its change is never run again. Run again for another reason, a job whose call had
+//! already changed something finds the answer stored under its key: one effect per job.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -221,12 +223,18 @@ async fn run_one<R: Routes>(
     _slot: OwnedSemaphorePermit,
 ) {
     let limit = Duration::from_secs(state.config.background.timeout_seconds);
-    let end = match tokio::time::timeout(limit, replay(&state, &routes, &job)).await {
+    let ended = Arc::new(AtomicBool::new(false));
+    let run = replay(&state, &routes, &job, Arc::clone(&ended));
+    let end = match tokio::time::timeout(limit, run).await {
         Ok(Ok(end)) => end,
         Ok(Err(e)) => JobEnd::Failed(format!("the stored request could not be run: {e}")),
         Err(_) => after_timeout(&state, &job).await,
     };
     crash_point_after_effect();
+    // The call's own write stored its answer and ended the job: nothing left to record.
+    if ended.load(Ordering::Acquire) {
+        return;
+    }
     if let Err(e) = state.store.finish_job(job.env, job.id, end, now_ms()).await {
         // The lease sends it round again.
         tracing::error!(error = %e, "cannot record a job's outcome");
@@ -234,10 +242,9 @@ async fn run_one<R: Routes>(
 }
 
 /// Debug builds only: with `WAYBILL_CRASH_AFTER_JOB_EFFECT` set, the process dies here,
-/// after a job's call has made its change and before the job is recorded as done. This
-/// is the one moment kill -9 cannot be timed to hit; the test that starts the binary
-/// this way proves the run after the restart finds the stored answer instead of acting
-/// again.
+/// right after a job's call returned and before the worker records anything. This is
+/// the one moment kill -9 cannot be timed to hit; the test that starts the binary this
+/// way proves the job is not run again after the restart (its call's own write ended it).
 fn crash_point_after_effect() {
     #[cfg(debug_assertions)]
     if std::env::var_os("WAYBILL_CRASH_AFTER_JOB_EFFECT").is_some() {
@@ -269,6 +276,7 @@ async fn replay<R: Routes>(
     state: &AppState,
     routes: &R,
     job: &JobRec,
+    ended: Arc<AtomicBool>,
 ) -> Result<JobEnd, StoreError> {
     let body = match state.store.job_body(job) {
         Ok(b) => b,
@@ -304,6 +312,7 @@ async fn replay<R: Routes>(
         partner: job.partner.clone(),
         env: job.env,
         key_id: job.key_id,
+        ended,
     });
     let res = match routes.call(req).await {
         Ok(r) => r,
