@@ -14,6 +14,7 @@ mod environments;
 mod errors;
 mod https;
 mod intake;
+mod isolation;
 mod metrics;
 mod monitoring;
 mod openapi;

@@ -101,7 +101,7 @@ const SERVED: &[(&str, &str)] = &[
 ];
 
 /// The document as the server serves it.
-fn fetch_document(app: &TestApp) -> Value {
+pub(crate) fn fetch_document(app: &TestApp) -> Value {
     let resp = app.call("GET", "/api/v1/openapi.json", &[], None);
     assert_eq!(
         resp.status,
@@ -123,7 +123,7 @@ fn fetch_document(app: &TestApp) -> Value {
 }
 
 /// Every (method, path template, operation) of the document.
-fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+pub(crate) fn operations(doc: &Value) -> Vec<(String, String, Value)> {
     let paths = doc["paths"]
         .as_object()
         .expect("the document has a paths object");
