@@ -73,16 +73,23 @@ pub fn parse_partner_code(raw: &str) -> Result<String, Invalid> {
 /// A document type such as `order` or `invoice`: 1–64 printable ASCII characters without
 /// spaces, `/`, `*` or `,` (`*` is reserved for routes that allow every doctype).
 pub fn parse_doctype(raw: &str) -> Result<String, Invalid> {
+    // A doctype is a path segment of `/api/v1/documents/{doctype}/{id}` and of the
+    // `Location` answers that name it: nothing a URL resolver would read as a step up, a
+    // separator, an escape, a query or a fragment.
     let ok = !raw.is_empty()
         && raw.len() <= 64
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'*' | b','));
+        && raw != "."
+        && raw != ".."
+        && raw.bytes().all(|b| {
+            b.is_ascii_graphic() && !matches!(b, b'/' | b'\\' | b'*' | b',' | b'%' | b'?' | b'#')
+        });
     if ok {
         Ok(raw.to_owned())
     } else {
         Err(Invalid(
-            "must be 1-64 visible ASCII characters without '/', '*' or ','".into(),
+            "must be 1-64 visible ASCII characters without '/', '\\', '*', ',', '%', '?' or '#', \
+             and not '.' or '..'"
+                .into(),
         ))
     }
 }
@@ -289,7 +296,10 @@ mod tests {
     fn doctypes() {
         assert!(parse_doctype("order").is_ok());
         assert!(parse_doctype("invoice.v2").is_ok());
-        for bad in ["", "*", "a/b", "a b", "a,b"] {
+        assert!(parse_doctype("..order").is_ok());
+        for bad in [
+            "", "*", "a/b", "a b", "a,b", ".", "..", "a\\b", "a%2F", "a?b", "a#b",
+        ] {
             assert!(parse_doctype(bad).is_err(), "{bad}");
         }
     }

@@ -565,9 +565,16 @@ fn proxies_from_the_environment_cannot_route_around_the_address_policy() {
         ("ALL_PROXY", proxy.url.as_str()),
         ("HTTPS_PROXY", proxy.url.as_str()),
     ];
-    let server = start_with(dir.path(), &settings);
+    // The push URL is set while outbound.allow includes it (a URL the policy refuses is
+    // refused when it is set); then the server runs with its usual policy and the proxies.
+    let setup = start_with(
+        dir.path(),
+        &[("WAYBILL_OUTBOUND__ALLOW", "127.0.0.0/8,169.254.0.0/16")],
+    );
     let (acme, _) =
-        server.acme_to_globex(json!({"pushUrl": "http://169.254.169.254/latest/meta-data/"}));
+        setup.acme_to_globex(json!({"pushUrl": "http://169.254.169.254/latest/meta-data/"}));
+    drop(setup);
+    let server = start_with(dir.path(), &settings);
     let sent = server.send_doc(&acme, b"{}");
     let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

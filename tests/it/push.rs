@@ -285,10 +285,21 @@ fn pause_holds_pushes_and_resume_delivers_them() {
 #[test]
 fn loopback_targets_are_refused_when_outbound_allow_is_empty() {
     let receiver = Receiver::start(vec![]);
-    let (app, acme, _) = pushing_to(&receiver, |c| {
+    // Set while outbound.allow included loopback; then the policy was narrowed.
+    let (app, _, _) = pushing_to(&receiver, |_| {});
+    let narrowed = |c: &mut waybill::config::Config| {
         c.outbound.allow = vec![];
         c.delivery.retry_schedule = vec![];
-    });
+    };
+    let app = crate::spawn_app_in(app.stop(), "http", crate::agent(), narrowed);
+    let acme = app.key("ACME", "live");
+    // Set now, the same URL is refused at once.
+    app.admin(
+        "PATCH",
+        "/admin/api/partners/GLOBEX",
+        Some(json!({"pushUrl": format!("{}/other", receiver.url)})),
+    )
+    .error(422, "validation_failed");
     let sent = send(&app, &acme, "application/json", b"{}");
     let uuid = sent["transmissions"][0]["uuid"].as_str().unwrap();
     let t = wait_status(&app, &acme, uuid, "failed");

@@ -10,6 +10,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::Filter;
 
+use super::super::background::{host_refused, Refused};
 use super::super::{
     auth, body, ctx, finish, ok, parse_json, path_segment, read_body, rfc3339, with_state,
     BodyStream, Ctx,
@@ -129,8 +130,9 @@ fn with_health(state: &AppState, p: &PartnerRec) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// A push URL: absolute http(s), at most 2,000 characters. (Whether its address may be
-/// reached is checked at delivery time, against what it resolves to then.)
+/// A push URL: absolute http(s), at most 2,000 characters. Whether its address may be
+/// reached is checked when it is set ([`check_push_target`]) and again at every delivery,
+/// against what it resolves to then.
 fn parse_push_url(raw: &str) -> Result<String, Invalid> {
     let lower = raw.to_ascii_lowercase();
     let rest = lower
@@ -147,6 +149,33 @@ fn parse_push_url(raw: &str) -> Result<String, Invalid> {
         ));
     }
     Ok(raw.to_owned())
+}
+
+/// Refuses a push URL whose host the outbound policy refuses: an address literal as
+/// written, a name by what it resolves to now. A name that does not resolve yet is taken
+/// (the receiver may not be up); every delivery checks its addresses again.
+async fn check_push_target(state: &AppState, url: &str, field: &str) -> Result<(), ApiError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| ApiError::invalid(field, format!("{field} is not a valid absolute URL")))?;
+    let Some(authority) = uri.authority() else {
+        return Err(ApiError::invalid(field, format!("{field} has no host")));
+    };
+    if authority.as_str().contains('@') {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} may not carry credentials"),
+        ));
+    }
+    let https = uri.scheme_str() == Some("https");
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    match host_refused(state, authority.host(), port).await {
+        Some(Refused::Policy(why)) => Err(ApiError::invalid(
+            field,
+            format!("{field} may not be called: {why}"),
+        )),
+        Some(Refused::Unresolved | Refused::NoAddress) | None => Ok(()),
+    }
 }
 
 /// Header or parameter pairs from a JSON object of strings.
@@ -210,6 +239,11 @@ async fn create_partner(state: AppState, ctx: Ctx, body: BodyStream) -> Result<R
         .transpose()?;
     let push_headers = parse_pairs(req.push_headers.unwrap_or_default(), "pushHeaders", true)?;
     let push_params = parse_pairs(req.push_params.unwrap_or_default(), "pushParams", false)?;
+    for (url, field) in [(&push_url, "pushUrl"), (&test_push_url, "testPushUrl")] {
+        if let Some(u) = url {
+            check_push_target(&state, u, field).await?;
+        }
+    }
     let rec = state
         .store
         .create_partner(NewPartner {
@@ -354,6 +388,14 @@ async fn patch_partner(
                     Some(parse_pairs(map_of("pushParams", v)?, "pushParams", false)?)
             }
             _ => {} // unknown fields are ignored, as everywhere
+        }
+    }
+    for (url, field) in [
+        (&patch.push_url, "pushUrl"),
+        (&patch.test_push_url, "testPushUrl"),
+    ] {
+        if let Some(Some(u)) = url {
+            check_push_target(&state, u, field).await?;
         }
     }
     let rec = state.store.update_partner(&code, patch).await?;
