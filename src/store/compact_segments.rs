@@ -282,3 +282,283 @@ fn rewrite_batch(t: &Tx<'_>, moved: Vec<Moved>) -> Result<usize, StoreError> {
     }
     Ok(rewritten)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::model::Env;
+    use crate::store::codec::env_id;
+    use crate::store::NewMessage;
+
+    const ENV: Env = Env::Live;
+
+    fn payload(n: usize) -> Vec<u8> {
+        format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(1000)).into_bytes()
+    }
+
+    /// Stores `n` messages in the current segment and returns their ids, in order.
+    async fn store_messages(store: &Store, n: usize) -> Vec<Uuid> {
+        let new = (0..n)
+            .map(|i| NewMessage {
+                doctype: "order".into(),
+                version: None,
+                external_reference: None,
+                content_type: "application/json".into(),
+                payload: Bytes::from(payload(i)),
+                receivers: vec!["GLOBEX".into()],
+                validation_errors: Vec::new(),
+            })
+            .collect();
+        let (_, msgs) = store.accept(ENV, "ACME", None, new, 1_000).await.unwrap();
+        msgs.iter().map(|m| m.id).collect()
+    }
+
+    /// Removes the records of `ids`, as the pruner would (their other rows do not matter
+    /// to the payload log).
+    async fn drop_messages(store: &Store, ids: &[Uuid]) {
+        let keys: Vec<[u8; 17]> = ids.iter().map(|id| env_id(ENV, *id)).collect();
+        store
+            .writer
+            .write(move |t| {
+                for k in keys {
+                    t.remove(Table::Messages, k)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    fn payload_ref(store: &Store, id: Uuid) -> PayloadRef {
+        store.message(ENV, id).unwrap().unwrap().payload
+    }
+
+    fn read(store: &Store, id: Uuid) -> Vec<u8> {
+        let m = store.message(ENV, id).unwrap().unwrap();
+        store.payload(&m).unwrap().to_vec()
+    }
+
+    fn segment_file(dir: &Path, n: u32) -> std::path::PathBuf {
+        dir.join(format!("payloads/{n:08}.seg"))
+    }
+
+    /// A store whose segment 1 holds 40 payloads of which only the messages `kept` (by
+    /// index) are left, reopened so that segment 1 is settled. Returns the kept ids.
+    async fn mostly_dead_segment(dir: &Path, kept: &[usize]) -> (Store, Vec<Uuid>) {
+        let store = Store::open(dir, 8).unwrap();
+        let ids = store_messages(&store, 40).await;
+        let (mut keep, mut gone) = (Vec::new(), Vec::new());
+        for (i, id) in ids.into_iter().enumerate() {
+            if kept.contains(&i) {
+                keep.push(id);
+            } else {
+                gone.push(id);
+            }
+        }
+        drop_messages(&store, &gone).await;
+        store.close();
+        drop(store);
+        let store = Store::open(dir, 8).unwrap();
+        (store, keep)
+    }
+
+    #[test]
+    fn only_settled_segments_mostly_dead_and_held_by_messages_alone_are_picked() {
+        let mut p = Planner::new(&[(1, 1000), (2, 1000), (3, 1000), (4, 0)], 0.25);
+        let at = |segment, len| PayloadRef {
+            segment,
+            offset: 0,
+            len,
+            crc: 0,
+        };
+        let key = [1u8; 17];
+        p.note(Holder::Message(&key), &at(1, 100));
+        p.note(Holder::Message(&key), &at(1, 100));
+        p.note(Holder::Message(&key), &at(2, 200));
+        p.note(Holder::Message(&key), &at(2, 100));
+        p.note(Holder::Message(&key), &at(3, 10));
+        p.note(Holder::Other, &at(3, 10));
+        p.note(Holder::Message(&key), &at(9, 10));
+        let plan = p.finish();
+        let picked: Vec<u32> = plan.segments.iter().map(|c| c.segment).collect();
+        assert_eq!(picked, [1], "2 is 30% live, 3 holds a job's payload");
+        assert_eq!(plan.segments[0].live_bytes, 200);
+        assert_eq!(plan.segments[0].moves.len(), 2);
+
+        let mut off = Planner::new(&[(1, 1000)], 0.0);
+        off.note(Holder::Message(&key), &at(1, 1));
+        assert!(
+            off.finish().segments.is_empty(),
+            "0 switches compaction off"
+        );
+    }
+
+    #[tokio::test]
+    async fn live_payloads_move_forward_and_the_next_sweep_deletes_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, kept) = mostly_dead_segment(dir.path(), &[3, 17, 38]).await;
+        let before: Vec<Vec<u8>> = kept.iter().map(|id| read(&store, *id)).collect();
+        assert!(kept.iter().all(|id| payload_ref(&store, *id).segment == 1));
+        let old_size = std::fs::metadata(segment_file(dir.path(), 1))
+            .unwrap()
+            .len();
+
+        let sweep = store.sweep_and_plan(now(), 0.25).unwrap();
+        assert!(
+            sweep.deleted.is_empty(),
+            "segment 1 still holds live payloads"
+        );
+        assert_eq!(sweep.compactable.segments.len(), 1);
+        let c = &sweep.compactable.segments[0];
+        assert_eq!((c.segment, c.size), (1, old_size));
+        let live: u64 = before.iter().map(|p| p.len() as u64).sum();
+        assert_eq!(c.live_bytes, live);
+
+        let done = store.compact_segments(sweep.compactable).await.unwrap();
+        assert_eq!(done.emptied, [1]);
+        assert_eq!((done.moved, done.changed, done.corrupt), (3, 0, 0));
+        assert_eq!(done.copied_bytes, live);
+        for (id, bytes) in kept.iter().zip(&before) {
+            assert_eq!(payload_ref(&store, *id).segment, 2);
+            assert_eq!(&read(&store, *id), bytes);
+        }
+
+        // A pin (a backup copying the files) holds the old file; then the sweep takes it.
+        let pin = store.payload_log.pin_segments();
+        let held = store.sweep_and_plan(now(), 0.25).unwrap();
+        assert_eq!(held.pinned, 1);
+        assert!(segment_file(dir.path(), 1).exists());
+        drop(pin);
+        let swept = store.sweep_and_plan(now(), 0.25).unwrap();
+        assert_eq!(swept.deleted, [1]);
+        assert_eq!(swept.freed_bytes, old_size);
+        assert!(swept.compactable.segments.is_empty());
+        assert!(!segment_file(dir.path(), 1).exists());
+
+        store.close();
+        drop(store);
+        let store = Store::open(dir.path(), 8).unwrap();
+        for (id, bytes) in kept.iter().zip(&before) {
+            assert_eq!(&read(&store, *id), bytes, "served after a restart");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_changed_since_the_scan_and_a_damaged_payload_stay_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, kept) = mostly_dead_segment(dir.path(), &[1, 2, 3]).await;
+        let plan = store.sweep_and_plan(now(), 0.25).unwrap().compactable;
+        assert_eq!(plan.segments[0].moves.len(), 3);
+
+        // After the scan: one message is pruned, another's payload is damaged on disk.
+        drop_messages(&store, &kept[..1]).await;
+        let damaged = payload_ref(&store, kept[1]);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment_file(dir.path(), 1))
+            .unwrap();
+        file.write_all_at(b"#", damaged.offset + 5).unwrap();
+
+        let done = store.compact_segments(plan).await.unwrap();
+        assert_eq!((done.moved, done.changed, done.corrupt), (1, 1, 1));
+        assert!(
+            done.emptied.is_empty(),
+            "the damaged payload holds segment 1"
+        );
+        assert!(store.message(ENV, kept[0]).unwrap().is_none());
+        assert_eq!(payload_ref(&store, kept[1]), damaged, "left as it was");
+        assert!(matches!(
+            store.payload(&store.message(ENV, kept[1]).unwrap().unwrap()),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert_eq!(payload_ref(&store, kept[2]).segment, 2);
+
+        let sweep = store.sweep_and_plan(now(), 0.25).unwrap();
+        assert!(sweep.deleted.is_empty());
+        assert!(segment_file(dir.path(), 1).exists());
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_durable_before_any_record_points_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, kept) = mostly_dead_segment(dir.path(), &[7]).await;
+        let original = read(&store, kept[0]);
+        let mut plan = store.sweep_and_plan(now(), 0.25).unwrap().compactable;
+        let moves = std::mem::take(&mut plan.segments[0].moves);
+
+        // Copied, not yet pointed at: the record keeps the old place, which a sweep keeps.
+        let copied = copy_forward(&store.payload_log, moves).unwrap();
+        let to = copied.moved[0].to;
+        assert_eq!(to.segment, 2);
+        assert!(store.payload_log.unsynced(2), "the append waits for a sync");
+        assert_eq!(payload_ref(&store, kept[0]).segment, 1);
+        let sweep = store.sweep_and_plan(now(), 0.25).unwrap();
+        assert!(sweep.deleted.is_empty());
+        assert!(segment_file(dir.path(), 1).exists());
+
+        // The round that commits the new reference synced the copy before answering.
+        let n = store
+            .writer
+            .write(move |t| rewrite_batch(t, copied.moved))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(!store.payload_log.unsynced(2));
+        assert_eq!(payload_ref(&store, kept[0]), to);
+
+        // Pointing it again at a place it no longer holds changes nothing.
+        let stale = vec![Moved {
+            key: env_id(ENV, kept[0]),
+            from: PayloadRef { segment: 1, ..to },
+            to: PayloadRef { segment: 99, ..to },
+        }];
+        let n = store
+            .writer
+            .write(move |t| rewrite_batch(t, stale))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+
+        store.close();
+        drop(store);
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert_eq!(payload_ref(&store, kept[0]), to);
+        assert_eq!(read(&store, kept[0]), original);
+    }
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let m = |len| Move {
+            key: [0; 17],
+            from: PayloadRef {
+                segment: 1,
+                offset: 0,
+                len,
+                crc: 0,
+            },
+        };
+        let mut moves: Vec<Move> = (0..100).map(|_| m(10)).collect();
+        assert_eq!(next_batch(&mut moves).len(), BATCH);
+        assert_eq!(next_batch(&mut moves).len(), 100 - BATCH);
+        let big = u32::try_from(BATCH_BYTES).unwrap();
+        let mut moves = vec![m(big), m(big / 2), m(big / 2), m(1)];
+        assert_eq!(
+            next_batch(&mut moves).len(),
+            1,
+            "a large payload goes alone"
+        );
+        assert_eq!(next_batch(&mut moves).len(), 2);
+        assert_eq!(next_batch(&mut moves).len(), 1);
+        assert!(moves.is_empty());
+    }
+
+    fn now() -> i64 {
+        crate::store::now_ms()
+    }
+}
