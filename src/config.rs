@@ -464,6 +464,11 @@ fn scalar_like(default: &toml::Value, raw: &str) -> Result<toml::Value, String> 
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| format!("{raw:?} is not a whole number")),
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("{raw:?} is not a number")),
         toml::Value::Boolean(_) => raw
             .trim()
             .parse::<bool>()
@@ -535,6 +540,7 @@ mod tests {
                 ("WAYBILL_DELIVERY__RETRY_SCHEDULE", "1,2"),
                 ("WAYBILL_SERVER__TLS_CERT", "/c.pem"),
                 ("WAYBILL_SERVER__TLS_KEY", "/k.pem"),
+                ("WAYBILL_RETENTION__COMPACT_BELOW", "0.5"),
                 ("UNRELATED", "x"),
             ]),
             &flags,
@@ -551,6 +557,10 @@ mod tests {
             "flag overrides all"
         );
         assert_eq!(c.server.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(
+            c.retention.compact_below, 0.5,
+            "a fraction from the environment"
+        );
     }
 
     #[test]
@@ -565,6 +575,10 @@ mod tests {
             &[("WAYBILL_LOG__FORMAT", "xml")],
             &[("WAYBILL_AUTH__TOKEN_TTL_SECONDS", "7200")],
             &[("WAYBILL_AUTH__TOKEN_TTL_SECONDS", "0")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "1.5")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "-0.1")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "NaN")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "most")],
         ];
         for case in cases {
             assert!(
