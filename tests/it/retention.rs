@@ -1,7 +1,8 @@
 //! Retention: the pruner removes finished work past its retention with everything that
 //! indexes it, keeps whatever is still pending, honours a partner's own retention, and
-//! deletes payload files once nothing points into them. Time is moved with the clock the
-//! pruner reads (`TestApp::clock`), the only thing the tests change.
+//! deletes payload files once nothing points into them, or once the few payloads still
+//! live in one are copied forward. Time is moved with the clock the pruner reads
+//! (`TestApp::clock`), the only thing the tests change.
 
 use std::time::{Duration, Instant};
 
