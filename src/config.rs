@@ -139,6 +139,9 @@ pub struct RetentionConfig {
     pub days: u64,
     /// Minutes between two pruning passes (1 to 1440).
     pub every_minutes: u64,
+    /// A settled payload segment whose live payloads fill less than this fraction of its
+    /// file (0 to 1) has them copied forward so the file can be deleted; 0 = never.
+    pub compact_below: f64,
 }
 
 /// `[limits]`: per-partner request rate.
@@ -325,6 +328,9 @@ impl Config {
         if !(1..=1440).contains(&self.retention.every_minutes) {
             return bad("retention.every_minutes must be 1-1440");
         }
+        if !(0.0..=1.0).contains(&self.retention.compact_below) {
+            return bad("retention.compact_below must be 0-1");
+        }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls_cert and server.tls_key must be set together");
         }
@@ -458,6 +464,11 @@ fn scalar_like(default: &toml::Value, raw: &str) -> Result<toml::Value, String> 
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| format!("{raw:?} is not a whole number")),
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("{raw:?} is not a number")),
         toml::Value::Boolean(_) => raw
             .trim()
             .parse::<bool>()
@@ -493,6 +504,7 @@ mod tests {
         assert_eq!(c.delivery.timeout_seconds, 15);
         assert_eq!(c.subscriptions.batch_window_ms, 1000);
         assert_eq!(c.retention.days, 30);
+        assert_eq!(c.retention.compact_below, 0.25);
         assert_eq!(c.delivery.disable_after_hours, 120);
         assert_eq!(c.delivery.concurrency, 64);
         assert_eq!(c.delivery.endpoint_concurrency, 16);
@@ -528,6 +540,7 @@ mod tests {
                 ("WAYBILL_DELIVERY__RETRY_SCHEDULE", "1,2"),
                 ("WAYBILL_SERVER__TLS_CERT", "/c.pem"),
                 ("WAYBILL_SERVER__TLS_KEY", "/k.pem"),
+                ("WAYBILL_RETENTION__COMPACT_BELOW", "0.5"),
                 ("UNRELATED", "x"),
             ]),
             &flags,
@@ -544,6 +557,10 @@ mod tests {
             "flag overrides all"
         );
         assert_eq!(c.server.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(
+            c.retention.compact_below, 0.5,
+            "a fraction from the environment"
+        );
     }
 
     #[test]
@@ -558,6 +575,10 @@ mod tests {
             &[("WAYBILL_LOG__FORMAT", "xml")],
             &[("WAYBILL_AUTH__TOKEN_TTL_SECONDS", "7200")],
             &[("WAYBILL_AUTH__TOKEN_TTL_SECONDS", "0")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "1.5")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "-0.1")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "NaN")],
+            &[("WAYBILL_RETENTION__COMPACT_BELOW", "most")],
         ];
         for case in cases {
             assert!(

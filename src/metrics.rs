@@ -87,6 +87,8 @@ pub struct Metrics {
     uptime_seconds: Gauge<f64, AtomicU64>,
     pruned: Family<KindLabel, Counter>,
     reclaimed_bytes: Counter,
+    compacted_segments: Counter,
+    compacted_bytes: Counter,
 }
 
 /// The levels read at scrape time, set just before the metrics are encoded.
@@ -134,6 +136,8 @@ impl Metrics {
             uptime_seconds: Gauge::default(),
             pruned: Family::default(),
             reclaimed_bytes: Counter::default(),
+            compacted_segments: Counter::default(),
+            compacted_bytes: Counter::default(),
         };
         root.register(
             "http_requests",
@@ -238,6 +242,17 @@ impl Metrics {
             Unit::Bytes,
             m.reclaimed_bytes.clone(),
         );
+        root.register(
+            "compacted_segments",
+            "Payload segment files whose live payloads retention copied forward, so that the next pass deletes them",
+            m.compacted_segments.clone(),
+        );
+        root.register_with_unit(
+            "compacted",
+            "Bytes of live payloads copied forward by segment compaction",
+            Unit::Bytes,
+            m.compacted_bytes.clone(),
+        );
         Metrics {
             registry: root,
             ..m
@@ -254,6 +269,13 @@ impl Metrics {
     /// Retention deleted segment files of `bytes` in all.
     pub fn reclaimed(&self, bytes: u64) {
         self.reclaimed_bytes.inc_by(bytes);
+    }
+
+    /// Compaction emptied `segments` segment files by copying `bytes` forward. The files
+    /// themselves count in [`Metrics::reclaimed`] once deleted.
+    pub fn compacted(&self, segments: u64, bytes: u64) {
+        self.compacted_segments.inc_by(segments);
+        self.compacted_bytes.inc_by(bytes);
     }
 
     /// Counts one answered request to `route` (from [`Metrics::route_of`]).

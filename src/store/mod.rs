@@ -42,6 +42,7 @@ pub mod backup;
 pub mod bulk;
 mod codec;
 pub mod compact;
+pub mod compact_segments;
 pub mod counters;
 mod deliveries;
 pub mod directory;

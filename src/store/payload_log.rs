@@ -283,6 +283,15 @@ impl PayloadLog {
         Ok(())
     }
 
+    /// Whether `segment` has appends the next [`PayloadLog::sync`] has yet to make durable.
+    #[cfg(test)]
+    pub(super) fn unsynced(&self, segment: u32) -> bool {
+        self.dirty
+            .lock()
+            .map(|d| d.files.contains_key(&segment))
+            .unwrap_or(true)
+    }
+
     /// Reads a payload back, checking its CRC.
     pub fn read(&self, r: &PayloadRef) -> Result<Bytes, StoreError> {
         let file = self.reader(r.segment)?;

@@ -12,7 +12,9 @@
 //! request, job content, stored idempotent answer) points into it, found by a scan that
 //! starts only after the pruning job's flush, so the removals it relies on are durable.
 //! Only settled segments are candidates ([`PayloadLog::settled`]), and a
-//! [`SegmentPin`](super::payload_log::SegmentPin) holds every file in place.
+//! [`SegmentPin`](super::payload_log::SegmentPin) holds every file in place. The same scan
+//! finds segments kept by a few live payloads, which [`super::compact_segments`] moves
+//! forward so that a later sweep can delete them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -20,6 +22,7 @@ use uuid::Uuid;
 
 use super::background::{IdempotencyRec, JobRec, StoredBody, StoredResponse};
 use super::codec::{decode, env_id, partner_id};
+use super::compact_segments::{CompactionPlan, Planner};
 use super::counters::message_key;
 use super::deliveries::queued_push_key;
 use super::messages::poll_queue_keys;
@@ -337,11 +340,21 @@ impl Liveness {
         e.0 += 1;
         e.1 += u64::from(r.len);
     }
+}
 
-    fn note_response(&mut self, r: &StoredResponse) {
-        if let StoredBody::Logged(p) = &r.body {
-            self.note(p);
-        }
+/// What holds a [`PayloadRef`] met by [`Store::walk_payload_refs`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Holder<'a> {
+    /// A message record, by its key in `messages`.
+    Message(&'a [u8]),
+    /// A job's request, a job's stored answer or an idempotent answer.
+    Other,
+}
+
+fn logged(r: &StoredResponse) -> Option<&PayloadRef> {
+    match &r.body {
+        StoredBody::Logged(p) => Some(p),
+        _ => None,
     }
 }
 
@@ -353,32 +366,49 @@ pub struct SegmentSweep {
     pub freed_bytes: u64,
     /// Dead segments left because a pin held them.
     pub pinned: usize,
+    /// Settled segments mostly dead, with the messages that keep them: for
+    /// [`Store::compact_segments`].
+    pub compactable: CompactionPlan,
 }
 
 impl Store {
-    /// Every payload a stored record points to, by segment. A long read (every message,
-    /// job and stored answer); run it on a blocking thread. Records that cannot be read
-    /// make it fail, so that no segment is judged dead on a partial view.
-    pub fn payload_liveness(&self) -> Result<Liveness, StoreError> {
-        let mut l = Liveness::default();
+    /// Calls `f` with every payload a stored record points to and what holds it. A long
+    /// read (every message, job and stored answer); run it on a blocking thread. Records
+    /// that cannot be read make it fail, so that no segment is judged on a partial view.
+    pub(super) fn walk_payload_refs(
+        &self,
+        mut f: impl FnMut(Holder<'_>, &PayloadRef),
+    ) -> Result<(), StoreError> {
         for entry in self.t.messages.iter() {
-            let (_, v) = entry?;
-            l.note(&decode::<MessageRec>(&v)?.payload);
+            let (k, v) = entry?;
+            f(Holder::Message(&k), &decode::<MessageRec>(&v)?.payload);
         }
         for entry in self.t.jobs.iter() {
             let (_, v) = entry?;
             if let Some(p) = decode::<JobRec>(&v)?.body {
-                l.note(&p);
+                f(Holder::Other, &p);
             }
         }
         for entry in self.t.job_content.iter() {
             let (_, v) = entry?;
-            l.note_response(&decode::<StoredResponse>(&v)?);
+            if let Some(p) = logged(&decode::<StoredResponse>(&v)?) {
+                f(Holder::Other, p);
+            }
         }
         for entry in self.t.idempotency.iter() {
             let (_, v) = entry?;
-            l.note_response(&decode::<IdempotencyRec>(&v)?.response);
+            if let Some(p) = logged(&decode::<IdempotencyRec>(&v)?.response) {
+                f(Holder::Other, p);
+            }
         }
+        Ok(())
+    }
+
+    /// Every payload a stored record points to, by segment. A long read: run it on a
+    /// blocking thread.
+    pub fn payload_liveness(&self) -> Result<Liveness, StoreError> {
+        let mut l = Liveness::default();
+        self.walk_payload_refs(|_, r| l.note(r))?;
         Ok(l)
     }
 
@@ -386,17 +416,31 @@ impl Store {
     /// only after the writes that released those payloads were answered (flushed); runs
     /// the scan, so call it on a blocking thread.
     pub fn sweep_segments(&self, now: i64) -> Result<SegmentSweep, StoreError> {
-        let segments = self.payload_log.segments()?;
-        let candidates: HashSet<u32> = segments
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| self.payload_log.settled(*n, now))
+        self.sweep_and_plan(now, 0.0)
+    }
+
+    /// [`Store::sweep_segments`], and from the same scan the settled segments whose live
+    /// payloads fill less than `compact_below` of their file (0 picks none), for
+    /// [`Store::compact_segments`].
+    pub fn sweep_and_plan(&self, now: i64, compact_below: f64) -> Result<SegmentSweep, StoreError> {
+        let settled: Vec<(u32, u64)> = self
+            .payload_log
+            .segments()?
+            .into_iter()
+            .filter(|(n, _)| self.payload_log.settled(*n, now))
             .collect();
         let mut sweep = SegmentSweep::default();
-        if candidates.is_empty() {
+        if settled.is_empty() {
             return Ok(sweep);
         }
-        let live = self.payload_liveness()?;
+        let mut live = Liveness::default();
+        let mut planner = Planner::new(&settled, compact_below);
+        self.walk_payload_refs(|holder, r| {
+            live.note(r);
+            planner.note(holder, r);
+        })?;
+        sweep.compactable = planner.finish();
+        let candidates: HashSet<u32> = settled.iter().map(|(n, _)| *n).collect();
         let mut dead: Vec<u32> = candidates
             .into_iter()
             .filter(|n| !live.live.contains_key(n))

@@ -1,7 +1,9 @@
 //! The retention pruner: a minute after start and then every `retention.every_minutes`
 //! (or at once when the retention clock is moved), it removes finished messages past
 //! their retention, finished background jobs and expired idempotent answers, then
-//! deletes the payload segment files nothing points into any more.
+//! deletes the payload segment files nothing points into any more, and copies the few
+//! live payloads out of mostly dead segments (`retention.compact_below`), so that the
+//! next pass deletes those files too.
 //!
 //! Each environment's messages are read in key order (v7 ids: oldest first) from where the
 //! last pass stopped, at most [`SCAN`] records per store call, each batch of removals an
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::model::Env;
+use crate::store::compact_segments::CompactionPlan;
 use crate::store::retention::Retention;
 use crate::store::StoreError;
 use crate::AppState;
@@ -133,9 +136,10 @@ async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
 
     // The removals above were answered, so they are durable: a segment nothing points
     // into now stays that way. Segment ages are judged by the real clock.
-    let store = std::sync::Arc::clone(&state.store);
+    let store = Arc::clone(&state.store);
     let now = crate::store::now_ms();
-    match tokio::task::spawn_blocking(move || store.sweep_segments(now)).await {
+    let below = state.config.retention.compact_below;
+    let plan = match tokio::task::spawn_blocking(move || store.sweep_and_plan(now, below)).await {
         Ok(Ok(s)) => {
             if !s.deleted.is_empty() {
                 tracing::info!(segments = ?s.deleted, bytes = s.freed_bytes, "deleted payload files nothing points into");
@@ -144,8 +148,44 @@ async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
                 tracing::info!(segments = s.pinned, "dead payload files kept while pinned");
             }
             state.metrics.reclaimed(s.freed_bytes);
+            s.compactable
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot sweep payload segments"),
-        Err(e) => tracing::error!(error = %e, "payload segment sweep failed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot sweep payload segments");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "payload segment sweep failed");
+            return;
+        }
+    };
+    compact(state, plan).await;
+}
+
+/// Copies the live payloads of mostly dead segments forward; the next pass's sweep, which
+/// starts after these writes were answered, deletes the files they leave unreferenced.
+async fn compact(state: &AppState, plan: CompactionPlan) {
+    if plan.segments.is_empty() {
+        return;
+    }
+    let picked: Vec<u32> = plan.segments.iter().map(|c| c.segment).collect();
+    match state.store.compact_segments(plan).await {
+        Ok(c) => {
+            tracing::info!(
+                segments = ?picked,
+                emptied = ?c.emptied,
+                moved = c.moved,
+                bytes = c.copied_bytes,
+                changed = c.changed,
+                damaged = c.corrupt,
+                "copied live payloads out of mostly dead payload files"
+            );
+            state
+                .metrics
+                .compacted(c.emptied.len() as u64, c.copied_bytes);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, segments = ?picked, "cannot compact payload segments")
+        }
     }
 }

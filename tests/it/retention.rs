@@ -1,7 +1,8 @@
 //! Retention: the pruner removes finished work past its retention with everything that
 //! indexes it, keeps whatever is still pending, honours a partner's own retention, and
-//! deletes payload files once nothing points into them. Time is moved with the clock the
-//! pruner reads (`TestApp::clock`), the only thing the tests change.
+//! deletes payload files once nothing points into them, or once the few payloads still
+//! live in one are copied forward. Time is moved with the clock the pruner reads
+//! (`TestApp::clock`), the only thing the tests change.
 
 use std::time::{Duration, Instant};
 
@@ -271,4 +272,95 @@ fn a_partner_keeps_its_messages_longer_and_dead_payload_files_are_deleted() {
     let s = stats(&app);
     assert_eq!(s["messages"]["live"]["total"], 1, "{s}");
     assert_eq!(s["messages"]["live"]["processed"], 1, "{s}");
+}
+
+/// The bytes of every payload file under `dir`.
+fn payload_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("payloads"))
+        .expect("payloads dir")
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum()
+}
+
+/// Polls `key`'s pending transmissions (no lease, so they stay pending) and reads each
+/// raw payload as the receiver: (message id, bytes), in message order.
+fn served(app: &TestApp, key: &str) -> Vec<(String, Vec<u8>)> {
+    let mut items: Vec<(String, Vec<u8>)> = app
+        .poll(key, "limit=100")
+        .iter()
+        .map(|item| {
+            let raw = app.partner_get(key, item["payloadLocation"].as_str().unwrap());
+            assert_eq!(raw.status, 200);
+            (item["messageId"].as_str().unwrap().to_owned(), raw.body)
+        })
+        .collect();
+    items.sort();
+    items
+}
+
+#[test]
+fn a_payload_file_kept_by_a_few_pending_messages_is_compacted_and_deleted() {
+    let app = spawn_app_with(|_| {});
+    let acme = app.partner("ACME");
+    let globex = app.partner("GLOBEX");
+    let initech = app.partner("INITECH");
+    app.route("ACME", "GLOBEX", "order");
+    app.route("ACME", "INITECH", "invoice");
+    let pad = "x".repeat(2000);
+    let mut orders = Vec::new();
+    let mut pending = Vec::new();
+    for n in 0..150 {
+        let body = format!(r#"{{"o":{n},"pad":"{pad}"}}"#);
+        let m = create(&app, &acme, "order", body.as_bytes(), &[]);
+        orders.push(m["id"].as_str().unwrap().to_owned());
+        if n % 50 == 25 {
+            // A few invoices among them, which INITECH never acknowledges.
+            let body = format!(r#"{{"i":{n},"pad":"{pad}"}}"#);
+            let m = create(&app, &acme, "invoice", body.as_bytes(), &[]);
+            pending.push((m["id"].as_str().unwrap().to_owned(), body.into_bytes()));
+        }
+    }
+    pending.sort();
+    while ack_all(&app, &globex) > 0 {}
+    assert_eq!(served(&app, &initech), pending);
+    let dir = app.stop();
+    let old = dir.path().join("payloads/00000001.seg");
+    let old_size = std::fs::metadata(&old).unwrap().len();
+    let before = payload_bytes(dir.path());
+
+    // Restarted, the server writes to a new file; the old one is settled.
+    let app = spawn_app_in(dir, "http", agent(), |_| {});
+    app.clock.advance(31 * DAY_MS);
+    wait_until("the orders are pruned", || {
+        orders
+            .iter()
+            .all(|id| message_status(&app, &acme, id) == 404)
+    });
+    // One pass copies the invoices forward, a later one deletes the file.
+    wait_until("the old payload file is deleted", || {
+        app.clock.advance(60_000);
+        !old.exists()
+    });
+    let after = payload_bytes(app.dir.path());
+    assert!(
+        after * 20 < before,
+        "payload files: {before} bytes before, {after} after (old file {old_size})"
+    );
+    println!("payload files: {before} bytes before, {after} after compaction");
+    assert_eq!(served(&app, &initech), pending, "served byte for byte");
+    let metrics = String::from_utf8(app.call("GET", "/metrics", &[], None).body).unwrap();
+    assert!(
+        metrics.contains("waybill_compacted_segments_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("waybill_reclaimed_bytes_total {old_size}")),
+        "{metrics}"
+    );
+
+    // And after a restart, from the file they were copied to.
+    let dir = app.stop();
+    let app = spawn_app_in(dir, "http", agent(), |_| {});
+    assert_eq!(served(&app, &initech), pending);
+    assert!(!app.dir.path().join("payloads/00000001.seg").exists());
 }
