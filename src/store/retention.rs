@@ -36,7 +36,7 @@ use crate::model::{Env, Status};
 
 /// Most messages removed by one writer job. A job holds its whole writer round, and the
 /// intake writes in that round wait for it: small jobs keep that wait short.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = 16;
 
 const DAY_MS: i64 = 86_400_000;
 
