@@ -586,9 +586,21 @@ fn a_subscription_whose_endpoint_is_gone_is_disabled_and_its_owner_turns_it_back
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(v["disabledReason"].as_str().unwrap().contains("410"), "{v}");
-    let admin = app
-        .admin("GET", "/admin/api/subscriptions?active=false", None)
-        .data(200);
+    // The disabling and the attempt's outcome are two writes: wait for the second too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admin = loop {
+        let admin = app
+            .admin("GET", "/admin/api/subscriptions?active=false", None)
+            .data(200);
+        if admin[0]["health"]["failures"] == 1 {
+            break admin;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failure was never recorded: {admin}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(admin.as_array().unwrap().len(), 1);
     assert_eq!(admin[0]["partner"], "ACME");
     assert_eq!(admin[0]["health"]["failures"], 1);
