@@ -350,25 +350,32 @@ fn end_job(
         }
     }
     job.finished_at = Some(now);
-    let webhook = webhook_delivery(&job, now);
-    let outbox = webhook
-        .as_ref()
-        .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
-        .transpose()?;
+    let webhook = webhook_entry(&job, now)?;
     let value = encode(&job)?;
     t.remove(Table::JobsRunning, running_key(lease, id))?;
     if let Some(c) = content {
         t.insert(Table::JobContent, env_id(env, id), c)?;
     }
-    if let Some((k, v)) = outbox {
-        t.insert(Table::Outbox, k, v)?;
-    }
+    put_webhook(t, webhook)?;
     t.insert(Table::Jobs, env_id(env, id), value)?;
     t.feed(env, &job.partner, EventKind::BackgroundCompleted, id, now)?;
-    if let Some(q) = webhook {
+    Ok(Some(job))
+}
+
+/// The webhook delivery of a job that ended now, encoded ahead of the job's first write.
+fn webhook_entry(job: &JobRec, now: i64) -> Result<Option<(Queued, Vec<u8>)>, StoreError> {
+    webhook_delivery(job, now)
+        .map(|q| encode(&q.delivery).map(|v| (q, v)))
+        .transpose()
+}
+
+/// Queues the webhook in this write; the engine is told once the write is flushed.
+fn put_webhook(t: &Tx<'_>, entry: Option<(Queued, Vec<u8>)>) -> Result<(), StoreError> {
+    if let Some((q, v)) = entry {
+        t.insert(Table::Outbox, &q.key, v)?;
         t.offer_after_commit(q);
     }
-    Ok(Some(job))
+    Ok(())
 }
 
 fn running_key(lease_until: i64, id: Uuid) -> [u8; 24] {
@@ -644,42 +651,31 @@ impl Store {
         idem: Option<Remember<JobCancel>>,
         now: i64,
     ) -> Result<JobCancel, StoreError> {
-        let (outcome, webhook) = self
-            .writer
+        self.writer
             .write(move |t| {
                 let job = get_job(t, env, id)?
                     .filter(|j| partner.as_ref().is_none_or(|p| *p == j.partner));
                 let Some(mut job) = job else {
-                    return Ok((JobCancel::NotFound, None));
+                    return Ok(JobCancel::NotFound);
                 };
                 if job.state != JobState::Queued {
-                    return Ok((JobCancel::Conflict(job), None));
+                    return Ok(JobCancel::Conflict(job));
                 }
                 job.state = JobState::Cancelled;
                 job.finished_at = Some(now);
-                let webhook = webhook_delivery(&job, now);
-                let outbox = webhook
-                    .as_ref()
-                    .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
-                    .transpose()?;
+                let webhook = webhook_entry(&job, now)?;
                 let value = encode(&job)?;
                 t.remove(Table::JobsQueued, id.as_bytes())?;
                 t.insert(Table::Jobs, env_id(env, id), value)?;
-                if let Some((k, v)) = outbox {
-                    t.insert(Table::Outbox, k, v)?;
-                }
+                put_webhook(t, webhook)?;
                 t.feed(env, &job.partner, EventKind::BackgroundCompleted, id, now)?;
                 let outcome = JobCancel::Done(job);
                 if let Some(r) = idem {
                     r.write(t, &outcome)?;
                 }
-                Ok((outcome, webhook))
+                Ok(outcome)
             })
-            .await?;
-        if let Some(q) = webhook {
-            self.outbox.offer(vec![q]);
-        }
-        Ok(outcome)
+            .await
     }
 
     /// Puts running jobs back in the queue: every one (`before` = `None`, at start, when
