@@ -383,6 +383,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteAddr(pub std::net::SocketAddr);
 
+/// Most header fields a request may carry, and most bytes their names and values may
+/// take. Past either the request is marked [`LargeHead`] and answered 431 with the error
+/// envelope. The HTTP layer's own limits sit above these ([`HTTP_MAX_HEADERS`] fields,
+/// and its read buffer of about 400 KB) and answer a bare 431 as the last guard.
+pub const MAX_HEADERS: usize = 100;
+/// See [`MAX_HEADERS`].
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+const HTTP_MAX_HEADERS: usize = 256;
+
+/// Put in the extensions of a request whose headers are over [`MAX_HEADERS`] or
+/// [`MAX_HEADER_BYTES`]; the routes refuse it before anything else.
+#[derive(Debug, Clone, Copy)]
+pub struct LargeHead;
+
+fn is_large_head(h: &http::HeaderMap) -> bool {
+    h.len() > MAX_HEADERS
+        || h.iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            > MAX_HEADER_BYTES
+}
+
 /// The route service with each request counted in flight on its connection.
 #[derive(Clone)]
 struct Counted<S> {
@@ -422,6 +444,9 @@ where
         use tracing::Instrument;
         let started = Instant::now();
         req.extensions_mut().insert(RemoteAddr(self.remote));
+        if is_large_head(req.headers()) {
+            req.extensions_mut().insert(LargeHead);
+        }
         let busy = InFlight::begin(&self.conn);
         let has_body = has_body(req.headers());
         let id = request_id(req.headers());
@@ -627,7 +652,8 @@ pub async fn serve(
                 remote,
                 metrics: metrics.clone(),
             };
-            let builder = Builder::new(TokioExecutor::new());
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().max_headers(HTTP_MAX_HEADERS);
             let result = match acceptor {
                 None => {
                     let io = TokioIo::new(Guarded::new(stream, conn, limits));

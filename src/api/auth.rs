@@ -196,6 +196,7 @@ pub fn partner(state: &AppState, ctx: &Ctx) -> Result<Principal, ApiError> {
             .authenticate(key)
             .ok_or_else(ApiError::unauthorized)
     })?;
+    ctx.check_query()?;
     limit(state, found)
 }
 
@@ -347,6 +348,7 @@ pub fn partner_by_form_key(state: &AppState, ctx: &Ctx, key: &str) -> Result<Pri
             .authenticate(key)
             .ok_or_else(ApiError::unauthorized)
     })?;
+    ctx.check_query()?;
     limit(state, principal)
 }
 
@@ -375,8 +377,11 @@ pub fn hash_admin_token(token: &str) -> [u8; 32] {
 }
 
 /// Authenticates an admin call: the admin token, or a user's session (see `admin_auth`).
+/// Its query must be text, like a partner's (see [`Ctx::check_query`]).
 pub fn admin(state: &AppState, ctx: &Ctx) -> Result<super::admin_auth::Actor, ApiError> {
-    super::admin_auth::admin(state, ctx)
+    let actor = super::admin_auth::admin(state, ctx)?;
+    ctx.check_query()?;
+    Ok(actor)
 }
 
 /// Token buckets per partner: `rps` tokens a second, holding at most twice that.

@@ -75,12 +75,28 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .boxed();
     // Admin calls go through the audit log; everything else skips it at the first segment.
-    admin_users::audited(state, all.clone())
-        .or(all)
-        .unify()
+    refuse_large_heads()
+        .and(admin_users::audited(state, all.clone()).or(all).unify())
         .recover(recover)
         .unify()
         .boxed()
+}
+
+/// A request whose headers are over the server's limits (see [`crate::server::LargeHead`]).
+#[derive(Debug)]
+struct HeadTooLarge;
+impl warp::reject::Reject for HeadTooLarge {}
+
+/// Refuses a request marked [`crate::server::LargeHead`] before any route reads it.
+fn refuse_large_heads() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::ext::optional::<crate::server::LargeHead>()
+        .and_then(|large: Option<crate::server::LargeHead>| async move {
+            match large {
+                Some(_) => Err(warp::reject::custom(HeadTooLarge)),
+                None => Ok(()),
+            }
+        })
+        .untuple_one()
 }
 
 /// What handlers get of a request besides its path parameters and body.
@@ -97,9 +113,25 @@ pub struct Ctx {
     pub raw_query: String,
     /// Set only on a background job's replay, in-process: who the job runs as.
     pub injected: Option<background::Injected>,
+    /// The first query parameter whose name or value does not decode to UTF-8 text
+    /// (`query` holds it with U+FFFD in place of the bad bytes).
+    pub query_not_text: Option<String>,
 }
 
 impl Ctx {
+    /// 422 naming the first query parameter that is not UTF-8 text once percent-decoded:
+    /// such a value would otherwise be read with U+FFFD in place of its bytes, and stored
+    /// altered. Checked once the caller is authenticated, so anonymous callers get 401.
+    pub fn check_query(&self) -> Result<(), ApiError> {
+        match &self.query_not_text {
+            None => Ok(()),
+            Some(name) => Err(ApiError::invalid(
+                name,
+                format!("query parameter {name} is not UTF-8 text"),
+            )),
+        }
+    }
+
     /// A query parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query.get(name).map(String::as_str)
@@ -175,10 +207,31 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Rejection> + Clone {
                 method,
                 remote: remote.map(|r| r.0),
                 path: path.as_str().to_owned(),
+                query_not_text: param_not_text(&raw),
                 raw_query: raw,
                 injected,
             },
         )
+}
+
+/// The name of the first parameter of a raw query whose name or value does not
+/// percent-decode to UTF-8 (`+` is a space), lossily decoded.
+fn param_not_text(raw: &str) -> Option<String> {
+    if !raw.contains('%') {
+        // The HTTP layer lets only visible ASCII into the query, and no escapes means no
+        // other bytes.
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode(s.replace('+', " ").as_bytes()).collect::<Vec<u8>>()
+    };
+    raw.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name);
+        let text =
+            std::str::from_utf8(&name).is_ok() && std::str::from_utf8(&decode(value)).is_ok();
+        (!text).then(|| String::from_utf8_lossy(&name).into_owned())
+    })
 }
 
 fn body(state: &AppState) -> impl Filter<Extract = (BodyStream,), Error = Rejection> + Clone {
@@ -426,10 +479,18 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
 /// Deepest nesting of arrays and objects accepted in a JSON payload.
 pub const MAX_JSON_DEPTH: usize = 128;
 
-/// Checks a payload whose content type is JSON: well-formed, and nested at most
-/// [`MAX_JSON_DEPTH`] deep, so that every receiver's parser can read what it is handed.
+/// Checks a payload whose content type is JSON: UTF-8 (RFC 8259), well-formed, and
+/// nested at most [`MAX_JSON_DEPTH`] deep, so that every receiver's parser can read what
+/// it is handed. (The parse skips over strings without checking their bytes, hence the
+/// separate UTF-8 check.)
 pub fn check_json_payload(bytes: &[u8]) -> Result<(), ApiError> {
     let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", why);
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(invalid(format!(
+            "the JSON payload is not UTF-8: invalid bytes at offset {}",
+            e.valid_up_to()
+        )));
+    }
     if !json_depth_within(bytes, MAX_JSON_DEPTH) {
         return Err(invalid(format!(
             "the JSON payload nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
@@ -574,6 +635,16 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType};
     let e = if r.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    } else if r.find::<HeadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request's headers are over the limit of {} fields and {} bytes",
+                crate::server::MAX_HEADERS,
+                crate::server::MAX_HEADER_BYTES
+            ),
+        )
     } else if r.find::<MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -635,6 +706,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_parameters_must_decode_to_text() {
+        for ok in [
+            "",
+            "a=b",
+            "a=%20b+c",
+            "%C3%A9=%F0%9F%98%80",
+            "a",
+            "a=%",
+            "a=%zz",
+        ] {
+            assert_eq!(param_not_text(ok), None, "{ok}");
+        }
+        assert_eq!(
+            param_not_text("a=1&version=%ff%fe").as_deref(),
+            Some("version")
+        );
+        assert_eq!(param_not_text("x=1&%ff=1").as_deref(), Some("\u{fffd}"));
+        assert_eq!(param_not_text("v=%C3").as_deref(), Some("v"));
+        assert_eq!(
+            param_not_text("v=%ED%A0%80").as_deref(),
+            Some("v"),
+            "a surrogate"
+        );
+    }
+
+    #[test]
     fn millisecond_times_keep_their_milliseconds() {
         assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
@@ -663,6 +760,9 @@ mod tests {
             (b"\"x\"", true),
             (b" 12 ", true),
             (b"", false),
+            (b"{\"a\":\"\xff\"}", false),
+            (b"{\"\xc3\":1}", false),
+            ("{\"\u{e9}\":\"\u{1f600}\"}".as_bytes(), true),
         ] {
             assert_eq!(
                 check_json_payload(bytes).is_ok(),
@@ -672,6 +772,8 @@ mod tests {
             );
         }
         let e = check_json_payload(nest(129).as_bytes()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
+        let e = check_json_payload(b"[\"\xed\xa0\x80\"]").unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "invalid_json"));
     }
 }

@@ -15,7 +15,7 @@ const INBOUND: &str = "/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order
 
 /// Sends raw bytes on a new connection and reads what comes back until the server closes
 /// the connection or `wait` passes. Returns the text read and whether the server closed.
-fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+pub(crate) fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(bytes).expect("write");
     read_until_closed(&mut s, wait)
@@ -47,7 +47,7 @@ fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (String, bool) {
 }
 
 /// The status code of the first response in `text`.
-fn status_of(text: &str) -> Option<u16> {
+pub(crate) fn status_of(text: &str) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 

@@ -177,3 +177,215 @@ fn path_traversal_in_every_path_parameter_gets_4xx() {
     assert!(calls > 100, "only {calls} calls");
     assert_eq!(stored(&app, &acme), before, "nothing was stored");
 }
+
+/// How a hostile request must be answered.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    /// A 4xx with the error envelope, from Waybill.
+    Envelope,
+    /// A bare 4xx from the HTTP layer, which could not parse the request far enough to
+    /// hand it on (bytes outside the grammar in the request line, a head larger than its
+    /// buffer): there is no request to answer with the envelope.
+    Bare,
+}
+
+/// A request as bytes, with the API key, `Connection: close` and a Content-Length.
+fn request(method: &str, target: &[u8], key: &str, extra: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut r = format!("{method} ").into_bytes();
+    r.extend_from_slice(target);
+    r.extend_from_slice(b" HTTP/1.1\r\nHost: waybill\r\nConnection: close\r\nX-Api-Key: ");
+    r.extend_from_slice(key.as_bytes());
+    r.extend_from_slice(b"\r\nContent-Type: application/json\r\n");
+    r.extend_from_slice(extra);
+    r.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    r.extend_from_slice(body);
+    r
+}
+
+/// A JSON array of `n` copies of `item`.
+fn array_of(item: &str, n: usize) -> String {
+    format!("[{}]", vec![item; n].join(","))
+}
+
+#[test]
+fn hostile_requests_get_4xx_and_store_nothing() {
+    use crate::edge::{raw, status_of};
+    use std::time::Duration;
+
+    let app = spawn_app_with(|_| {});
+    let acme = app.partner("ACME");
+    app.partner("GLOBEX");
+    app.route("ACME", "GLOBEX", "*");
+    let before = stored(&app, &acme);
+    let inbound: &[u8] = b"/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order";
+    let with = |query: &str| [inbound, query.as_bytes()].concat();
+    let many_headers: Vec<u8> = (0..150)
+        .flat_map(|i| format!("X-Filler-{i}: v\r\n").into_bytes())
+        .collect();
+    let big_header = [b"X-Big: ".as_slice(), &vec![b'a'; 64 * 1024], b"\r\n"].concat();
+    let huge_header = [b"X-Huge: ".as_slice(), &vec![b'a'; 1 << 20], b"\r\n"].concat();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let batch_item = r#"{"messageType":"order","receiver":"GLOBEX","payload":1}"#;
+    let rows: Vec<(&str, Vec<u8>, Answer)> = vec![
+        (
+            "a 64 KiB header",
+            request("POST", inbound, &acme, &big_header, b"{}"),
+            Answer::Envelope,
+        ),
+        (
+            "150 headers",
+            request("POST", inbound, &acme, &many_headers, b"{}"),
+            Answer::Envelope,
+        ),
+        (
+            "a 1 MiB header",
+            request("POST", inbound, &acme, &huge_header, b"{}"),
+            Answer::Bare,
+        ),
+        (
+            "a raw byte 0xff in the path",
+            request("POST", b"/api/v1/documents/ord\xffer", &acme, b"", b"{}"),
+            Answer::Bare,
+        ),
+        (
+            "a raw byte 0xff in the query",
+            request("POST", &[inbound, b"&version=\xff"].concat(), &acme, b"", b"{}"),
+            Answer::Bare,
+        ),
+        (
+            "a query value that decodes to invalid UTF-8",
+            request("POST", &with("&version=%ff%fe"), &acme, b"", b"{}"),
+            Answer::Envelope,
+        ),
+        (
+            "a query name that decodes to invalid UTF-8",
+            request("POST", &with("&%ff=1"), &acme, b"", b"{}"),
+            Answer::Envelope,
+        ),
+        (
+            "invalid UTF-8 in a JSON payload's string",
+            request("POST", inbound, &acme, b"", b"{\"a\":\"\xff\xfe\"}"),
+            Answer::Envelope,
+        ),
+        (
+            "invalid UTF-8 in a JSON payload's name",
+            request("POST", inbound, &acme, b"", b"{\"\xc3\":1}"),
+            Answer::Envelope,
+        ),
+        (
+            "invalid UTF-8 in a document",
+            request("POST", b"/api/v1/documents/order", &acme, b"", b"{\"a\":\"\xff\"}"),
+            Answer::Envelope,
+        ),
+        (
+            "invalid UTF-8 in a batch",
+            request(
+                "POST",
+                b"/api/v1/requests",
+                &acme,
+                b"",
+                b"{\"messages\":[{\"messageType\":\"order\",\"payload\":\"\xff\"}]}",
+            ),
+            Answer::Envelope,
+        ),
+        (
+            "JSON nested 100,000 deep as a payload",
+            request("POST", inbound, &acme, b"", deep.as_bytes()),
+            Answer::Envelope,
+        ),
+        (
+            "JSON nested 100,000 deep as a document",
+            request("POST", b"/api/v1/documents/order", &acme, b"", deep.as_bytes()),
+            Answer::Envelope,
+        ),
+        (
+            "JSON nested 100,000 deep as a subscription",
+            request("POST", b"/api/v1/subscriptions", &acme, b"", deep.as_bytes()),
+            Answer::Envelope,
+        ),
+        (
+            "a batch of 100,000 messages",
+            request(
+                "POST",
+                b"/api/v1/requests",
+                &acme,
+                b"",
+                format!(r#"{{"messages":{}}}"#, array_of(batch_item, 100_000)).as_bytes(),
+            ),
+            Answer::Envelope,
+        ),
+        (
+            "a search value of 100,000 ids",
+            request(
+                "POST",
+                b"/api/v1/tracking",
+                &acme,
+                b"",
+                format!(r#"{{"search":[{{"by":"id","value":{}}}]}}"#, array_of("1", 100_000))
+                    .as_bytes(),
+            ),
+            Answer::Envelope,
+        ),
+        (
+            "100,000 search criteria",
+            request(
+                "POST",
+                b"/api/v1/tracking",
+                &acme,
+                b"",
+                format!(
+                    r#"{{"search":{}}}"#,
+                    array_of(r#"{"by":"messageType","value":"order"}"#, 100_000)
+                )
+                .as_bytes(),
+            ),
+            Answer::Envelope,
+        ),
+        (
+            "100,000 sorts",
+            request(
+                "POST",
+                b"/api/v1/tracking",
+                &acme,
+                b"",
+                format!(r#"{{"sorts":{}}}"#, array_of("{}", 100_000)).as_bytes(),
+            ),
+            Answer::Envelope,
+        ),
+        (
+            "a subscription with 100,000 events",
+            request(
+                "POST",
+                b"/api/v1/subscriptions",
+                &acme,
+                b"",
+                format!(
+                    r#"{{"systemName":"erp","url":"https://erp.example/?ids={{ids}}","events":{}}}"#,
+                    array_of(r#""message.status""#, 100_000)
+                )
+                .as_bytes(),
+            ),
+            Answer::Envelope,
+        ),
+    ];
+    for (what, bytes, answer) in rows {
+        let (text, _) = raw(app.addr, &bytes, Duration::from_secs(20));
+        let status = status_of(&text).unwrap_or_else(|| panic!("{what}: no answer: {text:?}"));
+        assert!((400..500).contains(&status), "{what}: {status} {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        match answer {
+            Answer::Envelope => {
+                let v: Value = serde_json::from_str(body)
+                    .unwrap_or_else(|e| panic!("{what}: not the envelope ({e}): {text}"));
+                assert_eq!(v["success"], false, "{what}: {v}");
+                assert!(v["error"]["code"].is_string(), "{what}: {v}");
+                assert!(v["error"]["message"].is_string(), "{what}: {v}");
+            }
+            Answer::Bare => assert!(
+                text.to_ascii_lowercase().contains("connection: close"),
+                "{what}: {text}"
+            ),
+        }
+    }
+    assert_eq!(stored(&app, &acme), before, "nothing was stored");
+}
