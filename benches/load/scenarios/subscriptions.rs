@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-use super::{
+use crate::{
     admin_call, admin_post, build_request, find, inbound_body, is_success, latency_summary, micros,
     now_micros, one_shot, print_first_error, snippet, Conn, Ctx, Tally, REQUEST_TIMEOUT, SENDER,
     WARMUP,

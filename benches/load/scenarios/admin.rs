@@ -11,15 +11,15 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target};
-use super::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
+use crate::{build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target};
+use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
 
 /// Calls timed per kind.
 const SAMPLES: usize = 400;
 
 /// Runs the phase with a server of its own.
 pub async fn run(messages: u64) -> Result<(), String> {
-    let mut server = Server::start(super::server_binary(), false, false)?;
+    let mut server = Server::start(crate::server_binary(), false, false)?;
     let target = server.target();
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     wait_for_ok(&target, "/readyz", deadline, Some(&mut server)).await?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::latency_summary;
+use crate::latency_summary;
 use waybill::model::Env;
 use waybill::store::compact::{compact, payload_bytes, sled_bytes};
 use waybill::store::retention::Retention;
@@ -61,7 +61,7 @@ fn payload() -> Bytes {
     Bytes::from(p)
 }
 
-pub(super) async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
+pub async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
     let now = waybill::store::now_ms();
     let start = now - 30 * DAY_MS;
     let step = (30 * DAY_MS) as f64 / messages.max(1) as f64;
@@ -105,7 +105,7 @@ async fn intake(store: &Arc<Store>) -> Vec<u32> {
 }
 
 /// Intake latencies (µs) from `INTAKE_TASKS` tasks until `until` ends.
-pub(super) async fn intake_while(
+pub async fn intake_while(
     store: &Arc<Store>,
     until: impl std::future::Future<Output = ()>,
 ) -> Vec<u32> {
@@ -138,7 +138,7 @@ pub(super) async fn intake_while(
     all
 }
 
-pub(super) async fn run(messages: u64) -> Result<(), String> {
+pub async fn run(messages: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let path = dir.path().to_owned();
     let open = || {

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{
+use crate::{
     admin_call, admin_post, build_request, is_success, latency_summary, now_micros, one_shot, Ctx,
     REQUEST_TIMEOUT, SENDER,
 };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{admin_post, build_request, is_success, latency_summary, Conn, Ctx, SENDER};
+use crate::{admin_post, build_request, is_success, latency_summary, Conn, Ctx, SENDER};
 
 const RECEIVER: &str = "LEASED";
 const BATCH: usize = 1000;

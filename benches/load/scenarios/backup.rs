@@ -11,13 +11,13 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::latency_summary;
 use super::retention::{fill, intake_while};
+use crate::latency_summary;
 use waybill::store::Store;
 
 const ALONE: Duration = Duration::from_secs(8);
 
-pub(super) async fn run(messages: u64) -> Result<(), String> {
+pub async fn run(messages: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let path = dir.path().join("data");
     let open = || {

@@ -54,22 +54,11 @@ use tokio::time::{sleep, timeout};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-#[path = "load/admin.rs"]
-mod admin;
-#[path = "load/background.rs"]
-mod background;
-#[path = "load/backup.rs"]
-mod backup;
-#[path = "load/poll_leased.rs"]
-mod poll_leased;
-#[path = "load/push_slow.rs"]
-mod push_slow;
-#[path = "load/retention.rs"]
-mod retention;
-#[path = "load/subscriptions.rs"]
-mod subscriptions;
-#[path = "load/tracking.rs"]
-mod tracking;
+mod scenarios;
+
+use scenarios::{
+    admin, background, backup, poll_leased, push_slow, retention, subscriptions, tracking,
+};
 
 const USAGE: &str = "\
 usage: cargo bench --bench load -- [options]

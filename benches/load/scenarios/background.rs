@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-use super::{
+use crate::{
     admin_call, build_request, find, inbound_body, is_success, latency_summary, micros, now_micros,
     print_first_error, put_digits, snippet, Conn, Ctx, Tally, BODY_SIZE, INBOUND_PATH,
     REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP,

@@ -20,7 +20,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{
+use crate::{
     admin_post, build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target,
     RESTART_TIMEOUT, STARTUP_TIMEOUT,
 };
@@ -51,7 +51,7 @@ fn request_shape(n: u64) -> (Option<String>, usize) {
 
 /// Fills `data_dir` with about `messages` messages; returns a sample of
 /// `(partner, request id, external reference)` to search for.
-pub(super) async fn fill(
+pub async fn fill(
     data_dir: &std::path::Path,
     messages: u64,
 ) -> Result<Vec<(String, String, String)>, String> {
@@ -131,7 +131,7 @@ pub(super) async fn fill(
 
 /// Runs the phase with a server of its own.
 pub async fn run(messages: u64) -> Result<(), String> {
-    let mut server = Server::start(super::server_binary(), false, false)?;
+    let mut server = Server::start(crate::server_binary(), false, false)?;
     // The first start makes the data directory and the admin token; stop it to fill.
     let target = server.target();
     let deadline = Instant::now() + STARTUP_TIMEOUT;
