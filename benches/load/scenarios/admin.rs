@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::{build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target};
+use crate::client::{build_request, Conn, Target};
+use crate::server::Server;
+use crate::setup::wait_for_ok;
+use crate::stats::{latency_summary, micros};
 use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
 
 /// Calls timed per kind.

@@ -25,11 +25,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-use crate::{
-    admin_call, build_request, find, inbound_body, is_success, latency_summary, micros, now_micros,
-    print_first_error, put_digits, snippet, Conn, Ctx, Tally, BODY_SIZE, INBOUND_PATH,
-    REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP,
+use crate::client::{build_request, find, Conn};
+use crate::scenarios::inbound::{inbound_body, put_digits};
+use crate::setup::admin_call;
+use crate::stats::{
+    is_success, latency_summary, micros, now_micros, print_first_error, snippet, Tally,
 };
+use crate::{Ctx, BODY_SIZE, INBOUND_PATH, REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP};
 
 /// Calls per second in the latency runs.
 const RATE: u64 = 500;

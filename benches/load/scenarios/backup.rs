@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::retention::{fill, intake_while};
-use crate::latency_summary;
+use crate::stats::latency_summary;
 use waybill::store::Store;
 
 const ALONE: Duration = Duration::from_secs(8);

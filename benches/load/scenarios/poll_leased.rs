@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{admin_post, build_request, is_success, latency_summary, Conn, Ctx, SENDER};
+use crate::client::{build_request, Conn};
+use crate::setup::admin_post;
+use crate::stats::{is_success, latency_summary};
+use crate::{Ctx, SENDER};
 
 const RECEIVER: &str = "LEASED";
 const BATCH: usize = 1000;

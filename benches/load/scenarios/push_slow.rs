@@ -10,10 +10,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{
-    admin_call, admin_post, build_request, is_success, latency_summary, now_micros, one_shot, Ctx,
-    REQUEST_TIMEOUT, SENDER,
-};
+use crate::client::{build_request, one_shot};
+use crate::setup::{admin_call, admin_post};
+use crate::stats::{is_success, latency_summary, now_micros};
+use crate::{Ctx, REQUEST_TIMEOUT, SENDER};
 
 /// How long SLOW takes to answer each call.
 const SLOW_CALL: Duration = Duration::from_secs(3);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::latency_summary;
+use crate::stats::latency_summary;
 use waybill::model::Env;
 use waybill::store::compact::{compact, payload_bytes, sled_bytes};
 use waybill::store::retention::Retention;

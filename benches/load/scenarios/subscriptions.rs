@@ -28,11 +28,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-use crate::{
-    admin_call, admin_post, build_request, find, inbound_body, is_success, latency_summary, micros,
-    now_micros, one_shot, print_first_error, snippet, Conn, Ctx, Tally, REQUEST_TIMEOUT, SENDER,
-    WARMUP,
+use crate::client::{build_request, find, one_shot, Conn};
+use crate::scenarios::inbound::inbound_body;
+use crate::setup::{admin_call, admin_post};
+use crate::stats::{
+    is_success, latency_summary, micros, now_micros, print_first_error, snippet, Tally,
 };
+use crate::{Ctx, REQUEST_TIMEOUT, SENDER, WARMUP};
 
 /// Subscriptions, one per receiver.
 const SUBS: usize = 100;

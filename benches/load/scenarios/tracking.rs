@@ -20,10 +20,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::{
-    admin_post, build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target,
-    RESTART_TIMEOUT, STARTUP_TIMEOUT,
-};
+use crate::client::{build_request, Conn, Target};
+use crate::server::Server;
+use crate::setup::{admin_post, wait_for_ok};
+use crate::stats::{latency_summary, micros};
+use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
 use waybill::model::Env;
 use waybill::store::{NewMessage, Store};
 
