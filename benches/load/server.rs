@@ -294,3 +294,16 @@ pub fn new_log_lines(server: &Option<Server>, from: u64) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The CPU time (user and system) the process `pid` has used, in microseconds.
+pub fn cpu_us(pid: Option<u32>) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // After the command name (in parentheses, which may hold spaces): the state is field 3,
+    // utime field 14 and stime field 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000 / hz)
+}

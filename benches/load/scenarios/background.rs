@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-use crate::client::{build_request, find, Conn};
+use crate::client::{build_request, find, read_more, Conn};
 use crate::scenarios::inbound::{inbound_body, put_digits};
 use crate::setup::admin_call;
 use crate::stats::{
@@ -376,17 +376,6 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<HashMap<String, Completion>
             .is_err()
         {
             return;
-        }
-    }
-}
-
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
         }
     }
 }
