@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 mod client;
 mod options;
+mod report;
 mod scenarios;
 mod server;
 mod setup;
@@ -89,7 +90,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = rt.block_on(run(opts));
+    let result = if opts.report {
+        rt.block_on(report::run(opts))
+    } else {
+        rt.block_on(run(opts))
+    };
     // Drop the runtime before exiting so no task outlives the server handle.
     drop(rt);
     if let Err(e) = result {
@@ -183,6 +188,7 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
             // /healthz only says the listener is up; provisioning is more
             // reliable once the server also reports ready.
             wait_for_ok(&target, "/readyz", deadline, Some(&mut *s)).await?;
+            report::watch(Some(&*s));
             println!(
                 "server   {}{} pid {} data {}",
                 if tls { "https://" } else { "" },

@@ -39,6 +39,16 @@ usage: cargo bench --bench load -- [options]
   --validate            register a 30-property JSON Schema for the intake's
                         doctype first, so every message is validated (run
                         once with and once without to compare)
+  --report              run every scenario, each on a fresh server, then
+                        ../shared/bench/yardstick all, and write BENCHMARKS.md
+                        (throughput, p50/p99, server CPU per message, peak RSS,
+                        data on disk, and the machine); takes --duration,
+                        --connections, --rate and --threads
+  --quick               with --report: small counts and 2 s runs, to check that
+                        the report runs (its figures are not measurements)
+  --out FILE            with --report: write the report here instead
+  --yardstick PATH      with --report: the yardstick script to run
+  --no-yardstick        with --report: leave the yardstick out
 
 The push phase starts an HTTP receiver on 127.0.0.1 and sets GLOBEX's pushUrl
 to it (the background phase one for its completion webhooks, the subscriptions
@@ -47,9 +57,8 @@ one must allow loopback targets itself and run on this host.
 
 The server binary is the one cargo built for this package; WAYBILL_BIN overrides it.";
 
-// ---------------------------------------------------------------------------
-// Options
-
+/// What the command line asks for.
+#[derive(Clone)]
 pub struct Options {
     pub duration: Duration,
     pub connections: usize,
@@ -87,6 +96,16 @@ pub struct Options {
     pub threads: usize,
     /// Register a schema for the intake's doctype before the phases.
     pub validate: bool,
+    /// Every scenario and the yardstick, written to one report (`--report`).
+    pub report: bool,
+    /// Small counts and short runs, to check that the report runs (`--quick`).
+    pub quick: bool,
+    /// Where the report goes (`--out`); BENCHMARKS.md at the project's root by default.
+    pub out: Option<PathBuf>,
+    /// The yardstick script (`--yardstick`); ../shared/bench/yardstick by default.
+    pub yardstick: Option<PathBuf>,
+    /// Leave the yardstick out of the report (`--no-yardstick`).
+    pub no_yardstick: bool,
 }
 
 pub fn parse_args() -> Result<Options, String> {
@@ -114,7 +133,15 @@ pub fn parse_args() -> Result<Options, String> {
         admin_token: None,
         threads: 2,
         validate: false,
+        report: false,
+        quick: false,
+        out: None,
+        yardstick: None,
+        no_yardstick: false,
     };
+    // The report runs every phase itself, with the options below that are not phases.
+    let mut phase_given = false;
+    let mut duration_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         // Accept both `--opt value` and `--opt=value`.
@@ -142,6 +169,7 @@ pub fn parse_args() -> Result<Options, String> {
                     return Err(format!("bad --duration {v:?}"));
                 }
                 o.duration = Duration::from_secs_f64(secs);
+                duration_given = true;
             }
             "--connections" => {
                 o.connections = parse_count(&value("--connections")?, "--connections")?
@@ -163,10 +191,23 @@ pub fn parse_args() -> Result<Options, String> {
                 }
                 o.validate = true;
             }
+            "--report" | "--quick" | "--no-yardstick" => {
+                if inline.is_some() {
+                    return Err(format!("{name} takes no value"));
+                }
+                match name.as_str() {
+                    "--report" => o.report = true,
+                    "--quick" => o.quick = true,
+                    _ => o.no_yardstick = true,
+                }
+            }
+            "--out" => o.out = Some(PathBuf::from(value("--out")?)),
+            "--yardstick" => o.yardstick = Some(PathBuf::from(value("--yardstick")?)),
             "--tls-ca" => o.tls_ca = Some(PathBuf::from(value("--tls-ca")?)),
             "--server" => o.server = Some(value("--server")?),
             "--admin-token" => o.admin_token = Some(value("--admin-token")?),
             "--phase" => {
+                phase_given = true;
                 let v = value("--phase")?;
                 o.inbound = false;
                 o.pollack = false;
@@ -233,6 +274,20 @@ pub fn parse_args() -> Result<Options, String> {
                 }
             }
             _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    let report_only = o.quick || o.out.is_some() || o.yardstick.is_some() || o.no_yardstick;
+    if report_only && !o.report {
+        return Err("--quick, --out, --yardstick and --no-yardstick go with --report".into());
+    }
+    if o.report {
+        if phase_given || o.server.is_some() || o.tls || o.validate {
+            return Err("--report runs every phase on servers of its own; \
+                        drop --phase, --server, --tls and --validate"
+                .into());
+        }
+        if o.quick && !duration_given {
+            o.duration = Duration::from_secs(2);
         }
     }
     if o.compare {

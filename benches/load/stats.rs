@@ -55,15 +55,19 @@ pub fn latency_summary(mut lat: Vec<u32>, quantiles: &[(&str, f64)], with_max: b
     lat.sort_unstable();
     let mut parts: Vec<String> = quantiles
         .iter()
-        .map(|(name, q)| {
-            let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
-            format!("{name} {}", fmt_ms(lat[rank - 1]))
-        })
+        .map(|(name, q)| format!("{name} {}", fmt_ms(quantile(&lat, *q))))
         .collect();
     if with_max {
         parts.push(format!("max {}", fmt_ms(lat[lat.len() - 1])));
     }
     parts.join(", ")
+}
+
+/// The `q` quantile of sorted, non-empty latencies: the smallest value at least a `q`
+/// share of them do not exceed.
+pub fn quantile(sorted: &[u32], q: f64) -> u32 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 pub fn fmt_ms(us: u32) -> String {

@@ -12,7 +12,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::client::{build_request, Conn, Target};
-use crate::server::Server;
+use crate::report::{self, Row};
+use crate::server::{dir_size, Server};
 use crate::setup::wait_for_ok;
 use crate::stats::{latency_summary, micros};
 use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
@@ -40,9 +41,13 @@ pub async fn run(messages: u64) -> Result<(), String> {
         Some(&mut server),
     )
     .await?;
-    println!(
-        "admin restart: ready in {:.2}s",
-        started.elapsed().as_secs_f64()
+    let ready = started.elapsed().as_secs_f64();
+    println!("admin restart: ready in {ready:.2}s");
+    report::watch(Some(&server));
+    report::add(
+        Row::new(format!("admin: a store of {messages} messages"))
+            .disk(dir_size(&server.data_dir))
+            .note(format!("restart to ready {ready:.2} s")),
     );
     let mut conn = Conn::connect(&target)
         .await
@@ -79,6 +84,7 @@ async fn measure(
     conn: &mut Conn,
 ) -> Result<(), String> {
     let req = build_request("GET", path, &target.host, &[("Authorization", auth)], b"");
+    let mark = report::mark();
     let mut lat = Vec::with_capacity(SAMPLES);
     let mut items = 0usize;
     for _ in 0..SAMPLES {
@@ -97,6 +103,13 @@ async fn measure(
             .and_then(|v| v["data"]["items"].as_array().map(Vec::len))
             .unwrap_or(0);
     }
+    report::record(
+        Row::new(format!("admin API: {name}"))
+            .latency(&lat)
+            .messages(lat.len() as u64)
+            .note(format!("{} calls, one at a time; CPU per call", lat.len())),
+        mark,
+    );
     println!(
         "admin {name}: {} calls, {items} items each, {}",
         lat.len(),

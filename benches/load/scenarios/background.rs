@@ -26,10 +26,11 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
 use crate::client::{build_request, find, read_more, Conn};
+use crate::report::{self, Row};
 use crate::scenarios::inbound::{inbound_body, put_digits};
 use crate::setup::admin_call;
 use crate::stats::{
-    is_success, latency_summary, micros, now_micros, print_first_error, snippet, Tally,
+    fmt_ms, is_success, latency_summary, micros, now_micros, print_first_error, snippet, Tally,
 };
 use crate::{Ctx, BODY_SIZE, INBOUND_PATH, REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP};
 
@@ -433,6 +434,7 @@ pub async fn run(
     );
     print_first_error(&sync.tally.first_err);
 
+    let mark = report::mark();
     let bg = paced(ctx, 2, duration, Some(&receiver.url)).await;
     let deadline = Instant::now() + WEBHOOK_WAIT;
     while receiver.count() < bg.jobs.len() && Instant::now() < deadline {
@@ -453,6 +455,20 @@ pub async fn run(
         (lat, other)
     };
     let bg_p50 = median(lat.clone());
+    report::record(
+        Row::new(format!(
+            "background call at {RATE}/s, submit to completion webhook"
+        ))
+        .rate(bg.tally.ok as f64 / duration.as_secs_f64(), "jobs/s, paced")
+        .latency(&lat)
+        .messages(bg.tally.ok)
+        .note(format!(
+            "{} webhooks, {other} not completed with a 2xx; the synchronous call: p50 {}",
+            lat.len(),
+            sync_p50.map_or("n/a".into(), fmt_ms)
+        )),
+        mark,
+    );
     println!(
         "background webhook jobs at {RATE}/s {:.1}s: {} accepted, {} err, {} webhooks \
          ({} not completed with a 2xx), submit to completion webhook {}",
@@ -478,6 +494,7 @@ pub async fn run(
 
     // 2. Idempotency-Key against none, alternated; each half is half of --duration.
     let half = duration / 2;
+    let mark = report::mark();
     let mut plain = Tally::default();
     let mut keyed = Tally::default();
     for (i, shape) in [Shape::Plain, Shape::Keyed, Shape::Keyed, Shape::Plain]
@@ -494,6 +511,23 @@ pub async fn run(
     }
     let plain_rate = rate(&plain, duration);
     let keyed_rate = rate(&keyed, duration);
+    report::record(
+        Row::new(format!(
+            "intake with a fresh Idempotency-Key, {conns} connections"
+        ))
+        .rate(keyed_rate, "msg/s")
+        .latency(&keyed.lat)
+        .messages(keyed.created + plain.created)
+        .note(format!(
+            "alternated with intake without one: {plain_rate:.0} msg/s ({:.0} %); CPU over both",
+            if plain_rate > 0.0 {
+                100.0 * keyed_rate / plain_rate
+            } else {
+                0.0
+            }
+        )),
+        mark,
+    );
     println!(
         "background intake with a fresh Idempotency-Key per request {keyed_rate:.0} req/s \
          ({}), without {plain_rate:.0} req/s ({}): {:.0} %",
@@ -507,7 +541,16 @@ pub async fn run(
     );
 
     // 3. Jobs accepted durably, while the workers run them.
+    let mark = report::mark();
     let t = intake(ctx, Shape::Background, 7, conns, duration).await;
+    report::record(
+        Row::new(format!("background calls accepted, {conns} connections"))
+            .rate(rate(&t, duration), "jobs/s")
+            .latency(&t.lat)
+            .messages(t.created)
+            .note("`Waybill-Background: none`, the workers running jobs meanwhile"),
+        mark,
+    );
     println!(
         "background accepted {}",
         intake_line(Shape::Background, conns, duration, &t)

@@ -10,6 +10,7 @@ use tokio::time::{sleep, timeout};
 
 use crate::client::{build_request, Conn};
 use crate::options::Options;
+use crate::report::{self, Row};
 use crate::server::{check_alive, Server};
 use crate::stats::{is_success, micros, snippet, Tally};
 use crate::stats::{latency_summary, print_first_error};
@@ -248,10 +249,29 @@ pub async fn phase(
     server: &mut Option<Server>,
 ) -> Result<(InboundResult, u64), String> {
     let label = ctx.target.label();
+    let mark = report::mark();
     let t = run_inbound_timed(ctx, opts.connections, opts.duration).await;
     let created = t.created;
     let secs = opts.duration.as_secs_f64();
     let rate = t.ok as f64 / secs;
+    let scenario = format!(
+        "{}intake{}, 1 KiB, {} connections",
+        if label.is_empty() { "" } else { "HTTPS " },
+        if opts.validate {
+            " with a JSON Schema"
+        } else {
+            ""
+        },
+        opts.connections
+    );
+    report::record(
+        Row::new(scenario)
+            .rate(rate, "msg/s")
+            .latency(&t.lat)
+            .messages(created)
+            .note(format!("{} errors", t.err)),
+        mark,
+    );
     let line = format!(
         "{label}{} conns {:.1}s: {} ok, {} err, {:.0} req/s, {}",
         opts.connections,

@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep;
 
+use crate::report::{self, Row};
 use crate::scenarios::inbound::run_inbound_count;
 use crate::server::{rss_bytes, Server};
 use crate::setup::wait_for_ok;
 use crate::stats::{fmt_mb, print_first_error};
 use crate::{Ctx, FILL_CONNECTIONS, RESTART_TIMEOUT};
 
-// ---------------------------------------------------------------------------
-// Memory and restart
-
 pub async fn run(ctx: &Arc<Ctx>, server: Option<&mut Server>, messages: u64) -> Result<(), String> {
     let started = Instant::now();
+    let mark = report::mark();
     let t = run_inbound_count(ctx, FILL_CONNECTIONS, messages, Some(started)).await;
     let secs = started.elapsed().as_secs_f64();
     let label = ctx.target.label();
@@ -40,6 +39,13 @@ pub async fn run(ctx: &Arc<Ctx>, server: Option<&mut Server>, messages: u64) -> 
     sleep(Duration::from_secs(5)).await;
     let rss = server.pid().and_then(rss_bytes);
     println!("memory   RSS after 5 s idle: {}", fmt_mb(rss));
+    let row = report::measured(
+        Row::new(format!("store {} messages, then restart", t.created))
+            .rate(t.created as f64 / secs, "msg/s")
+            .latency(&t.lat)
+            .messages(t.created),
+        mark,
+    );
 
     let status = server.stop().await?;
     println!("memory   server stopped: {status}");
@@ -54,6 +60,13 @@ pub async fn run(ctx: &Arc<Ctx>, server: Option<&mut Server>, messages: u64) -> 
     .await?;
     let ready = spawned.elapsed();
     let rss_after = server.pid().and_then(rss_bytes);
+    report::watch(Some(&*server));
+    report::add(row.note(format!(
+        "RSS {} after 5 s idle; restart to ready {:.2} s, RSS after restart {}",
+        fmt_mb(rss),
+        ready.as_secs_f64(),
+        fmt_mb(rss_after)
+    )));
     println!(
         "memory   {label}{} messages stored, RSS {}, restart to ready {:.2} s, RSS after restart {}",
         t.created,

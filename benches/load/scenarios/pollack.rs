@@ -10,7 +10,9 @@ use tokio::time::{sleep, timeout};
 
 use super::inbound::run_inbound_count;
 use crate::client::{build_request, build_request_tail, Conn};
+use crate::report::{self, Row};
 use crate::server::{check_alive, Server};
+use crate::stats::{fmt_ms, quantile};
 use crate::stats::{is_success, micros, snippet, Tally};
 use crate::stats::{latency_summary, print_first_error};
 use crate::FILL_CONNECTIONS;
@@ -318,8 +320,33 @@ pub async fn phase(
         print_first_error(&t.first_err);
         check_alive(server, "the backlog top-up")?;
     }
+    let mark = report::mark();
     let r = run_pollack(ctx, duration).await;
     let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let mut acks = r.acks.lat.clone();
+    acks.sort_unstable();
+    let ack_note = if acks.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; ack p50 {}, p99 {}",
+            fmt_ms(quantile(&acks, 0.50)),
+            fmt_ms(quantile(&acks, 0.99))
+        )
+    };
+    report::record(
+        Row::new(format!(
+            "poll (`limit=100`) + ack, {POLLERS} pollers x {ACK_LANES} ack connections"
+        ))
+        .rate(r.acked as f64 / secs, "tx/s")
+        .latency(&r.polls.lat)
+        .messages(r.acked)
+        .note(format!(
+            "p50/p99 of the poll{ack_note}{}",
+            if r.drained { "; backlog drained" } else { "" }
+        )),
+        mark,
+    );
     println!(
         "pollack  {label}{} pollers x {} ack conns {:.1}s{}: {} acked, {:.0} tx/s, {} polls, poll {}, ack {}, {} err",
         POLLERS,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::report::{self, Row};
 use crate::stats::latency_summary;
 use waybill::model::Env;
 use waybill::store::compact::{compact, payload_bytes, sled_bytes};
@@ -32,7 +33,8 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-fn sizes(dir: &std::path::Path, what: &str) {
+/// Prints the store's size on disk and returns it.
+fn sizes(dir: &std::path::Path, what: &str) -> u64 {
     let (sled, payloads) = (sled_bytes(dir).unwrap_or(0), payload_bytes(dir));
     println!(
         "retention: {what}: sled {}, payload segments {}, together {}",
@@ -40,6 +42,7 @@ fn sizes(dir: &std::path::Path, what: &str) {
         mib(payloads),
         mib(sled + payloads)
     );
+    sled + payloads
 }
 
 fn one(payload: &Bytes) -> Vec<NewMessage> {
@@ -150,12 +153,22 @@ pub async fn run(messages: u64) -> Result<(), String> {
     fill(&store, messages).await?;
     store.close();
     drop(store);
-    sizes(&path, "after a month of traffic");
+    let filled = sizes(&path, "after a month of traffic");
 
     let store = open()?;
     let quantiles = [("p50", 0.5), ("p99", 0.99)];
     let quiet = intake(&store).await;
     let n_quiet = quiet.len();
+    report::add(
+        Row::new(format!(
+            "retention: intake alone, {INTAKE_TASKS} tasks straight to the store"
+        ))
+        .rate(n_quiet as f64 / MEASURE.as_secs_f64(), "msg/s")
+        .latency(&quiet)
+        .note(format!(
+            "in this process, no HTTP; a store of {messages} messages"
+        )),
+    );
     println!(
         "retention: intake without pruning: {n_quiet} messages in {}s, {}",
         MEASURE.as_secs(),
@@ -189,6 +202,8 @@ pub async fn run(messages: u64) -> Result<(), String> {
         })
     };
     let busy = intake(&store).await;
+    let busy_rate = busy.len() as f64 / MEASURE.as_secs_f64();
+    let busy_lat = busy.clone();
     println!(
         "retention: intake while pruning: {} messages in {}s, {}",
         busy.len(),
@@ -196,6 +211,15 @@ pub async fn run(messages: u64) -> Result<(), String> {
         latency_summary(busy, &quantiles, true)
     );
     let (pruned, took) = pruner.await.map_err(|e| format!("pruner task: {e}"))??;
+    let pruned_rate = pruned as f64 / took.as_secs_f64().max(0.001);
+    report::add(
+        Row::new("retention: intake beside the pruner")
+            .rate(busy_rate, "msg/s")
+            .latency(&busy_lat)
+            .note(format!(
+                "the pruner removed {pruned} messages at {pruned_rate:.0}/s"
+            )),
+    );
     println!(
         "retention: pruned {pruned} messages in {:.1}s ({:.0}/s)",
         took.as_secs_f64(),
@@ -213,13 +237,23 @@ pub async fn run(messages: u64) -> Result<(), String> {
     );
     store.close();
     drop(store);
-    sizes(&path, "after pruning");
+    let pruned_size = sizes(&path, "after pruning");
     let done = compact(&path).map_err(|e| format!("compact: {e}"))?;
     println!(
         "retention: compact: sled {} -> {}",
         mib(done.before),
         mib(done.after)
     );
-    sizes(&path, "after waybill compact");
+    let compacted = sizes(&path, "after waybill compact");
+    report::add(
+        Row::new("retention: a month of traffic pruned")
+            .disk(compacted)
+            .note(format!(
+                "on disk {} filled, {} after pruning, {} after `waybill compact`",
+                mib(filled),
+                mib(pruned_size),
+                mib(compacted)
+            )),
+    );
     Ok(())
 }

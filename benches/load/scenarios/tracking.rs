@@ -21,7 +21,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::client::{build_request, Conn, Target};
-use crate::server::Server;
+use crate::report::{self, Row};
+use crate::server::{dir_size, Server};
 use crate::setup::{admin_post, wait_for_ok};
 use crate::stats::{latency_summary, micros};
 use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
@@ -154,9 +155,15 @@ pub async fn run(messages: u64) -> Result<(), String> {
         Some(&mut server),
     )
     .await?;
-    println!(
-        "tracking restart: ready in {:.2}s",
-        started.elapsed().as_secs_f64()
+    let ready = started.elapsed().as_secs_f64();
+    println!("tracking restart: ready in {ready:.2}s");
+    report::watch(Some(&server));
+    report::add(
+        Row::new(format!(
+            "tracking: a store of {messages} messages, {PARTNERS} partners, {DAYS} days"
+        ))
+        .disk(size)
+        .note(format!("restart to ready {ready:.2} s")),
     );
     let mut keys = Vec::new();
     for p in 0..PARTNERS as u64 {
@@ -280,6 +287,7 @@ async fn measure(
     target: &Target,
     conn: &mut Conn,
 ) -> Result<(), String> {
+    let mark = report::mark();
     let mut lat = Vec::with_capacity(bodies.len());
     let (mut rows, mut total) = (0u64, 0u64);
     for (p, body) in bodies {
@@ -309,6 +317,16 @@ async fn measure(
         total += v["data"]["paging"]["totalRequests"].as_u64().unwrap_or(0);
     }
     let n = lat.len().max(1) as f64;
+    report::record(
+        Row::new(format!("tracking search: {name}"))
+            .latency(&lat)
+            .messages(lat.len() as u64)
+            .note(format!(
+                "{} searches, one at a time; CPU per search",
+                lat.len()
+            )),
+        mark,
+    );
     println!(
         "tracking {name}: {} searches, {:.1} rows and {:.0} matches each, {}",
         lat.len(),
@@ -317,18 +335,4 @@ async fn measure(
         latency_summary(lat, &[("p50", 0.50), ("p99", 0.99)], true)
     );
     Ok(())
-}
-
-fn dir_size(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

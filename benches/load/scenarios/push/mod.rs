@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio::time::sleep;
 
 use crate::options::Options;
+use crate::report::{self, Row};
 use crate::scenarios::inbound::Budget;
 use crate::scenarios::push::receiver::{Arrival, HookLog, HookServer};
 use crate::scenarios::push::sender::{
@@ -301,6 +302,7 @@ pub async fn push_runs(
         abort: AtomicBool::new(false),
         progress: None,
     });
+    let mark = report::mark();
     let started_us = now_micros();
     let mut set = JoinSet::new();
     for id in 0..PUSH_CONNECTIONS {
@@ -336,6 +338,28 @@ pub async fn push_runs(
         delivery_checks(&d),
         latency_summary(d.latency.clone(), &[("p50", 0.50), ("p99", 0.99)], true)
     );
+    report::record(
+        Row::new(format!(
+            "push, {accepted} messages sent on {PUSH_CONNECTIONS} connections"
+        ))
+        .rate(
+            if window > 0.0 {
+                d.delivered as f64 / window
+            } else {
+                0.0
+            },
+            "deliveries/s",
+        )
+        .latency(&d.latency)
+        .messages(d.delivered)
+        .note(format!(
+            "send to delivery; intake {:.0}/s; {} duplicate ids, {} missing",
+            accepted as f64 / intake_secs,
+            d.dup_ids,
+            d.missing.len()
+        )),
+        mark,
+    );
     print_first_error(&sent.tally.first_err);
     explain_deliveries(ctx, token, &sent, &d, false).await;
     check_alive(server, "push throughput")?;
@@ -343,6 +367,7 @@ pub async fn push_runs(
     // Latency: a steady rate well under the capacity just measured.
     let rate = opts.rate;
     let senders = rate.div_ceil(PACED_PER_CONNECTION).clamp(1, 64);
+    let mark = report::mark();
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let started_us = now_micros() + 50_000;
     let mut set = JoinSet::new();
@@ -369,6 +394,18 @@ pub async fn push_runs(
             &[("p50", 0.50), ("p90", 0.90), ("p99", 0.99)],
             true
         )
+    );
+    report::record(
+        Row::new(format!("push at a steady {rate} msg/s"))
+            .rate(d.delivered as f64 / secs, "deliveries/s")
+            .latency(&d.latency)
+            .messages(d.delivered)
+            .note(format!(
+                "send to delivery; {} duplicate ids, {} missing",
+                d.dup_ids,
+                d.missing.len()
+            )),
+        mark,
     );
     let sent_secs = secs_between(sent.started_us, sent.finished_us).max(1e-9);
     println!(

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
 use crate::client::{build_request, Conn};
+use crate::report::{self, Row};
 use crate::stats::{latency_summary, micros, now_micros, print_first_error, snippet, Tally};
 use crate::{Ctx, REQUEST_TIMEOUT};
 
@@ -208,6 +209,7 @@ pub(super) async fn status_changes(
     print_first_error(&fill.first_err);
     settle(hooks).await;
     let before = hooks.count();
+    let mark = report::mark();
 
     let mut by_driver: Vec<Vec<(String, String)>> = vec![Vec::new(); DRIVERS];
     for (i, s) in subs.iter().enumerate() {
@@ -322,6 +324,21 @@ pub(super) async fn status_changes(
         "subscriptions ids: {} changed, {} named, {lost} lost, {stale} whose last change no call followed",
         drive.changed.len(),
         distinct.len(),
+    );
+    report::record(
+        Row::new(format!("status changes over {SUBS} subscriptions"))
+            .rate(
+                drive.changes as f64 / drove.as_secs_f64().max(1e-9),
+                "changes/s",
+            )
+            .latency(&drive.acks.lat)
+            .messages(drive.changes)
+            .note(format!(
+                "target {CHANGES_PER_SECOND}/s; p50/p99 of the ack; {:.2} batches per \
+                 subscription per window; {lost} ids lost",
+                batches as f64 / SUBS as f64 / windows.max(1e-9)
+            )),
+        mark,
     );
     Ok(())
 }

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::report::{self, Row};
 use crate::server::cpu_us;
 use crate::stats::{is_success, latency_summary, print_first_error, Tally};
 use crate::Ctx;
 
 use super::changes::settle;
-use super::{intake, intake_requests, partner_call, set_all, Hooks, Sub, QUANTILES};
+use super::{intake, intake_requests, partner_call, set_all, Hooks, Sub, QUANTILES, SUBS};
 
 /// Intake with the subscriptions watching against the same intake with them off, alternated
 /// (off, on, on, off), with the server's CPU time per message of each.
@@ -85,6 +86,21 @@ pub(super) async fn intake_ratio(
     let (on_rate, off_rate) = (
         on.ok as f64 / duration.as_secs_f64(),
         off.ok as f64 / duration.as_secs_f64(),
+    );
+    let per_message = |(us, n): (u64, u64)| (n > 0 && us > 0).then(|| us as f64 / n as f64);
+    report::record(
+        Row::new(format!(
+            "intake with {SUBS} subscriptions watching, {conns} connections"
+        ))
+        .rate(on_rate, "msg/s")
+        .latency(&on.lat)
+        .messages(on.created)
+        .cpu_per_message(per_message(on_cpu))
+        .note(format!(
+            "alternated with intake unwatched: {off_rate:.0} msg/s, CPU per message {}",
+            per_message(off_cpu).map_or("n/a".into(), |us| format!("{:.3} ms", us / 1000.0))
+        )),
+        report::mark(),
     );
     println!(
         "subscriptions intake with 100 subscriptions watching {on_rate:.0} req/s ({}), without \
