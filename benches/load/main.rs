@@ -34,6 +34,9 @@
 //! ALPN) to a server started with a self-signed certificate; the handshake
 //! happens once per keep-alive connection. `--phase compare` measures intake
 //! once plain and once over TLS, each against a fresh server.
+//!
+//! `--report` runs every scenario, each against a fresh server, then the shared
+//! yardstick, and writes `BENCHMARKS.md` (see `report.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

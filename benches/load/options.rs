@@ -108,6 +108,25 @@ pub struct Options {
     pub no_yardstick: bool,
 }
 
+impl Options {
+    /// Selects no phase; `--phase` and the report then name the ones to run.
+    pub fn clear_phases(&mut self) {
+        self.inbound = false;
+        self.pollack = false;
+        self.memory = false;
+        self.push = false;
+        self.push_slow = false;
+        self.poll_leased = false;
+        self.background = false;
+        self.subscriptions = false;
+        self.compare = false;
+        self.tracking = false;
+        self.admin = false;
+        self.retention = false;
+        self.backup = false;
+    }
+}
+
 pub fn parse_args() -> Result<Options, String> {
     let mut o = Options {
         duration: Duration::from_secs(10),
@@ -209,19 +228,7 @@ pub fn parse_args() -> Result<Options, String> {
             "--phase" => {
                 phase_given = true;
                 let v = value("--phase")?;
-                o.inbound = false;
-                o.pollack = false;
-                o.memory = false;
-                o.push = false;
-                o.push_slow = false;
-                o.poll_leased = false;
-                o.background = false;
-                o.subscriptions = false;
-                o.compare = false;
-                o.tracking = false;
-                o.admin = false;
-                o.retention = false;
-                o.backup = false;
+                o.clear_phases();
                 for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                     match p {
                         "compare" => o.compare = true,
@@ -281,10 +288,13 @@ pub fn parse_args() -> Result<Options, String> {
         return Err("--quick, --out, --yardstick and --no-yardstick go with --report".into());
     }
     if o.report {
-        if phase_given || o.server.is_some() || o.tls || o.validate {
-            return Err("--report runs every phase on servers of its own; \
-                        drop --phase, --server, --tls and --validate"
-                .into());
+        if phase_given || o.server.is_some() || o.tls || o.validate || o.messages.is_some() {
+            return Err(
+                "--report runs every phase on servers of its own, with each \
+                        phase's own message count; drop --phase, --server, --tls, \
+                        --validate and --messages"
+                    .into(),
+            );
         }
         if o.quick && !duration_given {
             o.duration = Duration::from_secs(2);

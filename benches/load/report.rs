@@ -116,11 +116,11 @@ pub fn record(row: Row, since: Mark) {
 pub fn measured(mut row: Row, since: Mark) -> Row {
     let watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some((pid, dir)) = watched {
-        let cpu = (since.0, cpu_us(Some(pid)));
-        if let (Some(before), Some(now), true, None) =
-            (cpu.0, cpu.1, row.messages > 0, row.cpu_us_per_message)
-        {
-            row.cpu_us_per_message = Some(now.saturating_sub(before) as f64 / row.messages as f64);
+        if row.cpu_us_per_message.is_none() && row.messages > 0 {
+            if let (Some(before), Some(now)) = (since.0, cpu_us(Some(pid))) {
+                let spent = now.saturating_sub(before) as f64;
+                row.cpu_us_per_message = Some(spent / row.messages as f64);
+            }
         }
         row.peak_rss = row.peak_rss.or_else(|| peak_rss_bytes(pid));
         row.disk = row.disk.or_else(|| Some(dir_size(&dir)));
@@ -197,19 +197,7 @@ fn steps() -> Vec<Step> {
 /// The options of one step: everything from the command line that is not a phase.
 fn step_options(base: &Options, step: &Step) -> Options {
     let mut o = base.clone();
-    o.inbound = false;
-    o.pollack = false;
-    o.memory = false;
-    o.push = false;
-    o.push_slow = false;
-    o.poll_leased = false;
-    o.background = false;
-    o.subscriptions = false;
-    o.compare = false;
-    o.tracking = false;
-    o.admin = false;
-    o.retention = false;
-    o.backup = false;
+    o.clear_phases();
     o.tls = false;
     o.validate = false;
     o.report = false;
@@ -234,7 +222,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         let before = ROWS.lock().unwrap_or_else(|e| e.into_inner()).len();
         if let Err(e) = crate::run(o).await {
             let first = e.lines().next().unwrap_or("").to_string();
-            println!("report   {} failed: {first}", step.name);
+            println!("report   {} failed: {e}", step.name);
             add(Row::new(step.name).note(format!("failed: {first}")));
             failures.push(step.name);
         } else if ROWS.lock().unwrap_or_else(|e| e.into_inner()).len() == before {
