@@ -482,16 +482,18 @@ fn render(
     let _ = writeln!(
         s,
         "Written by `{command}` on {}, in {:.0} minutes. Every figure below comes from that one \
-         run; the README quotes its headline figures from here.\n",
+         run.",
         now_utc(),
         started.elapsed().as_secs_f64() / 60.0
     );
     if opts.quick {
         let _ = writeln!(
             s,
-            "**Quick mode**: small counts and short runs that only show the command works; \
+            "\n**Quick mode**: small counts and short runs that only show the command works; \
              these figures are not measurements.\n"
         );
+    } else {
+        let _ = writeln!(s, " The README quotes its headline figures from here.\n");
     }
     let _ = writeln!(s, "## Machine\n");
     let _ = writeln!(s, "| | |\n|---|---|");
