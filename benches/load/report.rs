@@ -479,7 +479,7 @@ fn render(
         "cargo bench --bench load -- --report"
     };
     let _ = writeln!(s, "# Benchmarks\n");
-    let _ = writeln!(
+    let _ = write!(
         s,
         "Written by `{command}` on {}, in {:.0} minutes. Every figure below comes from that one \
          run.",
@@ -489,7 +489,7 @@ fn render(
     if opts.quick {
         let _ = writeln!(
             s,
-            "\n**Quick mode**: small counts and short runs that only show the command works; \
+            "\n\n**Quick mode**: small counts and short runs that only show the command works; \
              these figures are not measurements.\n"
         );
     } else {
