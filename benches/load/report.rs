@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::options::Options;
 use crate::server::{cpu_us, dir_size, peak_rss_bytes, server_binary, Server};
-use crate::stats::{fmt_ms, quantile};
+use crate::stats::{fmt_mib, fmt_ms, quantile};
 
 /// One line of the report's table.
 pub struct Row {
@@ -458,12 +458,6 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn fmt_mib(bytes: Option<u64>) -> String {
-    bytes.map_or(String::new(), |b| {
-        format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
-    })
-}
-
 fn render(
     opts: &Options,
     load_before: &str,
@@ -548,8 +542,8 @@ fn render(
             r.p99_us.map_or(String::new(), fmt_ms),
             r.cpu_us_per_message
                 .map_or(String::new(), |us| format!("{:.3} ms", us / 1000.0)),
-            fmt_mib(r.peak_rss),
-            fmt_mib(r.disk),
+            r.peak_rss.map_or(String::new(), fmt_mib),
+            r.disk.map_or(String::new(), fmt_mib),
             r.note
         );
     }

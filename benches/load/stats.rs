@@ -70,6 +70,11 @@ pub fn quantile(sorted: &[u32], q: f64) -> u32 {
     sorted[rank - 1]
 }
 
+/// Bytes in MiB, one decimal.
+pub fn fmt_mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
 pub fn fmt_ms(us: u32) -> String {
     let ms = us as f64 / 1000.0;
     if ms < 1.0 {

@@ -30,7 +30,8 @@ use crate::report::{self, Row};
 use crate::scenarios::inbound::{inbound_body, put_digits};
 use crate::setup::admin_call;
 use crate::stats::{
-    fmt_ms, is_success, latency_summary, micros, now_micros, print_first_error, snippet, Tally,
+    fmt_ms, is_success, latency_summary, micros, now_micros, print_first_error, quantile, snippet,
+    Tally,
 };
 use crate::{Ctx, BODY_SIZE, INBOUND_PATH, REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP};
 
@@ -575,6 +576,5 @@ fn median(mut lat: Vec<u32>) -> Option<u32> {
         return None;
     }
     lat.sort_unstable();
-    let rank = (lat.len() as f64 * 0.5).ceil() as usize;
-    Some(lat[rank.clamp(1, lat.len()) - 1])
+    Some(quantile(&lat, 0.5))
 }

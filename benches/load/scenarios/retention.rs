@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::report::{self, Row};
-use crate::stats::latency_summary;
+use crate::stats::{fmt_mib, latency_summary};
 use waybill::model::Env;
 use waybill::store::compact::{compact, payload_bytes, sled_bytes};
 use waybill::store::retention::Retention;
@@ -29,18 +29,14 @@ const TASKS: usize = 64;
 const INTAKE_TASKS: usize = 16;
 const MEASURE: Duration = Duration::from_secs(8);
 
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
-}
-
 /// Prints the store's size on disk and returns it.
 fn sizes(dir: &std::path::Path, what: &str) -> u64 {
     let (sled, payloads) = (sled_bytes(dir).unwrap_or(0), payload_bytes(dir));
     println!(
         "retention: {what}: sled {}, payload segments {}, together {}",
-        mib(sled),
-        mib(payloads),
-        mib(sled + payloads)
+        fmt_mib(sled),
+        fmt_mib(payloads),
+        fmt_mib(sled + payloads)
     );
     sled + payloads
 }
@@ -233,7 +229,7 @@ pub async fn run(messages: u64) -> Result<(), String> {
     println!(
         "retention: deleted {} payload segments ({})",
         sweep.deleted.len(),
-        mib(sweep.freed_bytes)
+        fmt_mib(sweep.freed_bytes)
     );
     store.close();
     drop(store);
@@ -241,8 +237,8 @@ pub async fn run(messages: u64) -> Result<(), String> {
     let done = compact(&path).map_err(|e| format!("compact: {e}"))?;
     println!(
         "retention: compact: sled {} -> {}",
-        mib(done.before),
-        mib(done.after)
+        fmt_mib(done.before),
+        fmt_mib(done.after)
     );
     let compacted = sizes(&path, "after waybill compact");
     report::add(
@@ -250,9 +246,9 @@ pub async fn run(messages: u64) -> Result<(), String> {
             .disk(compacted)
             .note(format!(
                 "on disk {} filled, {} after pruning, {} after `waybill compact`",
-                mib(filled),
-                mib(pruned_size),
-                mib(compacted)
+                fmt_mib(filled),
+                fmt_mib(pruned_size),
+                fmt_mib(compacted)
             )),
     );
     Ok(())
