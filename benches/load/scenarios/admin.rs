@@ -11,15 +11,19 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target};
-use super::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
+use crate::client::{build_request, Conn, Target};
+use crate::report::{self, Row};
+use crate::server::{dir_size, Server};
+use crate::setup::wait_for_ok;
+use crate::stats::{latency_summary, micros};
+use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
 
 /// Calls timed per kind.
 const SAMPLES: usize = 400;
 
 /// Runs the phase with a server of its own.
 pub async fn run(messages: u64) -> Result<(), String> {
-    let mut server = Server::start(super::server_binary(), false, false)?;
+    let mut server = Server::start(crate::server_binary(), false, false)?;
     let target = server.target();
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     wait_for_ok(&target, "/readyz", deadline, Some(&mut server)).await?;
@@ -37,9 +41,13 @@ pub async fn run(messages: u64) -> Result<(), String> {
         Some(&mut server),
     )
     .await?;
-    println!(
-        "admin restart: ready in {:.2}s",
-        started.elapsed().as_secs_f64()
+    let ready = started.elapsed().as_secs_f64();
+    println!("admin restart: ready in {ready:.2}s");
+    report::watch(Some(&server));
+    report::add(
+        Row::new(format!("admin: a store of {messages} messages"))
+            .disk(dir_size(&server.data_dir))
+            .note(format!("restart to ready {ready:.2} s")),
     );
     let mut conn = Conn::connect(&target)
         .await
@@ -76,6 +84,7 @@ async fn measure(
     conn: &mut Conn,
 ) -> Result<(), String> {
     let req = build_request("GET", path, &target.host, &[("Authorization", auth)], b"");
+    let mark = report::mark();
     let mut lat = Vec::with_capacity(SAMPLES);
     let mut items = 0usize;
     for _ in 0..SAMPLES {
@@ -94,6 +103,13 @@ async fn measure(
             .and_then(|v| v["data"]["items"].as_array().map(Vec::len))
             .unwrap_or(0);
     }
+    report::record(
+        Row::new(format!("admin API: {name}"))
+            .latency(&lat)
+            .messages(lat.len() as u64)
+            .note(format!("{} calls, one at a time; CPU per call", lat.len())),
+        mark,
+    );
     println!(
         "admin {name}: {} calls, {items} items each, {}",
         lat.len(),

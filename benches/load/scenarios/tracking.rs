@@ -20,10 +20,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{
-    admin_post, build_request, latency_summary, micros, wait_for_ok, Conn, Server, Target,
-    RESTART_TIMEOUT, STARTUP_TIMEOUT,
-};
+use crate::client::{build_request, Conn, Target};
+use crate::report::{self, Row};
+use crate::server::{dir_size, Server};
+use crate::setup::{admin_post, wait_for_ok};
+use crate::stats::{latency_summary, micros};
+use crate::{RESTART_TIMEOUT, STARTUP_TIMEOUT};
 use waybill::model::Env;
 use waybill::store::{NewMessage, Store};
 
@@ -51,7 +53,7 @@ fn request_shape(n: u64) -> (Option<String>, usize) {
 
 /// Fills `data_dir` with about `messages` messages; returns a sample of
 /// `(partner, request id, external reference)` to search for.
-pub(super) async fn fill(
+pub async fn fill(
     data_dir: &std::path::Path,
     messages: u64,
 ) -> Result<Vec<(String, String, String)>, String> {
@@ -131,7 +133,7 @@ pub(super) async fn fill(
 
 /// Runs the phase with a server of its own.
 pub async fn run(messages: u64) -> Result<(), String> {
-    let mut server = Server::start(super::server_binary(), false, false)?;
+    let mut server = Server::start(crate::server_binary(), false, false)?;
     // The first start makes the data directory and the admin token; stop it to fill.
     let target = server.target();
     let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -153,9 +155,15 @@ pub async fn run(messages: u64) -> Result<(), String> {
         Some(&mut server),
     )
     .await?;
-    println!(
-        "tracking restart: ready in {:.2}s",
-        started.elapsed().as_secs_f64()
+    let ready = started.elapsed().as_secs_f64();
+    println!("tracking restart: ready in {ready:.2}s");
+    report::watch(Some(&server));
+    report::add(
+        Row::new(format!(
+            "tracking: a store of {messages} messages, {PARTNERS} partners, {DAYS} days"
+        ))
+        .disk(size)
+        .note(format!("restart to ready {ready:.2} s")),
     );
     let mut keys = Vec::new();
     for p in 0..PARTNERS as u64 {
@@ -279,6 +287,7 @@ async fn measure(
     target: &Target,
     conn: &mut Conn,
 ) -> Result<(), String> {
+    let mark = report::mark();
     let mut lat = Vec::with_capacity(bodies.len());
     let (mut rows, mut total) = (0u64, 0u64);
     for (p, body) in bodies {
@@ -308,6 +317,16 @@ async fn measure(
         total += v["data"]["paging"]["totalRequests"].as_u64().unwrap_or(0);
     }
     let n = lat.len().max(1) as f64;
+    report::record(
+        Row::new(format!("tracking search: {name}"))
+            .latency(&lat)
+            .messages(lat.len() as u64)
+            .note(format!(
+                "{} searches, one at a time; CPU per search",
+                lat.len()
+            )),
+        mark,
+    );
     println!(
         "tracking {name}: {} searches, {:.1} rows and {:.0} matches each, {}",
         lat.len(),
@@ -316,18 +335,4 @@ async fn measure(
         latency_summary(lat, &[("p50", 0.50), ("p99", 0.99)], true)
     );
     Ok(())
-}
-
-fn dir_size(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

@@ -11,13 +11,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::latency_summary;
 use super::retention::{fill, intake_while};
+use crate::report::{self, Row};
+use crate::stats::latency_summary;
 use waybill::store::Store;
 
 const ALONE: Duration = Duration::from_secs(8);
 
-pub(super) async fn run(messages: u64) -> Result<(), String> {
+pub async fn run(messages: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let path = dir.path().join("data");
     let open = || {
@@ -33,6 +34,14 @@ pub(super) async fn run(messages: u64) -> Result<(), String> {
     let store = open()?;
     let quantiles = [("p50", 0.5), ("p99", 0.99)];
     let alone = intake_while(&store, tokio::time::sleep(ALONE)).await;
+    report::add(
+        Row::new("backup: intake alone, straight to the store")
+            .rate(alone.len() as f64 / ALONE.as_secs_f64(), "msg/s")
+            .latency(&alone)
+            .note(format!(
+                "in this process, no HTTP; a store of {messages} messages"
+            )),
+    );
     println!(
         "backup: intake alone: {} messages in {}s, {}",
         alone.len(),
@@ -81,6 +90,17 @@ pub(super) async fn run(messages: u64) -> Result<(), String> {
         summary.segment_bytes as f64 / (1024.0 * 1024.0),
         summary.pause_micros as f64 / 1000.0,
         summary.reread_keys,
+    );
+    report::add(
+        Row::new("backup: intake beside an online backup")
+            .rate(beside.len() as f64 / secs, "msg/s")
+            .latency(&beside)
+            .note(format!(
+                "the backup: {:.1} MiB at {:.1} MB/s, the writer held {:.1} ms",
+                bytes as f64 / (1024.0 * 1024.0),
+                bytes as f64 / 1e6 / secs,
+                summary.pause_micros as f64 / 1000.0
+            )),
     );
     println!(
         "backup: intake beside it: {} messages in {secs:.1}s, {}",

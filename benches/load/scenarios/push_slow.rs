@@ -10,10 +10,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{
-    admin_call, admin_post, build_request, is_success, latency_summary, now_micros, one_shot, Ctx,
-    REQUEST_TIMEOUT, SENDER,
-};
+use crate::client::{build_request, one_shot};
+use crate::report::{self, Row};
+use crate::setup::{admin_call, admin_post};
+use crate::stats::{is_success, latency_summary, now_micros};
+use crate::{Ctx, REQUEST_TIMEOUT, SENDER};
 
 /// How long SLOW takes to answer each call.
 const SLOW_CALL: Duration = Duration::from_secs(3);
@@ -163,6 +164,7 @@ pub async fn run(ctx: &Ctx, token: &str, duration: Duration) -> Result<(), Strin
     }
     // Let SLOW's calls take their slots.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mark = report::mark();
     let started = Instant::now();
     let mut sent = 0u64;
     let gap = Duration::from_micros(1_000_000 / FAST_RATE);
@@ -184,6 +186,16 @@ pub async fn run(ctx: &Ctx, token: &str, duration: Duration) -> Result<(), Strin
         .map(|(sent, at)| at.saturating_sub(*sent).min(u64::from(u32::MAX)) as u32)
         .collect();
     let arrived = latency.len();
+    let row = Row::new(format!(
+        "push beside a receiver taking {} s per call",
+        SLOW_CALL.as_secs()
+    ))
+    .rate(FAST_RATE as f64, "deliveries/s, paced")
+    .latency(&latency)
+    .messages(arrived as u64)
+    .note(format!(
+        "the healthy receiver's intake to delivery; {arrived} of {sent} delivered"
+    ));
     let quantiles = [("p50", 0.50), ("p99", 0.99)];
     println!(
         "push-slow healthy receiver next to one taking {} s per call ({SLOW_BACKLOG} queued): \
@@ -193,6 +205,7 @@ pub async fn run(ctx: &Ctx, token: &str, duration: Duration) -> Result<(), Strin
         latency_summary(latency, &quantiles, true),
         slow.count(),
     );
+    report::record(row, mark);
     // Stop pushing to the slow receiver so the server can stop promptly.
     for code in ["SLOW", "FAST"] {
         let path = format!("/admin/api/partners/{code}");

@@ -20,16 +20,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 
-use super::{
-    admin_call, build_request, find, inbound_body, is_success, latency_summary, micros, now_micros,
-    print_first_error, put_digits, snippet, Conn, Ctx, Tally, BODY_SIZE, INBOUND_PATH,
-    REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP,
+use crate::client::{build_request, find, read_more, Conn};
+use crate::report::{self, Row};
+use crate::scenarios::inbound::{inbound_body, put_digits};
+use crate::setup::admin_call;
+use crate::stats::{
+    fmt_ms, is_success, latency_summary, micros, now_micros, print_first_error, quantile, snippet,
+    Tally,
 };
+use crate::{Ctx, BODY_SIZE, INBOUND_PATH, REQUEST_TIMEOUT, SEQ_DIGITS, WARMUP};
 
 /// Calls per second in the latency runs.
 const RATE: u64 = 500;
@@ -378,17 +382,6 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<HashMap<String, Completion>
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Job queue
 
@@ -442,6 +435,7 @@ pub async fn run(
     );
     print_first_error(&sync.tally.first_err);
 
+    let mark = report::mark();
     let bg = paced(ctx, 2, duration, Some(&receiver.url)).await;
     let deadline = Instant::now() + WEBHOOK_WAIT;
     while receiver.count() < bg.jobs.len() && Instant::now() < deadline {
@@ -462,6 +456,20 @@ pub async fn run(
         (lat, other)
     };
     let bg_p50 = median(lat.clone());
+    report::record(
+        Row::new(format!(
+            "background call at {RATE}/s, submit to completion webhook"
+        ))
+        .rate(bg.tally.ok as f64 / duration.as_secs_f64(), "jobs/s, paced")
+        .latency(&lat)
+        .messages(bg.tally.ok)
+        .note(format!(
+            "{} webhooks, {other} not completed with a 2xx; the synchronous call: p50 {}",
+            lat.len(),
+            sync_p50.map_or("n/a".into(), fmt_ms)
+        )),
+        mark,
+    );
     println!(
         "background webhook jobs at {RATE}/s {:.1}s: {} accepted, {} err, {} webhooks \
          ({} not completed with a 2xx), submit to completion webhook {}",
@@ -487,6 +495,7 @@ pub async fn run(
 
     // 2. Idempotency-Key against none, alternated; each half is half of --duration.
     let half = duration / 2;
+    let mark = report::mark();
     let mut plain = Tally::default();
     let mut keyed = Tally::default();
     for (i, shape) in [Shape::Plain, Shape::Keyed, Shape::Keyed, Shape::Plain]
@@ -503,6 +512,23 @@ pub async fn run(
     }
     let plain_rate = rate(&plain, duration);
     let keyed_rate = rate(&keyed, duration);
+    report::record(
+        Row::new(format!(
+            "intake with a fresh Idempotency-Key, {conns} connections"
+        ))
+        .rate(keyed_rate, "msg/s")
+        .latency(&keyed.lat)
+        .messages(keyed.created + plain.created)
+        .note(format!(
+            "alternated with intake without one: {plain_rate:.0} msg/s ({:.0} %); CPU over both",
+            if plain_rate > 0.0 {
+                100.0 * keyed_rate / plain_rate
+            } else {
+                0.0
+            }
+        )),
+        mark,
+    );
     println!(
         "background intake with a fresh Idempotency-Key per request {keyed_rate:.0} req/s \
          ({}), without {plain_rate:.0} req/s ({}): {:.0} %",
@@ -516,7 +542,16 @@ pub async fn run(
     );
 
     // 3. Jobs accepted durably, while the workers run them.
+    let mark = report::mark();
     let t = intake(ctx, Shape::Background, 7, conns, duration).await;
+    report::record(
+        Row::new(format!("background calls accepted, {conns} connections"))
+            .rate(rate(&t, duration), "jobs/s")
+            .latency(&t.lat)
+            .messages(t.created)
+            .note("`Waybill-Background: none`, the workers running jobs meanwhile"),
+        mark,
+    );
     println!(
         "background accepted {}",
         intake_line(Shape::Background, conns, duration, &t)
@@ -541,6 +576,5 @@ fn median(mut lat: Vec<u32>) -> Option<u32> {
         return None;
     }
     lat.sort_unstable();
-    let rank = (lat.len() as f64 * 0.5).ceil() as usize;
-    Some(lat[rank.clamp(1, lat.len()) - 1])
+    Some(quantile(&lat, 0.5))
 }

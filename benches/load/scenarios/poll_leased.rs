@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{admin_post, build_request, is_success, latency_summary, Conn, Ctx, SENDER};
+use crate::client::{build_request, Conn};
+use crate::report::{self, Row};
+use crate::setup::admin_post;
+use crate::stats::{is_success, latency_summary};
+use crate::{Ctx, SENDER};
 
 const RECEIVER: &str = "LEASED";
 const BATCH: usize = 1000;
@@ -75,6 +79,7 @@ pub async fn run(ctx: &Ctx, token: &str, leased: u64) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
 
+    let mark = report::mark();
     let poll = poll_request(ctx, &key, "limit=10");
     let mut lat = Vec::with_capacity(TIMED_POLLS);
     for _ in 0..TIMED_POLLS {
@@ -88,6 +93,13 @@ pub async fn run(ctx: &Ctx, token: &str, leased: u64) -> Result<(), String> {
             return Err(format!("poll answered {status}"));
         }
     }
+    report::record(
+        Row::new(format!("a `limit=10` poll beside {taken} leased items"))
+            .latency(&lat)
+            .messages(TIMED_POLLS as u64)
+            .note("CPU per poll"),
+        mark,
+    );
     println!(
         "poll-leased  {TIMED_POLLS} polls of limit=10 beside {taken} leased items: {}",
         latency_summary(lat, &[("p50", 0.50), ("p99", 0.99)], true)

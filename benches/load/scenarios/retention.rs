@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::latency_summary;
+use crate::report::{self, Row};
+use crate::stats::{fmt_mib, latency_summary};
 use waybill::model::Env;
 use waybill::store::compact::{compact, payload_bytes, sled_bytes};
 use waybill::store::retention::Retention;
@@ -28,18 +29,16 @@ const TASKS: usize = 64;
 const INTAKE_TASKS: usize = 16;
 const MEASURE: Duration = Duration::from_secs(8);
 
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
-}
-
-fn sizes(dir: &std::path::Path, what: &str) {
+/// Prints the store's size on disk and returns it.
+fn sizes(dir: &std::path::Path, what: &str) -> u64 {
     let (sled, payloads) = (sled_bytes(dir).unwrap_or(0), payload_bytes(dir));
     println!(
         "retention: {what}: sled {}, payload segments {}, together {}",
-        mib(sled),
-        mib(payloads),
-        mib(sled + payloads)
+        fmt_mib(sled),
+        fmt_mib(payloads),
+        fmt_mib(sled + payloads)
     );
+    sled + payloads
 }
 
 fn one(payload: &Bytes) -> Vec<NewMessage> {
@@ -61,7 +60,7 @@ fn payload() -> Bytes {
     Bytes::from(p)
 }
 
-pub(super) async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
+pub async fn fill(store: &Arc<Store>, messages: u64) -> Result<(), String> {
     let now = waybill::store::now_ms();
     let start = now - 30 * DAY_MS;
     let step = (30 * DAY_MS) as f64 / messages.max(1) as f64;
@@ -105,7 +104,7 @@ async fn intake(store: &Arc<Store>) -> Vec<u32> {
 }
 
 /// Intake latencies (µs) from `INTAKE_TASKS` tasks until `until` ends.
-pub(super) async fn intake_while(
+pub async fn intake_while(
     store: &Arc<Store>,
     until: impl std::future::Future<Output = ()>,
 ) -> Vec<u32> {
@@ -138,7 +137,7 @@ pub(super) async fn intake_while(
     all
 }
 
-pub(super) async fn run(messages: u64) -> Result<(), String> {
+pub async fn run(messages: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let path = dir.path().to_owned();
     let open = || {
@@ -150,12 +149,22 @@ pub(super) async fn run(messages: u64) -> Result<(), String> {
     fill(&store, messages).await?;
     store.close();
     drop(store);
-    sizes(&path, "after a month of traffic");
+    let filled = sizes(&path, "after a month of traffic");
 
     let store = open()?;
     let quantiles = [("p50", 0.5), ("p99", 0.99)];
     let quiet = intake(&store).await;
     let n_quiet = quiet.len();
+    report::add(
+        Row::new(format!(
+            "retention: intake alone, {INTAKE_TASKS} tasks straight to the store"
+        ))
+        .rate(n_quiet as f64 / MEASURE.as_secs_f64(), "msg/s")
+        .latency(&quiet)
+        .note(format!(
+            "in this process, no HTTP; a store of {messages} messages"
+        )),
+    );
     println!(
         "retention: intake without pruning: {n_quiet} messages in {}s, {}",
         MEASURE.as_secs(),
@@ -189,6 +198,8 @@ pub(super) async fn run(messages: u64) -> Result<(), String> {
         })
     };
     let busy = intake(&store).await;
+    let busy_rate = busy.len() as f64 / MEASURE.as_secs_f64();
+    let busy_lat = busy.clone();
     println!(
         "retention: intake while pruning: {} messages in {}s, {}",
         busy.len(),
@@ -196,6 +207,15 @@ pub(super) async fn run(messages: u64) -> Result<(), String> {
         latency_summary(busy, &quantiles, true)
     );
     let (pruned, took) = pruner.await.map_err(|e| format!("pruner task: {e}"))??;
+    let pruned_rate = pruned as f64 / took.as_secs_f64().max(0.001);
+    report::add(
+        Row::new("retention: intake beside the pruner")
+            .rate(busy_rate, "msg/s")
+            .latency(&busy_lat)
+            .note(format!(
+                "the pruner removed {pruned} messages at {pruned_rate:.0}/s"
+            )),
+    );
     println!(
         "retention: pruned {pruned} messages in {:.1}s ({:.0}/s)",
         took.as_secs_f64(),
@@ -209,17 +229,27 @@ pub(super) async fn run(messages: u64) -> Result<(), String> {
     println!(
         "retention: deleted {} payload segments ({})",
         sweep.deleted.len(),
-        mib(sweep.freed_bytes)
+        fmt_mib(sweep.freed_bytes)
     );
     store.close();
     drop(store);
-    sizes(&path, "after pruning");
+    let pruned_size = sizes(&path, "after pruning");
     let done = compact(&path).map_err(|e| format!("compact: {e}"))?;
     println!(
         "retention: compact: sled {} -> {}",
-        mib(done.before),
-        mib(done.after)
+        fmt_mib(done.before),
+        fmt_mib(done.after)
     );
-    sizes(&path, "after waybill compact");
+    let compacted = sizes(&path, "after waybill compact");
+    report::add(
+        Row::new("retention: a month of traffic pruned")
+            .disk(compacted)
+            .note(format!(
+                "on disk {} filled, {} after pruning, {} after `waybill compact`",
+                fmt_mib(filled),
+                fmt_mib(pruned_size),
+                fmt_mib(compacted)
+            )),
+    );
     Ok(())
 }
