@@ -10,6 +10,7 @@ mod model;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use fs::Disk;
@@ -90,6 +91,15 @@ fn a_cut_keeps_only_what_was_synced() {
     sync_dir(&root.join("sub"));
     disk.cut().unwrap();
     assert!(read(&root.join("sub/a")).is_none());
+
+    // sled's lock on its `db`: the kernel keeps flock locks itself on this filesystem,
+    // and they stay exclusive.
+    let first = File::create(root.join("lock")).unwrap();
+    let second = File::open(root.join("lock")).unwrap();
+    // SAFETY: flock on descriptors the files own for the whole call.
+    let lock = |f: &File| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(lock(&first), 0, "{}", std::io::Error::last_os_error());
+    assert_ne!(lock(&second), 0, "a second exclusive flock was granted");
 }
 
 #[test]
