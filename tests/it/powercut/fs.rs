@@ -6,11 +6,13 @@
 //! since the last one. Each directory keeps its entries twice the same way: creating,
 //! removing and renaming change the current entries, and only an `fsync` of that very
 //! directory makes them durable. A cut puts every file and directory back to its durable
-//! state; a file or directory no durable entry reaches is gone.
+//! state; a file or directory no durable entry reaches is gone. That state and the cut
+//! are `model.rs`; this file serves them over FUSE.
 //!
 //! The model outlives a mount, so a cut unmounts (dropping every cache the kernel kept),
 //! forgets, and mounts the same model again. Modes and times are kept as they are: the
-//! store relies on neither.
+//! store relies on neither. Locks are left to the kernel, which keeps `flock` locks
+//! itself for a filesystem that does not take them.
 
 use std::ffi::OsStr;
 use std::io;
