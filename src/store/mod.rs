@@ -256,6 +256,20 @@ pub struct Store {
     subs: Arc<SubIndex>,
 }
 
+/// Syncs what sled and the payload log create at opening without syncing it: sled's
+/// `conf` (written, never synced) and the data directory that names `db`, `conf`,
+/// `blobs/` and `payloads/`. Until the directory is synced, a power cut after the first
+/// start could take the whole store with it, whatever the writer synced since; the
+/// writer only syncs the files and the payload directory.
+fn make_names_durable(dir: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(dir.join("conf")) {
+        Ok(conf) => conf.sync_all()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir` with a page cache of `cache_mb` MiB.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
@@ -308,6 +322,7 @@ impl Store {
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
+        make_names_durable(dir)?;
         let subs = Arc::new(SubIndex::default());
         Store::load_subscriptions(&t, &subs)?;
         let outbox = Arc::new(OutboxSignal::new());

@@ -9,11 +9,16 @@
 //! The choices (kill moments, message kinds, payload bytes) come from one seed, printed
 //! first; `WAYBILL_CRASH_SEED` repeats them (the timing of a real machine does not
 //! repeat, so a run is reproduced in kind, not to the byte).
+//!
+//! `rounds_lose_nothing` is the whole suite on a given data directory with a hook at
+//! each kill; the power-cut suite (`powercut.rs`) runs it on a filesystem that loses
+//! everything unsynced there.
 
 mod check;
 mod load;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,17 +167,30 @@ fn drain(
 
 #[test]
 fn sigkill_rounds_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    rounds_lose_nothing("crash suite", ROUNDS, dir.path(), |_| {});
+}
+
+/// The suite on the data directory `dir`: `rounds` times load, SIGKILL, `at_kill(round)`
+/// (what else happens to the machine while the server is down) and a restart with the
+/// checker; then the drain and the final checks. Panics on any broken promise. `name`
+/// starts what it prints.
+pub(crate) fn rounds_lose_nothing(
+    name: &str,
+    rounds: usize,
+    dir: &Path,
+    mut at_kill: impl FnMut(usize),
+) {
     let started = Instant::now();
     let seed = seed();
-    println!("crash suite: seed {seed} (WAYBILL_CRASH_SEED={seed} makes the same choices)");
+    println!("{name}: seed {seed} (WAYBILL_CRASH_SEED={seed} makes the same choices)");
     let mut rng = Rng::new(seed);
-    let dir = tempfile::tempdir().unwrap();
     let receivers = Receivers {
         push: Receiver::start(vec![]),
         callbacks: Receiver::start(vec![]),
         jobs: Receiver::start(vec![]),
     };
-    let mut server = start_with(dir.path(), &SETTINGS);
+    let mut server = start_with(dir, &SETTINGS);
     let cast = Arc::new(setup(&server, &receivers));
     let ledger: Shared = Arc::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -181,11 +199,12 @@ fn sigkill_rounds_lose_nothing() {
         .build()
         .unwrap();
     let mut lost = Vec::new();
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         let delay = Duration::from_millis(1000 + rng.below(3000));
         let in_flight = load_then_kill(&rt, &mut server, &cast, &ledger, &mut rng, delay);
+        at_kill(round);
         ledger.lock().unwrap().life = round;
-        server = start_with(dir.path(), &SETTINGS);
+        server = start_with(dir, &SETTINGS);
         let wrong = check::store_agrees(&server, &cast.acme, &ledger, false);
         let l = ledger.lock().unwrap();
         let ok = l.messages.values().filter(|s| s.ok).count();
@@ -226,7 +245,7 @@ fn sigkill_rounds_lose_nothing() {
     let jobs = l.jobs.iter().filter(|j| j.id.is_some()).count();
     let acknowledged = messages + jobs + l.acks.len();
     println!(
-        "crash suite: rounds {ROUNDS}, acknowledged {acknowledged}, lost {}, duplicated {}, \
+        "{name}: rounds {rounds}, acknowledged {acknowledged}, lost {}, duplicated {}, \
          recovered {} ({messages} messages, {jobs} jobs and {} acknowledgements answered 2xx; \
          {:.1} s)",
         lost.len(),

@@ -20,6 +20,7 @@ mod metrics;
 mod monitoring;
 mod openapi;
 mod packaging;
+mod powercut;
 mod process;
 mod push;
 mod receiver;
