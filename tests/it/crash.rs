@@ -10,8 +10,8 @@
 //! first; `WAYBILL_CRASH_SEED` repeats them (the timing of a real machine does not
 //! repeat, so a run is reproduced in kind, not to the byte).
 
-mod check;
-mod load;
+pub(crate) mod check;
+pub(crate) mod load;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
