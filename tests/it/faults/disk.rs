@@ -236,6 +236,10 @@ fn a_full_disk_pauses_intake_and_everything_resumes_when_space_returns() {
     // Acknowledgements carry no payload: their records reach sled itself, whose writes
     // now fail.
     let (acked_ok, acked_unsure, ack_statuses) = acknowledge(&server, &globex, 20);
+    // Larger records (schemas of 60 KiB) until the store runs out of room for them.
+    let schemas = fill_with_schemas(&server);
+    let refused_schema = format!("fill{}", schemas.created.len());
+    let refused_seen = schema_doctypes(&server).contains(&refused_schema);
     let ready = send(
         &agent(),
         "GET",
@@ -245,10 +249,13 @@ fn a_full_disk_pauses_intake_and_everything_resumes_when_space_returns() {
     );
     println!(
         "disk full ({} MiB of ballast, {} bytes free): {} of 40 intakes answered 202, the others \
-         {codes:?}; acknowledgements answered {ack_statuses:?}; /readyz {}",
+         {codes:?}; acknowledgements answered {ack_statuses:?}; schemas: {} answered 201, \
+         then {:?} (listed by the same process afterwards: {refused_seen}); /readyz {}",
         ballast_bytes / MIB,
         free(mnt.path()),
         full_ok.len(),
+        schemas.created.len(),
+        schemas.refused,
         ready.status
     );
     assert!(
@@ -271,9 +278,15 @@ fn a_full_disk_pauses_intake_and_everything_resumes_when_space_returns() {
         "space back, same process: intake {}, /readyz {}",
         later.status, ready_later.status
     );
-    if later.status == 202 {
-        full_ok.insert("room-again".to_owned());
-    }
+    // A failed write of the store itself (its flush) makes the process refuse every
+    // write, and fail readiness, until it is restarted: sled keeps the error.
+    assert!(
+        schemas.refused.is_some(),
+        "the store's own writes never hit ENOSPC"
+    );
+    assert_eq!(ready.status, 503, "not ready after a failed store write");
+    later.error(503, "store_unavailable");
+    assert_eq!(ready_later.status, 503, "still not ready with room again");
 
     // SIGKILL: only what was flushed before each 2xx survives. Every 2xx must be there.
     server.child.kill().unwrap();
@@ -296,16 +309,26 @@ fn a_full_disk_pauses_intake_and_everything_resumes_when_space_returns() {
         undone.is_empty(),
         "acknowledged with 200 and handed out again: {undone:?}"
     );
+    let kept = schema_doctypes(&server);
+    let refused_kept = kept.contains(&refused_schema);
+    let gone: Vec<&String> = schemas
+        .created
+        .iter()
+        .filter(|d| !kept.contains(*d))
+        .collect();
+    assert!(gone.is_empty(), "schemas answered 201 and lost: {gone:?}");
     let unknown: Vec<&String> = have.iter().filter(|r| !accepted.contains(*r)).collect();
     assert!(unknown.is_empty(), "stored although refused: {unknown:?}");
     println!(
         "after a restart with room: {} messages pollable ({} answered 202 before, {} \
-         acknowledged with 200 on the full disk, {} refused acknowledgements kept), 10 more \
-         accepted",
+         acknowledged with 200 on the full disk, {} refused acknowledgements kept), {} \
+         schemas answered 201 there, the refused one {}; 10 more accepted",
         have.len(),
         accepted.len() - 10,
         acked_ok.len(),
-        acked_unsure.iter().filter(|r| !have.contains(*r)).count()
+        acked_unsure.iter().filter(|r| !have.contains(*r)).count(),
+        schemas.created.len(),
+        if refused_kept { "kept" } else { "not kept" }
     );
 }
 
@@ -335,6 +358,48 @@ fn acknowledge(
         }
     }
     (ok, unsure, statuses)
+}
+
+/// What writing schemas on a full disk gave.
+struct Schemas {
+    /// Doctypes whose schema was answered 201.
+    created: Vec<String>,
+    /// The error of the first one refused.
+    refused: Option<String>,
+}
+
+/// Creates schemas of 60 KiB each until one is refused (at most 100).
+fn fill_with_schemas(server: &Server) -> Schemas {
+    let mut s = Schemas {
+        created: Vec::new(),
+        refused: None,
+    };
+    for n in 0..100 {
+        let doctype = format!("fill{n}");
+        let description = "d".repeat(60 * 1024);
+        let body = json!({"doctype": doctype, "jsonSchema": {"description": description}});
+        let r = server.admin("POST", "/admin/api/schemas", body);
+        if r["success"] == true {
+            s.created.push(doctype);
+        } else {
+            let code = r["error"]["code"].as_str().unwrap_or("?");
+            let message = r["error"]["message"].as_str().unwrap_or("?");
+            s.refused = Some(format!("{code}: {message}"));
+            break;
+        }
+    }
+    s
+}
+
+/// The doctypes that have a schema.
+fn schema_doctypes(server: &Server) -> HashSet<String> {
+    let list = server.admin("GET", "/admin/api/schemas", serde_json::Value::Null);
+    list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["doctype"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A background submission of a single intake.
