@@ -288,9 +288,17 @@ fn a_full_disk_pauses_intake_and_everything_resumes_when_space_returns() {
     later.error(503, "store_unavailable");
     assert_eq!(ready_later.status, 503, "still not ready with room again");
 
-    // SIGKILL: only what was flushed before each 2xx survives. Every 2xx must be there.
+    // SIGKILL on a full disk, and a start while it is still full: it cannot open the
+    // store, and must leave it as it was.
+    fill(&ballast, 0);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+    let on_full = start_on_full_disk(&data);
+    println!("started again on the full disk: {on_full}");
+    std::fs::remove_file(&ballast).unwrap();
+
+    // Room again, and a restart: only what was flushed before each 2xx survived, and
+    // every 2xx must be there.
     let server = start_with(&data, &guarded);
     for i in 0..10 {
         let reference = format!("restarted-{i}");
@@ -358,6 +366,46 @@ fn acknowledge(
         }
     }
     (ok, unsure, statuses)
+}
+
+/// Starts the binary on `data` (with the guard off) and says how far it got in 15 s: its
+/// readiness, and what a write (creating a partner) was answered.
+fn start_on_full_disk(data: &Path) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_waybill"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &listen])
+        .env("WAYBILL_STORE__MIN_FREE_MB", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn waybill");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = "no answer".to_owned();
+    while Instant::now() < deadline {
+        if let Ok(Some(exit)) = child.try_wait() {
+            seen = format!("exited ({exit})");
+            break;
+        }
+        let url = format!("http://{listen}/readyz");
+        if let Ok(r) = agent().get(&url).call() {
+            seen = format!("/readyz {}", r.status().as_u16());
+            if r.status() == 200 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let last: Vec<&str> = log.lines().rev().take(6).collect();
+    format!("{seen}; log ends {last:?}")
 }
 
 /// What writing schemas on a full disk gave.
