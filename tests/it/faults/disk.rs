@@ -5,8 +5,10 @@
 //! with 503 `insufficient_storage` and stores nothing, receivers can still poll and
 //! acknowledge, and intake resumes once the ballast is gone. Then with the guard off
 //! (`min_free_mb = 0`) and the disk full to the last byte, so that the store's own writes
-//! fail with ENOSPC: no write may be answered 2xx unless it is on disk, which a SIGKILL and
-//! a restart on a disk with room again check.
+//! fail with ENOSPC: no write may be answered 2xx unless it is on disk. Once the store's
+//! own flush has failed, the process refuses every write and is not ready until it is
+//! restarted, even with room again. A start while the disk is still full fails and must
+//! leave the store as it was; a restart with room finds every 2xx and nothing refused.
 
 use std::collections::HashSet;
 use std::io::Write;
