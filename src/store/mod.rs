@@ -270,6 +270,30 @@ fn make_names_durable(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Deletes the snapshot files sled left unfinished in `dir` (`snap.<lsn>.generating`).
+///
+/// sled 0.34.7 writes a snapshot at every open to `snap.<lsn>.generating`, then renames it
+/// to `snap.<lsn>`; but when it looks for the newest snapshot it skips only names ending
+/// in `.in___motion`, so it takes an unfinished `.generating` file for a snapshot. When
+/// a start finds the disk full, the write stops short, the file stays, and every later
+/// open fails its checksum ("Read corrupted data") although nothing else is damaged.
+/// Such a file is never the only copy of anything: the previous snapshot and the log
+/// are removed only after the rename. Returns how many were removed.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "removing an unfinished store snapshot");
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir` with a page cache of `cache_mb` MiB.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
@@ -279,14 +303,22 @@ impl Store {
     /// [`Store::open`] with at most `writer_queue` writes waiting at once.
     pub fn open_with(dir: &Path, cache_mb: u64, writer_queue: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb.max(8) * 1024 * 1024)
-            // The writer flushes after every group of jobs; sled's own timer would only
-            // add flushes nobody waits for.
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let open = || {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_mb.max(8) * 1024 * 1024)
+                // The writer flushes after every group of jobs; sled's own timer would
+                // only add flushes nobody waits for.
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+        };
+        let db = match open() {
+            // Only once sled has refused the store (and holds no lock on it any more): a
+            // snapshot being written by a process still running is left alone.
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(dir)? > 0 => open()?,
+            other => other?,
+        };
         let tree = |name: &str| db.open_tree(name);
         let t = Arc::new(Trees {
             partners: tree("partners")?,
@@ -447,4 +479,29 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unfinished_snapshot_does_not_keep_the_store_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        let meta = |s: &Store| -> Vec<(sled::IVec, sled::IVec)> {
+            s.t.meta.iter().map(|e| e.unwrap()).collect()
+        };
+        let before = meta(&store);
+        assert!(!before.is_empty(), "a first start stores its token key");
+        store.writer.shutdown();
+        drop(store);
+        // What a start on a full disk leaves: a partial snapshot, newer than any other.
+        let partial = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&partial, b"cut short").unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert!(store.healthy());
+        assert!(!partial.exists());
+        assert_eq!(meta(&store), before);
+    }
 }

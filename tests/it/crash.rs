@@ -14,8 +14,8 @@
 //! each kill; the power-cut suite (`powercut.rs`) runs it on a filesystem that loses
 //! everything unsynced there.
 
-mod check;
-mod load;
+pub(crate) mod check;
+pub(crate) mod load;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -12,6 +12,7 @@ mod delivery;
 mod edge;
 mod environments;
 mod errors;
+mod faults;
 mod hostile;
 mod https;
 mod intake;

@@ -31,7 +31,7 @@ fn get(server: &Server, key: &str, path: &str) -> Option<Value> {
 
 /// Every stored message the sender's tracking finds for `refs`: by reference, the
 /// messages (id → status) that carry it.
-fn stored(
+pub(crate) fn stored(
     server: &Server,
     acme: &str,
     refs: &[&String],
