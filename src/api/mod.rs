@@ -15,6 +15,8 @@ mod deliveries;
 mod documents;
 pub mod idempotency;
 mod inbound;
+#[cfg(test)]
+mod props;
 pub mod seen_keys;
 mod subscriptions;
 mod system;

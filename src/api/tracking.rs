@@ -99,7 +99,7 @@ fn bad(code: &'static str, field: impl Into<String>, message: impl Into<String>)
 }
 
 /// A parsed search: the store query, and what to echo back.
-struct Search {
+pub(super) struct Search {
     query: TrackingQuery,
     echo: Vec<Value>,
     sort_echo: Value,
@@ -108,7 +108,12 @@ struct Search {
 }
 
 /// Reads `{search, paging, sorts}`; every part is optional.
-fn parse_search(env: Env, sender: &str, body: &Value, now: i64) -> Result<Search, ApiError> {
+pub(super) fn parse_search(
+    env: Env,
+    sender: &str,
+    body: &Value,
+    now: i64,
+) -> Result<Search, ApiError> {
     let empty = Map::new();
     let root = match body {
         Value::Object(m) => m,

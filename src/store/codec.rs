@@ -61,9 +61,16 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     }
 }
 
+/// The most memory one record's decoding may claim for its strings and lists. A damaged
+/// length prefix can claim up to 2^64 bytes; without a limit bincode would try to
+/// allocate them and abort the process. A record is at most [`MAX_RECORD_BYTES`] encoded,
+/// which needs far less than this even as a list of empty strings.
+const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Decodes the bincode body of a record (after its version byte).
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(body, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    bincode::serde::decode_from_slice(body, config)
         .map(|(v, _)| v)
         .map_err(|e| StoreError::Codec(e.to_string()))
 }

@@ -51,6 +51,8 @@ mod key_use;
 pub mod listing;
 mod messages;
 pub mod payload_log;
+#[cfg(test)]
+mod props;
 pub mod records;
 mod requeue;
 pub mod retention;

@@ -295,6 +295,14 @@ impl PayloadLog {
     /// Reads a payload back, checking its CRC.
     pub fn read(&self, r: &PayloadRef) -> Result<Bytes, StoreError> {
         let file = self.reader(r.segment)?;
+        // A damaged reference must not make us allocate what the segment cannot hold.
+        let size = file.metadata()?.len();
+        if r.offset.checked_add(u64::from(r.len)).is_none_or(|end| end > size) {
+            return Err(StoreError::Corrupt(format!(
+                "payload in segment {} at {} runs past the segment's end",
+                r.segment, r.offset
+            )));
+        }
         let mut buf = vec![0u8; r.len as usize];
         file.read_exact_at(&mut buf, r.offset)?;
         if crc32(&buf) != r.crc {
