@@ -297,7 +297,10 @@ impl PayloadLog {
         let file = self.reader(r.segment)?;
         // A damaged reference must not make us allocate what the segment cannot hold.
         let size = file.metadata()?.len();
-        if r.offset.checked_add(u64::from(r.len)).is_none_or(|end| end > size) {
+        if r.offset
+            .checked_add(u64::from(r.len))
+            .is_none_or(|end| end > size)
+        {
             return Err(StoreError::Corrupt(format!(
                 "payload in segment {} at {} runs past the segment's end",
                 r.segment, r.offset

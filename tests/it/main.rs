@@ -26,6 +26,7 @@ mod process;
 mod push;
 mod receiver;
 mod retention;
+mod schemathesis;
 mod subscriptions;
 mod tracking;
 mod transmissions;

@@ -19,7 +19,8 @@ fn executable() -> PathBuf {
     if let Some(p) = std::env::var_os("WAYBILL_SCHEMATHESIS") {
         return p.into();
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/schemathesis/bin/schemathesis");
+    let local =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/schemathesis/bin/schemathesis");
     if local.exists() {
         return local;
     }
