@@ -1,10 +1,14 @@
-//! The crash suite: the real binary under load from 64 writers and 8 pollers, every
-//! request in flight on its own connection, killed with SIGKILL at a random moment, round
-//! after round on the same data directory. Writers send singles, atomic batches, messages
-//! to a receiver with a push URL and background calls (half report to a webhook);
-//! pollers lease and acknowledge; the polling receiver subscribes to its changes. After
-//! every restart the checker compares what the server holds with what it promised (every
-//! 2xx), and a final life drains everything and checks it all arrived: see `check.rs`.
+//! The crash suite: the real binary under load from 64 writers, 8 pollers and 2 peekers,
+//! every request in flight on its own connection, killed with SIGKILL at a random moment,
+//! round after round on the same data directory. Writers send singles, singles under an
+//! `Idempotency-Key`, atomic batches, messages to a receiver with a push URL and
+//! background calls (half report to a webhook); pollers lease and acknowledge; peekers
+//! poll with `lease=0` and only look; the polling receiver subscribes to its changes.
+//! After every restart the writers first send again the keys whose answers the kill cut
+//! off, and half of those answered 2xx: a key answered once must be answered with the
+//! same message, marked `Idempotent-Replayed`, and never make a second one. After every
+//! restart the checker compares what the server holds with what it promised (every 2xx),
+//! and a final life drains everything and checks it all arrived: see `check.rs`.
 //!
 //! The choices (kill moments, message kinds, payload bytes) come from one seed, printed
 //! first; `WAYBILL_CRASH_SEED` repeats them (the timing of a real machine does not
@@ -37,6 +41,8 @@ const ROUNDS: usize = 6;
 const WRITERS: usize = 64;
 /// Tasks polling and acknowledging.
 const POLLERS: usize = 8;
+/// Tasks polling with `lease=0`, which only look.
+const PEEKERS: usize = 2;
 /// How long the final life may take to deliver and hand out everything.
 const DRAIN: Duration = Duration::from_secs(120);
 
@@ -116,6 +122,10 @@ fn load_then_kill(
         let (http, ledger, cast, stop) = (http.clone(), ledger.clone(), cast.clone(), stop.clone());
         tasks.push(rt.spawn(load::poller(http, ledger, cast, stop)));
     }
+    for _ in 0..PEEKERS {
+        let (http, ledger, cast, stop) = (http.clone(), ledger.clone(), cast.clone(), stop.clone());
+        tasks.push(rt.spawn(load::peeker(http, ledger, cast, stop)));
+    }
     std::thread::sleep(delay);
     let in_flight = http.in_flight.load(Ordering::SeqCst);
     server.child.kill().expect("SIGKILL");
@@ -129,8 +139,9 @@ fn load_then_kill(
     in_flight
 }
 
-/// Lets the last life run with pollers until nothing is outstanding (or `DRAIN` passes);
-/// returns what is still outstanding then.
+/// Sends again the keys still waiting for it, then lets the last life run with pollers
+/// and peekers until nothing is outstanding (or `DRAIN` passes); returns what is still
+/// outstanding then.
 fn drain(
     rt: &tokio::runtime::Runtime,
     server: &Server,
@@ -139,12 +150,17 @@ fn drain(
     receivers: &Receivers,
 ) -> Vec<String> {
     let http = Arc::new(Http::new(&server.base));
+    rt.block_on(load::resend_all(http.clone(), ledger.clone(), cast.clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let pollers: Vec<_> = (0..POLLERS)
-        .map(|_| {
+    let pollers: Vec<_> = (0..POLLERS + PEEKERS)
+        .map(|i| {
             let (http, ledger, cast, stop) =
                 (http.clone(), ledger.clone(), cast.clone(), stop.clone());
-            rt.spawn(load::poller(http, ledger, cast, stop))
+            if i < POLLERS {
+                rt.spawn(load::poller(http, ledger, cast, stop))
+            } else {
+                rt.spawn(load::peeker(http, ledger, cast, stop))
+            }
         })
         .collect();
     let deadline = Instant::now() + DRAIN;
@@ -210,9 +226,11 @@ pub(crate) fn rounds_lose_nothing(
         let ok = l.messages.values().filter(|s| s.ok).count();
         println!(
             "round {round}: killed after {delay:?} with {in_flight} requests in flight; \
-             {ok} of {} messages and jobs answered 2xx so far, {} acknowledgements; {} wrong after restart",
+             {ok} of {} messages and jobs answered 2xx so far, {} acknowledgements, {} keys \
+             to send again; {} wrong after restart",
             l.messages.len(),
             l.acks.len(),
+            l.resends.len(),
             wrong.len()
         );
         lost.extend(wrong);
@@ -244,14 +262,30 @@ pub(crate) fn rounds_lose_nothing(
         .count();
     let jobs = l.jobs.iter().filter(|j| j.id.is_some()).count();
     let acknowledged = messages + jobs + l.acks.len();
+    let keys = l.keyed.values().filter(|k| k.id.is_some()).count();
+    let resent = l.keyed.values().map(|k| k.sends as u64 - 1).sum::<u64>();
+    // Keys whose first send the kill cut off and a resend got an answer for; a replay
+    // among those is a first send the server had stored with its answer.
+    let late: Vec<&load::Keyed> = l
+        .keyed
+        .values()
+        .filter(|k| k.answered_by.is_some_and(|n| n > 1))
+        .collect();
+    let late_replayed = late.iter().filter(|k| k.replays > 0).count();
+    let replayed = l.keyed.values().map(|k| k.replays as u64).sum::<u64>();
+    let peeked = l.peeked.values().map(|(_, n)| n).sum::<u64>();
     println!(
         "{name}: rounds {rounds}, acknowledged {acknowledged}, lost {}, duplicated {}, \
-         recovered {} ({messages} messages, {jobs} jobs and {} acknowledgements answered 2xx; \
-         {:.1} s)",
+         recovered {}, replayed {replayed}, peeked {peeked} ({messages} messages, {jobs} jobs \
+         and {} acknowledgements answered 2xx; {keys} idempotency keys answered 2xx, {resent} \
+         resends after a kill, {} keys answered only by a resend, {late_replayed} of them as a \
+         replay; {} transmissions handed out by lease=0 polls; {:.1} s)",
         lost.len(),
         l.duplicated + extra,
         l.recovered,
         l.acks.len(),
+        late.len(),
+        l.peeked.len(),
         started.elapsed().as_secs_f64()
     );
     for what in lost.iter().take(40) {
@@ -266,4 +300,13 @@ pub(crate) fn rounds_lose_nothing(
         lost.len()
     );
     assert!(l.refused.is_empty(), "{} requests refused", l.refused.len());
+    // Otherwise the run proved nothing about keys sent again or lease=0 polls.
+    assert!(
+        replayed > 0,
+        "no key was answered as a replay (seed {seed})"
+    );
+    assert!(
+        peeked > 0,
+        "no lease=0 poll was handed anything (seed {seed})"
+    );
 }

@@ -73,7 +73,8 @@ fn uuids_by_reference(l: &Ledger) -> HashMap<&str, &str> {
 }
 
 /// The store as the sender sees it: every 2xx message there once, nothing stored twice,
-/// batches whole or absent, acknowledged ones complete. With `final_state`, also every
+/// batches whole or absent, acknowledged ones complete, each idempotency key answered
+/// 2xx behind exactly the one message it answered with. With `final_state`, also every
 /// accepted job's message and every push delivered. Returns what is wrong.
 pub fn store_agrees(
     server: &Server,
@@ -114,6 +115,17 @@ pub fn store_agrees(
         }
         if final_state && sent.kind == Kind::Push && sent.ok && status != Some("processed") {
             wrong.push(format!("{reference} was pushed and is {status:?}"));
+        }
+    }
+    for (key, k) in &l.keyed {
+        let Some(id) = &k.id else { continue };
+        let copies = found.get(&k.reference);
+        if copies.is_some_and(|c| !c.contains_key(id)) {
+            wrong.push(format!(
+                "key {key} was answered with message {id}, and {} holds {:?}",
+                k.reference,
+                copies.map(|c| c.keys().collect::<Vec<_>>())
+            ));
         }
     }
     for batch in &l.batches {
@@ -199,6 +211,15 @@ pub fn outstanding(
             open.push(format!("{reference} was never handed out"));
         }
     }
+    // A lease=0 poll only looks: what it was handed stays pending, so it must still reach
+    // a leased poll (the pollers acknowledge only what they lease).
+    for (uuid, (reference, _)) in &l.peeked {
+        if !l.handouts.contains_key(uuid) {
+            open.push(format!(
+                "{reference} ({uuid}) was handed out by a lease=0 poll and never leased"
+            ));
+        }
+    }
     // Everything handed out must end acknowledged; an acknowledgement cut off by the kill
     // may have been stored, and then the transmission says so.
     for (uuid, h) in &l.handouts {
@@ -241,7 +262,7 @@ pub fn outstanding(
     let known = l.handouts.keys().chain(
         l.messages
             .values()
-            .filter(|s| s.kind == Kind::Single)
+            .filter(|s| matches!(s.kind, Kind::Single | Kind::Keyed))
             .filter_map(|s| s.uuid.as_ref()),
     );
     for uuid in known {

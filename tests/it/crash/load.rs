@@ -1,7 +1,9 @@
-//! The crash suite's clients and their ledger: writers that send singles, batches, pushes
-//! and background calls, and pollers that lease and acknowledge, all over one pooled
-//! async HTTP/1.1 client (so every request in flight has its own connection). Every
-//! answer is written down as it arrives; only a 2xx counts as a promise.
+//! The crash suite's clients and their ledger: writers that send singles (some under an
+//! `Idempotency-Key`, sent again after a kill), batches, pushes and background calls;
+//! pollers that lease and acknowledge; peekers that poll without a lease (`lease=0`)
+//! and only look. All over one pooled async HTTP/1.1 client (so every request in flight
+//! has its own connection). Every answer is written down as it arrives; only a 2xx
+//! counts as a promise.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +52,8 @@ pub enum Kind {
     Push,
     /// An intake call to the polling receiver run as a background job.
     Job,
+    /// One intake call to the polling receiver under an `Idempotency-Key`.
+    Keyed,
 }
 
 /// One message the clients tried to send.
@@ -76,6 +80,28 @@ pub struct Job {
     pub reported: bool,
 }
 
+/// A message sent under an `Idempotency-Key`, and what its answers said.
+pub struct Keyed {
+    /// The message's external reference (one key, one reference).
+    pub reference: String,
+    /// The request, sent again byte for byte when the key is resent.
+    pub path: String,
+    /// The message id of the first 2xx under the key.
+    pub id: Option<String>,
+    /// Sends made under the key (the first and every resend).
+    pub sends: u32,
+    /// Which send was the first answered 2xx (1 for the first send).
+    pub answered_by: Option<u32>,
+    /// Resends answered 2xx with `Idempotent-Replayed: true`.
+    pub replays: u32,
+}
+
+/// A key to send again once the server has been killed since `life`.
+pub struct Resend {
+    pub key: String,
+    pub life: usize,
+}
+
 /// One transmission as polls handed it out.
 pub struct Handout {
     pub reference: String,
@@ -97,6 +123,12 @@ pub struct Ledger {
     pub handouts: HashMap<String, Handout>,
     /// Acknowledgements answered 2xx, by uuid, with when the answer arrived.
     pub acks: HashMap<String, Instant>,
+    /// By idempotency key.
+    pub keyed: HashMap<String, Keyed>,
+    /// Keys waiting to be sent again after the next kill.
+    pub resends: Vec<Resend>,
+    /// Transmissions lease=0 polls handed out, by uuid: the reference and how often.
+    pub peeked: HashMap<String, (String, u64)>,
     /// Promises found broken, each described.
     pub broken: Vec<String>,
     /// Answers that were neither 2xx nor a failed connection: the requests were wrong.
@@ -106,8 +138,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// A poll sent at `sent_at` handed out `item`.
-    fn handed_out(&mut self, item: &Value, sent_at: Instant) {
+    /// Checks what any poll sent at `sent_at` hands out (`how` names the poll): nothing
+    /// acknowledged before it, nothing never sent, every payload as sent. Returns the
+    /// uuid and reference.
+    fn check_item(&mut self, item: &Value, sent_at: Instant, how: &str) -> (String, String) {
         let uuid = item["uuid"].as_str().unwrap_or_default().to_owned();
         let reference = item["externalReference"]
             .as_str()
@@ -115,7 +149,7 @@ impl Ledger {
             .to_owned();
         if self.acks.get(&uuid).is_some_and(|at| *at < sent_at) {
             self.broken.push(format!(
-                "{reference} ({uuid}) was handed out again after its acknowledgement"
+                "{reference} ({uuid}) was handed out again by a {how} after its acknowledgement"
             ));
         }
         let payload = item["payload"]
@@ -125,11 +159,23 @@ impl Ledger {
             None => self
                 .broken
                 .push(format!("{uuid} was never sent (reference {reference:?})")),
-            Some(sent) if payload.as_deref() != Some(&sent.payload[..]) => self
-                .broken
-                .push(format!("{reference} was handed out with another payload")),
+            Some(sent) if payload.as_deref() != Some(&sent.payload[..]) => self.broken.push(
+                format!("{reference} was handed out by a {how} with another payload"),
+            ),
             Some(_) => {}
         }
+        (uuid, reference)
+    }
+
+    /// A lease=0 poll sent at `sent_at` handed out `item`.
+    fn peeked(&mut self, item: &Value, sent_at: Instant) {
+        let (uuid, reference) = self.check_item(item, sent_at, "lease=0 poll");
+        self.peeked.entry(uuid).or_insert((reference, 0)).1 += 1;
+    }
+
+    /// A leased poll sent at `sent_at` handed out `item`.
+    fn handed_out(&mut self, item: &Value, sent_at: Instant) {
+        let (uuid, reference) = self.check_item(item, sent_at, "leased poll");
         let life = self.life;
         let acked = self.acks.contains_key(&uuid);
         match self.handouts.get_mut(&uuid) {
@@ -163,6 +209,8 @@ pub type Shared = Arc<Mutex<Ledger>>;
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// It carried `Idempotent-Replayed: true`.
+    pub replayed: bool,
 }
 
 impl Reply {
@@ -213,8 +261,16 @@ impl Http {
         let exchange = async {
             let res = self.client.request(req).await.ok()?;
             let status = res.status().as_u16();
+            let replayed = res
+                .headers()
+                .get("idempotent-replayed")
+                .is_some_and(|v| v.as_bytes() == b"true");
             let body = res.into_body().collect().await.ok()?.to_bytes().to_vec();
-            Some(Reply { status, body })
+            Some(Reply {
+                status,
+                body,
+                replayed,
+            })
         };
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let reply = tokio::time::timeout(Duration::from_secs(60), exchange)
@@ -254,6 +310,134 @@ fn note_refused(ledger: &Shared, what: &str, reply: &Option<Reply>) {
     }
 }
 
+/// Sends a message under a fresh idempotency key. A key whose answer was cut off, and
+/// every other key answered 2xx, waits to be sent again after the next kill.
+async fn send_keyed(http: &Http, ledger: &Shared, cast: &Cast, rng: &mut Rng, name: &str) {
+    let key = format!("k{name}");
+    let reference = format!("i{name}");
+    let path = format!(
+        "/api/v1/inbound?sender=ACME&receiver=GLOBEX&doctype=order&version=1\
+         &externalReference={reference}"
+    );
+    let p = payload(&reference, rng);
+    {
+        let mut l = ledger.lock().unwrap();
+        let sent = Sent {
+            kind: Kind::Keyed,
+            payload: p.clone(),
+            ok: false,
+            uuid: None,
+        };
+        l.messages.insert(reference.clone(), sent);
+        let keyed = Keyed {
+            reference,
+            path: path.clone(),
+            id: None,
+            sends: 1,
+            answered_by: None,
+            replays: 0,
+        };
+        l.keyed.insert(key.clone(), keyed);
+    }
+    let reply = keyed_call(http, cast, &path, &key, p).await;
+    keyed_answer(ledger, &key, reply, false, rng.below(2) == 0);
+}
+
+/// Sends the request of `key` again, byte for byte.
+async fn resend_keyed(http: &Http, ledger: &Shared, cast: &Cast, key: &str) {
+    let (path, p) = {
+        let mut l = ledger.lock().unwrap();
+        let Some(k) = l.keyed.get_mut(key) else {
+            return;
+        };
+        k.sends += 1;
+        let (path, reference) = (k.path.clone(), k.reference.clone());
+        (path, l.messages[&reference].payload.clone())
+    };
+    let reply = keyed_call(http, cast, &path, key, p).await;
+    keyed_answer(ledger, key, reply, true, false);
+}
+
+/// Sends every key still waiting to be sent again, one after another; for the last
+/// life, which no kill follows.
+pub async fn resend_all(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>) {
+    let keys: Vec<String> = std::mem::take(&mut ledger.lock().unwrap().resends)
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    for key in keys {
+        resend_keyed(&http, &ledger, &cast, &key).await;
+    }
+}
+
+async fn keyed_call(
+    http: &Http,
+    cast: &Cast,
+    path: &str,
+    key: &str,
+    payload: Vec<u8>,
+) -> Option<Reply> {
+    let headers = [
+        ("X-Api-Key", cast.acme.as_str()),
+        ("Content-Type", "application/octet-stream"),
+        ("Idempotency-Key", key),
+    ];
+    http.call("POST", path, &headers, payload).await
+}
+
+/// Writes down an answer under `key`. Once a key has been answered 2xx, every later
+/// answer must be that one again (the same message id) marked `Idempotent-Replayed`.
+/// A send cut off is sent again after the next kill, as a client would; so is one
+/// answered 2xx when `again`.
+fn keyed_answer(ledger: &Shared, key: &str, reply: Option<Reply>, resend: bool, again: bool) {
+    let mut l = ledger.lock().unwrap();
+    let life = l.life;
+    let key = key.to_owned();
+    let r = match reply {
+        None => {
+            l.resends.push(Resend { key, life });
+            return;
+        }
+        Some(r) if !r.ok() => {
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            l.refused.push(format!("key {key}: {} {text}", r.status));
+            return;
+        }
+        Some(r) => r,
+    };
+    let data = r.data();
+    let id = data["id"].as_str().map(str::to_owned);
+    let uuid = data["transmissions"][0]["uuid"].as_str().map(str::to_owned);
+    let ledger = &mut *l;
+    let k = ledger.keyed.get_mut(&key).expect("a key sent");
+    if resend && r.replayed {
+        k.replays += 1;
+    }
+    match (&k.id, &id) {
+        (Some(first), Some(now)) if first != now => ledger.broken.push(format!(
+            "key {key} was answered with message {first}, then with {now}"
+        )),
+        (Some(first), _) if !r.replayed => ledger.broken.push(format!(
+            "key {key} (message {first}) was answered again without Idempotent-Replayed"
+        )),
+        (None, Some(_)) => {
+            k.id = id;
+            k.answered_by = Some(k.sends);
+        }
+        (None, None) => ledger
+            .broken
+            .push(format!("key {key} was answered 2xx without a message id")),
+        _ => {}
+    }
+    if let Some(sent) = ledger.messages.get_mut(&k.reference) {
+        sent.ok = true;
+        sent.uuid = sent.uuid.take().or(uuid);
+    }
+    if again {
+        ledger.resends.push(Resend { key, life });
+    }
+}
+
 /// Sends singles, batches, pushes and background calls until `stop`.
 pub async fn writer(
     http: Arc<Http>,
@@ -267,9 +451,28 @@ pub async fn writer(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let life = ledger.lock().unwrap().life;
+        // A key waiting since before the last kill goes first, as a client's retry would.
+        let (life, due) = {
+            let mut l = ledger.lock().unwrap();
+            let life = l.life;
+            let due = l.resends.iter().position(|r| r.life < life);
+            (life, due.map(|i| l.resends.swap_remove(i).key))
+        };
+        if let Some(key) = due {
+            resend_keyed(&http, &ledger, &cast, &key).await;
+            continue;
+        }
         let pick = rng.below(20);
-        if (12..15).contains(&pick) {
+        if (9..12).contains(&pick) {
+            send_keyed(
+                &http,
+                &ledger,
+                &cast,
+                &mut rng,
+                &format!("{life}.{task}.{n}"),
+            )
+            .await;
+        } else if (12..15).contains(&pick) {
             let reference = format!("b{life}.{task}.{n}");
             let size = 2 + rng.below(5);
             let refs: Vec<String> = (0..size).map(|i| format!("{reference}.{i}")).collect();
@@ -329,7 +532,7 @@ pub async fn writer(
             }
         } else {
             let (kind, receiver, doctype, prefix) = match pick {
-                0..12 => (Kind::Single, "GLOBEX", "order", "s"),
+                0..9 => (Kind::Single, "GLOBEX", "order", "s"),
                 15..18 => (Kind::Push, "INITECH", "invoice", "p"),
                 _ => (Kind::Job, "GLOBEX", "order", "j"),
             };
@@ -421,6 +624,34 @@ pub async fn poller(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<
             acks.spawn(ack(http.clone(), ledger.clone(), cast.clone(), uuid));
         }
         while acks.join_next().await.is_some() {}
+    }
+}
+
+/// Polls without a lease (`lease=0`) until `stop`, only looking: what it is handed
+/// stays pending, for the pollers to lease and acknowledge.
+pub async fn peeker(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<AtomicBool>) {
+    let key = [("X-Api-Key", cast.globex.as_str())];
+    while !stop.load(Ordering::Relaxed) {
+        let sent_at = Instant::now();
+        let reply = http
+            .call(
+                "GET",
+                "/api/v1/transmissions?limit=20&lease=0",
+                &key,
+                Vec::new(),
+            )
+            .await;
+        match reply {
+            Some(r) if r.ok() => {
+                let items = r.data().as_array().cloned().unwrap_or_default();
+                let mut l = ledger.lock().unwrap();
+                for item in &items {
+                    l.peeked(item, sent_at);
+                }
+            }
+            other => note_refused(&ledger, "lease=0 poll", &other),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
