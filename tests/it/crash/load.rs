@@ -586,19 +586,19 @@ pub async fn writer(
     }
 }
 
+/// One poll of the polling receiver's transmissions with a lease of `lease` seconds (0:
+/// only look), and when it was sent.
+async fn poll(http: &Http, cast: &Cast, lease: u32) -> (Instant, Option<Reply>) {
+    let key = [("X-Api-Key", cast.globex.as_str())];
+    let path = format!("/api/v1/transmissions?limit=20&lease={lease}");
+    let sent_at = Instant::now();
+    (sent_at, http.call("GET", &path, &key, Vec::new()).await)
+}
+
 /// Leases the polling receiver's transmissions and acknowledges each, until `stop`.
 pub async fn poller(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<AtomicBool>) {
-    let key = [("X-Api-Key", cast.globex.as_str())];
     while !stop.load(Ordering::Relaxed) {
-        let sent_at = Instant::now();
-        let reply = http
-            .call(
-                "GET",
-                "/api/v1/transmissions?limit=20&lease=5",
-                &key,
-                Vec::new(),
-            )
-            .await;
+        let (sent_at, reply) = poll(&http, &cast, 5).await;
         let items = match reply {
             Some(r) if r.ok() => r.data().as_array().cloned().unwrap_or_default(),
             other => {
@@ -630,17 +630,8 @@ pub async fn poller(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<
 /// Polls without a lease (`lease=0`) until `stop`, only looking: what it is handed
 /// stays pending, for the pollers to lease and acknowledge.
 pub async fn peeker(http: Arc<Http>, ledger: Shared, cast: Arc<Cast>, stop: Arc<AtomicBool>) {
-    let key = [("X-Api-Key", cast.globex.as_str())];
     while !stop.load(Ordering::Relaxed) {
-        let sent_at = Instant::now();
-        let reply = http
-            .call(
-                "GET",
-                "/api/v1/transmissions?limit=20&lease=0",
-                &key,
-                Vec::new(),
-            )
-            .await;
+        let (sent_at, reply) = poll(&http, &cast, 0).await;
         match reply {
             Some(r) if r.ok() => {
                 let items = r.data().as_array().cloned().unwrap_or_default();
