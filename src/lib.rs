@@ -336,7 +336,7 @@ pub async fn run_with_clock(
     let filling = Arc::clone(&store);
     tokio::task::spawn_blocking(move || {
         let now = store::now_ms();
-        match filling.idempotency_keys(|k| seen.add(k, now)) {
+        match filling.idempotency_keys(now, |k| seen.add(k, now)) {
             Ok(n) => {
                 seen.mark_filled();
                 tracing::debug!(keys = n, "idempotency keys loaded");

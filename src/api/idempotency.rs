@@ -34,9 +34,6 @@ use crate::AppState;
 /// The longest key accepted, in characters.
 pub const MAX_KEY_CHARS: usize = 255;
 
-/// How long an answer is kept under its key.
-pub const TTL_MS: i64 = 24 * 3600 * 1000;
-
 /// Response headers kept with a stored answer (besides `Content-Type`).
 const KEPT_HEADERS: [&str; 4] = [
     "location",
@@ -294,7 +291,6 @@ pub async fn begin(
         &key,
         fingerprint(ctx, body),
         now,
-        TTL_MS,
     );
     // A job's replay: the write that stores its answer also ends the job.
     if let Some(inj) = &ctx.injected {
@@ -326,7 +322,7 @@ pub async fn begin(
     let found = if state.seen_keys.may_hold(&claim.slot.key, now) {
         let store = Arc::clone(&state.store);
         let key = claim.slot.key.clone();
-        tokio::task::spawn_blocking(move || store.idempotency(&key))
+        tokio::task::spawn_blocking(move || store.idempotency(&key, now))
             .await
             .map_err(|_| ApiError::unavailable("the Idempotency-Key lookup did not finish"))??
     } else {

@@ -12,8 +12,8 @@
 //! - `jobs_queued`: `job id` → env byte; v7 ids, so oldest first.
 //! - `jobs_running`: `lease expiry (u64 BE ms) ‖ job id` → env byte, in expiry order.
 //! - `job_content`: `env ‖ job id` → [`StoredResponse`].
-//! - `idempotency`: `env ‖ partner ‖ 0xFF ‖ key` → [`IdempotencyRec`].
-//! - `idempotency_expiry`: `expiry (u64 BE ms) ‖ idempotency key` → nothing, for pruning.
+//!
+//! The answers under idempotency keys live in [`super::idempotency`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,8 +22,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::codec::{decode, encode, env_id, partner_prefix, Record};
+use super::codec::{decode, encode, env_id, Record};
 use super::deliveries::{due_at, outbox_key, Queued};
+use super::idempotency::{IdemPut, Remember};
 use super::payload_log::PayloadRef;
 use super::records::{DeliveryRec, Target};
 use super::subscriptions::EventKind;
@@ -142,29 +143,6 @@ impl StoredResponse {
     }
 }
 
-/// The first answer given under an idempotency key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IdempotencyRec {
-    /// SHA-256 of method, path, query and body: what a repeat must match.
-    pub fingerprint: [u8; 32],
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub response: StoredResponse,
-}
-
-impl Record for IdempotencyRec {}
-
-/// Where an answer under an idempotency key is stored.
-#[derive(Debug, Clone)]
-pub struct IdemSlot {
-    pub key: Vec<u8>,
-    pub fingerprint: [u8; 32],
-    pub created_at: i64,
-    pub expires_at: i64,
-    /// Set for a background job's replay: the write that stores its answer ends the job.
-    pub job: Option<JobEnding>,
-}
-
 /// A running job whose replay is storing its answer. The answer's own write also records
 /// the job as completed, with that answer as its content and its webhook queued, so a
 /// job's change and its end are one write, and the webhook leaves as soon as it is flushed.
@@ -180,7 +158,7 @@ pub struct JobEnding {
 
 impl JobEnding {
     /// Completes the job with `response` in the current write, if it is still running.
-    fn complete(&self, t: &Tx<'_>, response: StoredResponse) -> Result<(), StoreError> {
+    pub(super) fn complete(&self, t: &Tx<'_>, response: StoredResponse) -> Result<(), StoreError> {
         let size = match &response.body {
             StoredBody::Inline(b) => b.len() as u64,
             StoredBody::Logged(p) => u64::from(p.len),
@@ -194,101 +172,6 @@ impl JobEnding {
             self.ended.store(true, Ordering::Release);
         }
         Ok(())
-    }
-}
-
-impl IdemSlot {
-    /// The slot of `key` for `partner` in `env`.
-    pub fn new(
-        env: Env,
-        partner: &str,
-        key: &str,
-        fingerprint: [u8; 32],
-        now: i64,
-        ttl_ms: i64,
-    ) -> IdemSlot {
-        let mut k = partner_prefix(env, partner);
-        k.extend_from_slice(key.as_bytes());
-        IdemSlot {
-            key: k,
-            fingerprint,
-            created_at: now,
-            expires_at: now.saturating_add(ttl_ms),
-            job: None,
-        }
-    }
-
-    fn expiry_key(&self) -> Vec<u8> {
-        let mut k = due_at(self.expires_at).to_be_bytes().to_vec();
-        k.extend_from_slice(&self.key);
-        k
-    }
-
-    /// The record storing `response` here, encoded.
-    pub fn encode(&self, response: StoredResponse) -> Result<Vec<u8>, StoreError> {
-        encode(&IdempotencyRec {
-            fingerprint: self.fingerprint,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            response,
-        })
-    }
-}
-
-/// An answer encoded ahead, to be written with the change it answers.
-#[derive(Debug)]
-pub struct IdemPut {
-    pub slot: IdemSlot,
-    pub value: Vec<u8>,
-    /// The answer itself, kept for a job's replay: it becomes the job's content.
-    job_content: Option<StoredResponse>,
-}
-
-impl IdemPut {
-    pub fn new(slot: IdemSlot, response: StoredResponse) -> Result<IdemPut, StoreError> {
-        let job_content = slot.job.as_ref().map(|_| response.clone());
-        let value = slot.encode(response)?;
-        Ok(IdemPut {
-            slot,
-            value,
-            job_content,
-        })
-    }
-
-    /// Writes the answer and its expiry entry, and ends a replayed job with it.
-    pub fn write(self, t: &Tx<'_>) -> Result<(), StoreError> {
-        t.insert(Table::IdempotencyExpiry, self.slot.expiry_key(), Vec::new())?;
-        t.insert(Table::Idempotency, &self.slot.key, self.value)?;
-        match (&self.slot.job, self.job_content) {
-            (Some(job), Some(response)) => job.complete(t, response),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// An answer that depends on what a writer job finds: rendered inside the job from its
-/// result, and written in the same transaction as the job's changes. A rendering of
-/// `None` (the call changed nothing, e.g. a 404) stores nothing.
-pub struct Remember<R> {
-    pub slot: IdemSlot,
-    #[allow(clippy::type_complexity)]
-    pub render: Box<dyn FnOnce(&R) -> Option<StoredResponse> + Send>,
-}
-
-impl<R> Remember<R> {
-    /// Renders and writes the answer for `result`. A rendering too large to keep is not
-    /// stored (the caller sees the answer; a repeat runs again and changes nothing).
-    pub fn write(self, t: &Tx<'_>, result: &R) -> Result<(), StoreError> {
-        let Some(response) = (self.render)(result) else {
-            return Ok(());
-        };
-        match IdemPut::new(self.slot, response) {
-            Ok(put) => put.write(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "an answer too large to keep under its idempotency key");
-                Ok(())
-            }
-        }
     }
 }
 
@@ -424,26 +307,6 @@ fn get_job(t: &Tx<'_>, env: Env, id: Uuid) -> Result<Option<JobRec>, StoreError>
 }
 
 impl Store {
-    /// The answer stored under an idempotency slot key, if any.
-    pub fn idempotency(&self, key: &[u8]) -> Result<Option<IdempotencyRec>, StoreError> {
-        self.t.idempotency.get(key)?.map(|v| decode(&v)).transpose()
-    }
-
-    /// Calls `f` with the key of every stored answer, expired or not; returns how many.
-    pub fn idempotency_keys(&self, mut f: impl FnMut(&[u8])) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for k in self.t.idempotency.iter().keys() {
-            f(&k?);
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// Stores an answer on its own: for calls that change nothing else.
-    pub async fn remember(&self, put: IdemPut) -> Result<(), StoreError> {
-        self.writer.write(move |t| put.write(t)).await
-    }
-
     /// A response ready to store: small bodies inline, larger ones appended to the
     /// payload log (synced before the record pointing at them is flushed).
     pub async fn stored_response(
@@ -811,19 +674,7 @@ impl Store {
         finished_before: i64,
         max: usize,
     ) -> Result<usize, StoreError> {
-        let mut expired = Vec::new();
-        for entry in self.t.idempotency_expiry.iter().take(max) {
-            let (k, _) = entry?;
-            let at = k
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if at > due_at(now) {
-                break;
-            }
-            expired.push(k.to_vec());
-        }
+        let keys = self.prune_idempotency(now, max).await?;
         let mut old = Vec::new();
         'envs: for env in [Env::Live, Env::Test] {
             for entry in self.t.jobs.scan_prefix([env.byte()]) {
@@ -843,28 +694,13 @@ impl Store {
                 }
             }
         }
-        if expired.is_empty() && old.is_empty() {
-            return Ok(0);
+        if old.is_empty() {
+            return Ok(keys);
         }
-        self.writer
+        let jobs = self
+            .writer
             .write_waiting(move |t| {
                 let mut n = 0;
-                for k in expired {
-                    t.remove(Table::IdempotencyExpiry, &k)?;
-                    let slot = &k[8..];
-                    // A key stored again after expiring has a later expiry: keep it.
-                    let current = t.get(Table::Idempotency, slot)?;
-                    let still_old = match current {
-                        Some(raw) => decode::<IdempotencyRec>(&raw)
-                            .map(|r| r.expires_at <= now)
-                            .unwrap_or(true),
-                        None => false,
-                    };
-                    if still_old {
-                        t.remove(Table::Idempotency, slot)?;
-                        n += 1;
-                    }
-                }
                 for k in old {
                     t.remove(Table::Jobs, &k)?;
                     t.remove(Table::JobContent, &k)?;
@@ -872,7 +708,8 @@ impl Store {
                 }
                 Ok(n)
             })
-            .await
+            .await?;
+        Ok(keys + jobs)
     }
 
     /// Waits until every write queued before this call has been applied and flushed.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::background::{IdemPut, Remember};
 use super::codec::{
     decode, encode, env_id, parse_pending_value, partner_id, partner_prefix, pending_value,
     trailing_id,
 };
 use super::counters;
 use super::deliveries::{due_at, outbox_key, queued_push_key, Prefetched, Queued};
+use super::idempotency::{IdemPut, Remember};
 use super::records::{
     clip, new_message_id, split_transmission_uuid, transmission_uuid, DeliveryRec, MessageRec,
     RequestRec, Target, TransmissionRec, TransmissionState, ValidationErrorRec,

@@ -24,14 +24,14 @@
 //! | `jobs_queued` | job id | env: jobs waiting for a worker, oldest first |
 //! | `jobs_running` | lease expiry (u64 BE ms) ‖ job id | env: jobs under way |
 //! | `job_content` | env ‖ job id | [`StoredResponse`]: what the job's call answered |
-//! | `idempotency` | env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer |
-//! | `idempotency_expiry` | expiry (u64 BE ms) ‖ idempotency key | (empty) |
 //! | `bulk_ops` | operation id | [`bulk::BulkRec`]: a bulk cancel or redelivery and its progress |
 //! | `counters` | `m` ‖ env ‖ status, `q` ‖ queue, `r` ‖ kind ‖ minute | i64 (BE): see [`counters`] |
 //! | `schemas` | schema id | [`SchemaRec`]: the validator of one doctype and version |
 //! | `unique_refs` | env ‖ sender ‖ 0xFF ‖ doctype ‖ 0xFF ‖ reference | message id ‖ received at (u64 BE ms) |
 //! | `subscriptions` | env ‖ subscription id | [`SubscriptionRec`]: an event subscription |
 //! | `sub_pending` | subscription id ‖ event (1 byte) ‖ object id | changed at (u64 BE ms): ids waiting for a batch |
+//! | `idempotency_hourly` | hour made (u32 BE) ‖ env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer, see [`idempotency`] |
+//! | `idempotency`, `idempotency_expiry` | (older builds' stored answers, moved into `idempotency_hourly` at open) | |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -47,6 +47,7 @@ pub mod counters;
 mod deliveries;
 pub mod directory;
 mod export;
+pub mod idempotency;
 mod key_use;
 pub mod listing;
 mod messages;
@@ -65,12 +66,10 @@ mod writer;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-pub use background::{
-    IdemPut, IdemSlot, JobFilter, JobRec, JobState, Remember, StoredBody, StoredResponse,
-    INLINE_BODY_BYTES,
-};
+pub use background::{JobFilter, JobRec, JobState, StoredBody, StoredResponse, INLINE_BODY_BYTES};
 pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
+pub use idempotency::{IdemPut, IdemSlot, Remember};
 pub use messages::{AcceptError, AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
 pub use subscriptions::{
@@ -134,14 +133,15 @@ pub struct Trees {
     jobs_queued: sled::Tree,
     jobs_running: sled::Tree,
     job_content: sled::Tree,
-    idempotency: sled::Tree,
-    idempotency_expiry: sled::Tree,
+    legacy_idempotency: sled::Tree,
+    legacy_idempotency_expiry: sled::Tree,
     counters: sled::Tree,
     bulk_ops: sled::Tree,
     schemas: sled::Tree,
     unique_refs: sled::Tree,
     subscriptions: sled::Tree,
     sub_pending: sled::Tree,
+    idempotency: sled::Tree,
 }
 
 impl Trees {
@@ -170,14 +170,15 @@ impl Trees {
             &self.jobs_queued,
             &self.jobs_running,
             &self.job_content,
-            &self.idempotency,
-            &self.idempotency_expiry,
+            &self.legacy_idempotency,
+            &self.legacy_idempotency_expiry,
             &self.counters,
             &self.bulk_ops,
             &self.schemas,
             &self.unique_refs,
             &self.subscriptions,
             &self.sub_pending,
+            &self.idempotency,
         ]
     }
 }
@@ -345,14 +346,15 @@ impl Store {
             jobs_queued: tree("jobs_queued")?,
             jobs_running: tree("jobs_running")?,
             job_content: tree("job_content")?,
-            idempotency: tree("idempotency")?,
-            idempotency_expiry: tree("idempotency_expiry")?,
+            legacy_idempotency: tree("idempotency")?,
+            legacy_idempotency_expiry: tree("idempotency_expiry")?,
             counters: tree("counters")?,
             bulk_ops: tree("bulk_ops")?,
             schemas: tree("schemas")?,
             unique_refs: tree("unique_refs")?,
             subscriptions: tree("subscriptions")?,
             sub_pending: tree("sub_pending")?,
+            idempotency: tree("idempotency_hourly")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -401,6 +403,10 @@ impl Store {
         let moved = store.migrate_leased_entries()?;
         if moved > 0 {
             tracing::info!(moved, "moved leased transmissions out of the poll queues");
+        }
+        let moved = store.migrate_legacy_idempotency(now_ms())?;
+        if moved > 0 {
+            tracing::info!(moved, "moved stored idempotency answers into hour buckets");
         }
         if store.build_counters()? {
             tracing::info!("counted the stored messages and queues for the stats");

@@ -43,7 +43,7 @@ fn decode_as_every_record(bytes: &[u8]) {
     let _ = decode::<records::MessageRec>(bytes);
     let _ = decode::<background::JobRec>(bytes);
     let _ = decode::<background::StoredResponse>(bytes);
-    let _ = decode::<background::IdempotencyRec>(bytes);
+    let _ = decode::<super::idempotency::IdempotencyRec>(bytes);
     let _ = decode::<subscriptions::SubscriptionRec>(bytes);
     let _ = decode::<admins::AdminUserRec>(bytes);
     let _ = decode::<admins::SessionRec>(bytes);

@@ -20,11 +20,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::background::{IdempotencyRec, JobRec, StoredBody, StoredResponse};
+use super::background::{JobRec, StoredBody, StoredResponse};
 use super::codec::{decode, env_id, partner_id};
 use super::compact_segments::{CompactionPlan, Planner};
 use super::counters::message_key;
 use super::deliveries::queued_push_key;
+use super::idempotency::IdempotencyRec;
 use super::messages::poll_queue_keys;
 use super::payload_log::PayloadRef;
 use super::records::{transmission_uuid, MessageRec, RequestRec};
@@ -395,7 +396,12 @@ impl Store {
                 f(Holder::Other, p);
             }
         }
-        for entry in self.t.idempotency.iter() {
+        for entry in self
+            .t
+            .idempotency
+            .iter()
+            .chain(self.t.legacy_idempotency.iter())
+        {
             let (_, v) = entry?;
             if let Some(p) = logged(&decode::<IdempotencyRec>(&v)?.response) {
                 f(Holder::Other, p);

@@ -618,7 +618,7 @@ impl Store {
         id: Uuid,
         sender: Option<String>,
         now: i64,
-        idem: Option<super::background::Remember<CancelOutcome>>,
+        idem: Option<super::idempotency::Remember<CancelOutcome>>,
     ) -> Result<CancelOutcome, StoreError> {
         self.writer
             .write(move |t| {

@@ -81,14 +81,17 @@ pub enum Table {
     JobsQueued,
     JobsRunning,
     JobContent,
-    Idempotency,
-    IdempotencyExpiry,
+    /// Stored answers of older builds; moved into `Idempotency` at open.
+    LegacyIdempotency,
+    /// The expiry index of older builds; emptied at open.
+    LegacyIdempotencyExpiry,
     Counters,
     BulkOps,
     Schemas,
     UniqueRefs,
     Subscriptions,
     SubPending,
+    Idempotency,
 }
 
 /// A key of one tree, as the journal notes it.

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 
 use crate::api::background::Injected;
 use crate::api::idempotency;
-use crate::store::background::{IdemSlot, JobEnd, JobRec};
+use crate::store::background::{JobEnd, JobRec};
+use crate::store::IdemSlot;
 use crate::store::{now_ms, StoreError};
 use crate::AppState;
 
@@ -264,8 +265,8 @@ async fn after_timeout(state: &AppState, job: &JobRec) -> JobEnd {
     if state.store.write_barrier().await.is_err() {
         return failed();
     }
-    let slot = IdemSlot::new(job.env, &job.partner, &job.id.to_string(), [0; 32], 0, 0);
-    match state.store.idempotency(&slot.key) {
+    let slot = IdemSlot::new(job.env, &job.partner, &job.id.to_string(), [0; 32], 0);
+    match state.store.idempotency(&slot.key, now_ms()) {
         Ok(Some(rec)) => JobEnd::Completed(rec.response),
         _ => failed(),
     }
