@@ -27,6 +27,9 @@ use crate::store::records::{AttemptRec, DeliveryRec, EndpointHealthRec};
 use crate::store::{due_at, now_ms, Next, Queued};
 use crate::AppState;
 
+mod health;
+use health::HealthBook;
+
 /// Parked entries released per store write when an endpoint is resumed.
 const RELEASE_CHUNK: usize = 1000;
 /// How often the time of the last success is written while an endpoint stays healthy.
@@ -638,113 +641,5 @@ fn jitter() -> f64 {
     0.8 + 0.4 * f64::from(r) / 65536.0
 }
 
-/// Each endpoint's health as last stored, read from the store the first time it is needed.
-/// Updates return the record to store with the attempt, or `None` when nothing worth a
-/// write changed (a success while healthy writes at most once a minute).
-#[derive(Default)]
-struct HealthBook {
-    known: Mutex<HashMap<Vec<u8>, EndpointHealthRec>>,
-}
-
-impl HealthBook {
-    fn with<R>(
-        &self,
-        store: &crate::store::Store,
-        endpoint: &[u8],
-        f: impl FnOnce(&mut EndpointHealthRec) -> R,
-    ) -> R {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        let rec = known.entry(endpoint.to_vec()).or_insert_with(|| {
-            store
-                .endpoint_health(endpoint)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cannot read an endpoint's health");
-                    None
-                })
-                .unwrap_or_default()
-        });
-        f(rec)
-    }
-
-    fn succeeded(
-        &self,
-        store: &crate::store::Store,
-        endpoint: &[u8],
-        now: i64,
-    ) -> Option<EndpointHealthRec> {
-        self.with(store, endpoint, |h| {
-            let stale = h
-                .last_success_at
-                .is_none_or(|t| now - t >= SUCCESS_WRITE_MS);
-            if h.failing_since.is_none() && h.consecutive_failures == 0 && !stale {
-                return None;
-            }
-            h.last_success_at = Some(now);
-            h.failing_since = None;
-            h.consecutive_failures = 0;
-            Some(h.clone())
-        })
-    }
-
-    /// Records a failure; returns the record and how long (ms) the endpoint has been failing.
-    fn failed(
-        &self,
-        store: &crate::store::Store,
-        endpoint: &[u8],
-        now: i64,
-        error: &str,
-    ) -> (EndpointHealthRec, u64) {
-        self.with(store, endpoint, |h| {
-            let since = *h.failing_since.get_or_insert(now);
-            h.last_failure_at = Some(now);
-            h.last_error = Some(crate::store::records::clip(error.to_owned()));
-            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
-            (h.clone(), now.saturating_sub(since).max(0) as u64)
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_subscription_turned_back_on_counts_its_failures_from_then() {
-        let hour = 3_600_000;
-        // Failing for 200 h, turned back on 1 h ago: 1 h counts.
-        assert_eq!(
-            failing_since_on(200 * hour, 500 * hour as i64, Some(499 * hour as i64)),
-            hour
-        );
-        // Turned on long before the failures began: they all count.
-        assert_eq!(
-            failing_since_on(5 * hour, 500 * hour as i64, Some(0)),
-            5 * hour
-        );
-        // Pushes have no such time.
-        assert_eq!(
-            failing_since_on(200 * hour, 500 * hour as i64, None),
-            200 * hour
-        );
-        assert_eq!(
-            failing_since_on(7, 0, Some(10)),
-            0,
-            "a clock step back is no failure"
-        );
-    }
-
-    #[test]
-    fn retry_after_is_clamped_and_never_shortens_the_schedule() {
-        let now = 1_000_000;
-        // The schedule's step alone.
-        assert_eq!(retry_due(now, 5, None, 3600, 1.0), 1_005_000);
-        // Retry-After may ask for longer...
-        assert_eq!(retry_due(now, 5, Some(60), 3600, 1.0), 1_060_000);
-        // ...but never shorter than the step...
-        assert_eq!(retry_due(now, 5, Some(0), 3600, 1.0), 1_005_000);
-        // ...and never longer than the maximum, whatever it says.
-        assert_eq!(retry_due(now, 5, Some(u64::MAX), 3600, 1.0), 4_600_000);
-        assert_eq!(retry_due(now, 5, Some(u64::MAX), u64::MAX, 1.0), u64::MAX);
-        assert_eq!(retry_due(i64::MAX, u64::MAX, None, 0, 1.2), u64::MAX);
-    }
-}
+mod tests;
