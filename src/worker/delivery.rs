@@ -469,7 +469,15 @@ impl Drop for Slot {
     }
 }
 
-/// One attempt's task. The call itself blocks, so it runs on a blocking thread; the rest
+/// What an attempt's blocking part did.
+enum Ran {
+    /// The call was made.
+    Called(Outcome),
+    /// No call was due: record this.
+    Finish(Next),
+}
+
+/// One attempt's task. Preparing and the call block, so they run on a blocking thread; the rest
 /// (and the wait for the outcome's group commit) is async, where many completions share
 /// one wake-up of a runtime thread.
 struct Attempt {
@@ -489,22 +497,30 @@ impl Attempt {
             retry_at,
             recorded,
         };
-        let prepared = match push::prepare(&self.state, &q) {
-            Ok(p) => p,
+        // Preparing reads the store (the outbox entry, the message, the payload): on a
+        // blocking thread with the call, because a sled read waits while the writer's
+        // transaction is open, and an async worker waiting there stalls everything it runs.
+        let state = self.state.clone();
+        let agent = self.agent.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            let ran = push::prepare(&state, &q).map(|p| match p {
+                Prepared::Call(call) => Ran::Called(call.send(&agent)),
+                Prepared::Finish(next) => Ran::Finish(next),
+            });
+            (q, ran)
+        })
+        .await;
+        self.slot.release();
+        let Ok((q, ran)) = ran else {
+            return done(None, false);
+        };
+        let (attempt, next, health) = match ran {
             Err(e) => {
                 tracing::error!(error = %e, delivery = %id, "cannot prepare a delivery");
                 return done(None, false);
             }
-        };
-        let (attempt, next, health) = match prepared {
-            Prepared::Finish(next) => (None, next, None),
-            Prepared::Call(call) => {
-                let agent = self.agent.clone();
-                let outcome = tokio::task::spawn_blocking(move || call.send(&agent)).await;
-                self.slot.release();
-                let Ok(outcome) = outcome else {
-                    return done(None, false);
-                };
+            Ok(Ran::Finish(next)) => (None, next, None),
+            Ok(Ran::Called(outcome)) => {
                 self.state.metrics.delivery(
                     q.delivery.target.kind(),
                     if outcome.succeeded() {
@@ -518,7 +534,6 @@ impl Attempt {
                 (Some(attempt_record(outcome)), next, health)
             }
         };
-        self.slot.release();
         let retry_at = match next {
             Next::RetryAt(due) => Some(due),
             _ => None,
