@@ -71,36 +71,32 @@ fn ack_job(
     event: Event,
     now: i64,
 ) -> Result<AckOutcome, StoreError> {
-    {
-        {
-            let Some(raw) = t.get(Table::Messages, mkey)? else {
-                return Ok(AckOutcome::NotFound);
-            };
-            let mut m: MessageRec = decode(&raw)?;
-            if m.transmissions.get(index).map(|tx| tx.receiver.as_str()) != Some(receiver) {
-                return Ok(AckOutcome::NotFound);
+    let Some(raw) = t.get(Table::Messages, mkey)? else {
+        return Ok(AckOutcome::NotFound);
+    };
+    let mut m: MessageRec = decode(&raw)?;
+    if m.transmissions.get(index).map(|tx| tx.receiver.as_str()) != Some(receiver) {
+        return Ok(AckOutcome::NotFound);
+    }
+    // A push still queued for it is cancelled with the acknowledgement.
+    let outbox = queued_push_key(&m, index);
+    let queued = poll_queue_keys(env, &m, index);
+    let lost = || StoreError::Codec("lost transmission".into());
+    let before = m.tracked();
+    let outcome = m.apply(index, event, now);
+    let view = m.transmission(index).ok_or_else(lost)?;
+    match outcome {
+        Transition::Same => Ok(AckOutcome::Done(view)),
+        Transition::Refused => Ok(AckOutcome::Conflict(view)),
+        Transition::Changed => {
+            MessagePut::new(&m, before)?.write(t)?;
+            for (table, key) in queued {
+                t.remove(table, key)?;
             }
-            // A push still queued for it is cancelled with the acknowledgement.
-            let outbox = queued_push_key(&m, index);
-            let queued = poll_queue_keys(env, &m, index);
-            let lost = || StoreError::Codec("lost transmission".into());
-            let before = m.tracked();
-            let outcome = m.apply(index, event, now);
-            let view = m.transmission(index).ok_or_else(lost)?;
-            match outcome {
-                Transition::Same => Ok(AckOutcome::Done(view)),
-                Transition::Refused => Ok(AckOutcome::Conflict(view)),
-                Transition::Changed => {
-                    MessagePut::new(&m, before)?.write(t)?;
-                    for (table, key) in queued {
-                        t.remove(table, key)?;
-                    }
-                    if let Some(k) = outbox {
-                        t.remove(Table::Outbox, k)?;
-                    }
-                    Ok(AckOutcome::Done(view))
-                }
+            if let Some(k) = outbox {
+                t.remove(Table::Outbox, k)?;
             }
+            Ok(AckOutcome::Done(view))
         }
     }
 }
