@@ -372,12 +372,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether an outbox entry is still there (an acknowledgement or a cancellation
-    /// removes its transmission's entry).
-    pub fn outbox_contains(&self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.t.outbox.contains_key(key)?)
-    }
-
     /// The highest attempt number logged for a delivery (0 if none).
     pub(super) fn last_attempt(&self, env: Env, id: Uuid) -> Result<u32, StoreError> {
         Ok(

@@ -296,7 +296,7 @@ impl Store {
         }
         let outbox = deliveries
             .iter()
-            .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v)))
+            .map(|q| encode(&q.delivery).map(|v| (q.key.clone(), v, q.prefetched.is_some())))
             .collect::<Result<Vec<_>, _>>()?;
         let request_key = partner_id(env, sender, request_id);
         let request_value = encode(&request)?;
@@ -353,8 +353,11 @@ impl Store {
                 for (key, value) in queue {
                     t.insert(Table::ReceiverPending, key, value)?;
                 }
-                for (key, value) in outbox {
-                    t.insert(Table::Outbox, key, value)?;
+                for (key, value, handed) in outbox {
+                    t.insert(Table::Outbox, &key, value)?;
+                    if handed {
+                        t.handing(&key);
+                    }
                 }
                 for (table, key, value) in index {
                     t.insert(table, key, value)?;

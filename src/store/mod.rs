@@ -191,6 +191,13 @@ pub struct OutboxSignal {
     tx: tokio::sync::mpsc::Sender<Queued>,
     rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Queued>>>,
     rescan: tokio::sync::Notify,
+    /// Keys of the entries handed over with their message (`Queued::prefetched`) that no
+    /// job has removed since: put here by the intake job that inserts the entry, taken out
+    /// by the job that removes it (an acknowledgement, a cancellation, the attempt's own
+    /// outcome) or when the engine does not keep the entry. Lets an attempt check that
+    /// its entry is still queued without a tree read, which would wait for the writer's
+    /// open transaction.
+    handed: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// New entries handed to the engine directly; more than this wait for a rescan.
@@ -203,16 +210,57 @@ impl OutboxSignal {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             rescan: tokio::sync::Notify::new(),
+            handed: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
     /// Hands new entries to the engine.
     fn offer(&self, items: Vec<Queued>) {
-        for q in items {
-            if self.tx.try_send(q).is_err() {
+        let mut items = items.into_iter();
+        while let Some(q) = items.next() {
+            if let Err(e) = self.tx.try_send(q) {
+                // The engine reads the rest from the outbox, as entries it was not handed.
+                let q = match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(q)
+                    | tokio::sync::mpsc::error::TrySendError::Closed(q) => q,
+                };
+                for q in std::iter::once(q).chain(items) {
+                    self.forget(&q.key);
+                }
                 self.rescan();
                 return;
             }
+        }
+    }
+
+    /// Notes an entry handed over with its message (inside the writer job inserting it).
+    fn hand(&self, key: &[u8]) {
+        if let Ok(mut handed) = self.handed.lock() {
+            handed.insert(key.to_vec());
+        }
+    }
+
+    /// Notes that a job removed the entry under `key` (inside that job).
+    fn withdrawn(&self, key: &[u8]) {
+        if let Ok(mut handed) = self.handed.lock() {
+            if !handed.is_empty() {
+                handed.remove(key);
+            }
+        }
+    }
+
+    /// Whether an entry handed over with its message is still in the outbox: no job has
+    /// removed it since the intake job that inserted it. Only for `Queued::prefetched`
+    /// entries; the engine reads the others' state from the store.
+    pub fn still_queued(&self, key: &[u8]) -> bool {
+        self.handed.lock().is_ok_and(|h| h.contains(key))
+    }
+
+    /// The engine does not keep a handed-over entry (it will read it from the outbox
+    /// instead, if it is still there): stop tracking it.
+    pub fn forget(&self, key: &[u8]) {
+        if let Ok(mut handed) = self.handed.lock() {
+            handed.remove(key);
         }
     }
 

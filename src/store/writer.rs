@@ -114,6 +114,8 @@ pub struct Tx<'a> {
     fed: RefCell<Vec<Uuid>>,
     /// Outbox entries of this round handed to the delivery engine once they are durable.
     offers: RefCell<Vec<Queued>>,
+    /// Told of every outbox entry a job removes (see [`OutboxSignal::still_queued`]).
+    outbox: &'a OutboxSignal,
     /// While a backup copies the trees: every key this round wrote or removed, handed to
     /// the [`Journal`] once the round is over.
     touched: Option<RefCell<Vec<TableKey>>>,
@@ -180,6 +182,12 @@ impl Tx<'_> {
         }
     }
 
+    /// Notes that the outbox entry under `key`, which this job inserted, is handed to the
+    /// delivery engine with its message (see [`OutboxSignal::still_queued`]).
+    pub(super) fn handing(&self, key: &[u8]) {
+        self.outbox.hand(key);
+    }
+
     /// Hands `q`, an outbox entry this round wrote, to the delivery engine after the flush
     /// that makes it durable (nothing, should the round fail).
     pub(super) fn offer_after_commit(&self, q: Queued) {
@@ -190,6 +198,9 @@ impl Tx<'_> {
     pub fn remove(&self, table: Table, key: impl AsRef<[u8]>) -> Result<(), StoreError> {
         let key = key.as_ref();
         self.touch(table, key);
+        if table == Table::Outbox {
+            self.outbox.withdrawn(key);
+        }
         let old = self.check(self.tree(table).remove(key))?;
         if old.is_some() {
             if let Some(counter) = counters::queue_of(table, key) {
@@ -529,7 +540,7 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
             }
         }
         let count = group.len() as u64;
-        let (done, offers) = match apply(trees, subs, journal, group) {
+        let (done, offers) = match apply(trees, subs, outbox, journal, group) {
             Some((done, offers)) => (Some(done), offers),
             None => (None, Vec::new()),
         };
@@ -581,6 +592,7 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
 fn apply(
     trees: &Trees,
     subs: &SubIndex,
+    outbox: &OutboxSignal,
     journal: &Journal,
     group: Vec<Job>,
 ) -> Option<(Vec<Completion>, Vec<Queued>)> {
@@ -602,6 +614,7 @@ fn apply(
             subs,
             fed: RefCell::new(Vec::new()),
             offers: RefCell::new(Vec::new()),
+            outbox,
             touched: noting.then(|| RefCell::new(Vec::new())),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();

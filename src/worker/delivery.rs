@@ -32,6 +32,9 @@ use health::HealthBook;
 
 /// Parked entries released per store write when an endpoint is resumed.
 const RELEASE_CHUNK: usize = 1000;
+/// Attempts whose call ended and whose outcome waits for its group commit do not hold a
+/// call slot; at most this many times `delivery.concurrency` tasks exist at once.
+const RECORDING_FACTOR: usize = 4;
 /// How often the time of the last success is written while an endpoint stays healthy.
 const SUCCESS_WRITE_MS: i64 = 60_000;
 
@@ -166,7 +169,7 @@ struct Engine {
     /// Deliveries whose outcome could not be recorded: not tried again until a restart, so
     /// one unreadable record cannot spin the engine.
     poisoned: HashSet<Uuid>,
-    /// Attempt tasks under way.
+    /// Attempts whose call is under way (their slot not given back yet).
     running: usize,
     tasks: JoinSet<Done>,
     /// What each task was doing, for one that panics.
@@ -211,6 +214,7 @@ impl Engine {
     fn offer(&mut self, q: Queued) {
         let id = q.delivery.id;
         if self.owned.contains(&id) || self.poisoned.contains(&id) {
+            self.state.store.outbox.forget(&q.key);
             return;
         }
         let key = q.endpoint().to_vec();
@@ -221,7 +225,9 @@ impl Engine {
             self.owned.insert(id);
             self.give_turn(&key);
         } else {
+            // Read from the outbox when its turn comes, like any entry not handed over.
             ep.next_due = Some(ep.next_due.map_or(q.due, |d| d.min(q.due)));
+            self.state.store.outbox.forget(&q.key);
         }
     }
 
@@ -302,7 +308,10 @@ impl Engine {
     fn dispatch(&mut self) {
         let dir = self.state.store.directory();
         let mut stalled = 0;
-        while self.running < self.concurrency && stalled < self.turns.len() {
+        while self.running < self.concurrency
+            && self.tasks.len() < self.concurrency * RECORDING_FACTOR
+            && stalled < self.turns.len()
+        {
             let Some(key) = self.turns.pop_front() else {
                 break;
             };
@@ -406,7 +415,6 @@ impl Engine {
                 retry_at,
                 recorded,
             } => {
-                self.running = self.running.saturating_sub(1);
                 self.owned.remove(&id);
                 if !recorded {
                     self.poisoned.insert(id);
@@ -433,6 +441,7 @@ impl Engine {
     }
 
     fn call_ended(&mut self, endpoint: &[u8]) {
+        self.running = self.running.saturating_sub(1);
         if let Some(ep) = self.endpoints.get_mut(endpoint) {
             ep.calling = ep.calling.saturating_sub(1);
         }
@@ -500,17 +509,20 @@ impl Attempt {
         // Preparing reads the store (the outbox entry, the message, the payload): on a
         // blocking thread with the call, because a sled read waits while the writer's
         // transaction is open, and an async worker waiting there stalls everything it runs.
+        // The slot is given back as soon as the call ends, from the blocking thread: the
+        // endpoint's next call need not wait until a runtime thread resumes this task.
         let state = self.state.clone();
         let agent = self.agent.clone();
+        let mut slot = std::mem::replace(&mut self.slot, Slot(None));
         let ran = tokio::task::spawn_blocking(move || {
             let ran = push::prepare(&state, &q).map(|p| match p {
                 Prepared::Call(call) => Ran::Called(call.send(&agent)),
                 Prepared::Finish(next) => Ran::Finish(next),
             });
+            slot.release();
             (q, ran)
         })
         .await;
-        self.slot.release();
         let Ok((q, ran)) = ran else {
             return done(None, false);
         };

@@ -86,7 +86,7 @@ pub fn prepare(state: &AppState, q: &Queued) -> Result<Prepared, StoreError> {
         // Handed over by intake a moment ago: its entry is still there unless an
         // acknowledgement or a cancellation took it away since.
         Some(p) => {
-            if !state.store.outbox_contains(&q.key)? {
+            if !state.store.outbox.still_queued(&q.key) {
                 return finish(Next::Drop);
             }
             (Cow::Borrowed(&p.message), Some(p.payload.clone()))

@@ -1,7 +1,7 @@
-//! The delivery engine against real receivers: acknowledgements are final, the attempt log
-//! only grows, no push runs twice at once, a slow receiver does not starve the others, held
-//! pushes are parked, a corrupt payload fails only its own transmission, and `Retry-After`
-//! is clamped.
+//! The delivery engine against real receivers: acknowledgements are final (also for a push
+//! still waiting for its slot), the attempt log only grows, no push runs twice at once, a
+//! slow receiver does not starve the others, held pushes are parked, a corrupt payload fails
+//! only its own transmission, and `Retry-After` is clamped.
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,35 @@ fn an_acknowledgement_is_final_and_cancels_a_pending_retry() {
     assert_eq!(t["status"], "complete", "{t}");
     assert!(t["nextAttemptAt"].is_null(), "{t}");
     assert_eq!(attempts(&app, uuid).len(), 1);
+}
+
+#[test]
+fn a_push_acknowledged_while_it_waits_for_a_slot_is_never_sent() {
+    // One call at a time, and the first one takes a while: the second message is handed to
+    // the engine with its payload and waits for the slot. Its receiver acknowledges it
+    // meanwhile; when the slot frees, the engine must see that and not push it.
+    let receiver = Receiver::always(slow(1500));
+    let (app, acme, _) = pushing_to(&receiver, |c| c.delivery.endpoint_concurrency = 1);
+    let globex = app.key("GLOBEX", "live");
+    let first = send(&app, &acme, "application/json", br#"{"n":1}"#);
+    receiver.wait_for(1, 20);
+    let second = send(&app, &acme, "application/json", br#"{"n":2}"#);
+    let uuid = second["transmissions"][0]["uuid"].as_str().unwrap();
+    let acked = app.ack(&globex, uuid, "processed").data(200);
+    assert_eq!(acked["status"], "complete");
+    let first_uuid = first["transmissions"][0]["uuid"].as_str().unwrap();
+    wait_status(&app, &acme, first_uuid, "processed");
+    std::thread::sleep(Duration::from_millis(1000));
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "only the first message is pushed");
+    assert!(
+        attempts(&app, uuid).is_empty(),
+        "no attempt of the acknowledged push"
+    );
+    let t = app
+        .partner_get(&acme, &format!("/api/v1/transmissions/{uuid}"))
+        .data(200);
+    assert_eq!(t["status"], "complete", "{t}");
 }
 
 #[test]
