@@ -53,9 +53,22 @@ use crate::store::{MessageRec, Store};
 type Wakeups = HashMap<WakeKey, Arc<Notify>>;
 type WakeKey = (Env, String, Option<String>);
 
-/// Everything a handler or worker needs, passed explicitly (no globals). Cheap to clone.
+/// Everything a handler or worker needs, passed explicitly (no globals). One `Arc`: the
+/// route filters clone it for every request, so a clone is one reference count, not one
+/// per shared part. Its parts are reached through `Deref`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub admin_token_hash: Arc<[u8; 32]>,
@@ -304,7 +317,7 @@ pub async fn run_with_clock(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let jobs_concurrency = config.background.concurrency;
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         store: Arc::clone(&store),
         limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
         auth_failures: Arc::new(api::AuthFailures::new(
@@ -331,7 +344,7 @@ pub async fn run_with_clock(
         metrics: Arc::default(),
         started: std::time::Instant::now(),
         clock,
-    };
+    }));
     let seen = Arc::clone(&state.seen_keys);
     let filling = Arc::clone(&store);
     tokio::task::spawn_blocking(move || {
