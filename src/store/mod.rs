@@ -235,17 +235,20 @@ impl OutboxSignal {
 
     /// Notes an entry handed over with its message (inside the writer job inserting it).
     fn hand(&self, key: &[u8]) {
-        if let Ok(mut handed) = self.handed.lock() {
-            handed.insert(key.to_vec());
-        }
+        self.handed_set().insert(key.to_vec());
+    }
+
+    /// The set of handed-over keys. Its operations cannot panic halfway, so a poisoned
+    /// lock still guards a whole set; refusing it would drop pushes that are queued.
+    fn handed_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Vec<u8>>> {
+        self.handed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Notes that a job removed the entry under `key` (inside that job).
     fn withdrawn(&self, key: &[u8]) {
-        if let Ok(mut handed) = self.handed.lock() {
-            if !handed.is_empty() {
-                handed.remove(key);
-            }
+        let mut handed = self.handed_set();
+        if !handed.is_empty() {
+            handed.remove(key);
         }
     }
 
@@ -253,15 +256,13 @@ impl OutboxSignal {
     /// removed it since the intake job that inserted it. Only for `Queued::prefetched`
     /// entries; the engine reads the others' state from the store.
     pub fn still_queued(&self, key: &[u8]) -> bool {
-        self.handed.lock().is_ok_and(|h| h.contains(key))
+        self.handed_set().contains(key)
     }
 
     /// The engine does not keep a handed-over entry (it will read it from the outbox
     /// instead, if it is still there): stop tracking it.
     pub fn forget(&self, key: &[u8]) {
-        if let Ok(mut handed) = self.handed.lock() {
-            handed.remove(key);
-        }
+        self.handed_set().remove(key);
     }
 
     /// Asks the engine to read the outbox again.

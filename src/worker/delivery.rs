@@ -506,9 +506,10 @@ impl Attempt {
             retry_at,
             recorded,
         };
-        // Preparing reads the store (the outbox entry, the message, the payload): on a
-        // blocking thread with the call, because a sled read waits while the writer's
-        // transaction is open, and an async worker waiting there stalls everything it runs.
+        // Preparing may read the store (the message and payload of a push that was not
+        // handed over by intake, a webhook's job): on a blocking thread with the call,
+        // because a sled read waits while the writer's transaction is open, and an async
+        // worker waiting there stalls everything it runs.
         // The slot is given back as soon as the call ends, from the blocking thread: the
         // endpoint's next call need not wait until a runtime thread resumes this task.
         let state = self.state.clone();
