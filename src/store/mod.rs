@@ -244,14 +244,6 @@ impl OutboxSignal {
         self.handed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes that a job removed the entry under `key` (inside that job).
-    fn withdrawn(&self, key: &[u8]) {
-        let mut handed = self.handed_set();
-        if !handed.is_empty() {
-            handed.remove(key);
-        }
-    }
-
     /// Whether an entry handed over with its message is still in the outbox: no job has
     /// removed it since the intake job that inserted it. Only for `Queued::prefetched`
     /// entries; the engine reads the others' state from the store.
@@ -259,8 +251,9 @@ impl OutboxSignal {
         self.handed_set().contains(key)
     }
 
-    /// The engine does not keep a handed-over entry (it will read it from the outbox
-    /// instead, if it is still there): stop tracking it.
+    /// Stops tracking the entry under `key`: a job removed it (called inside that job), or
+    /// the engine does not keep it (and reads it from the outbox instead, if it is still
+    /// there when its turn comes).
     pub fn forget(&self, key: &[u8]) {
         self.handed_set().remove(key);
     }

@@ -199,7 +199,7 @@ impl Tx<'_> {
         let key = key.as_ref();
         self.touch(table, key);
         if table == Table::Outbox {
-            self.outbox.withdrawn(key);
+            self.outbox.forget(key);
         }
         let old = self.check(self.tree(table).remove(key))?;
         if old.is_some() {

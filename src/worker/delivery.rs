@@ -355,12 +355,12 @@ impl Engine {
             state: self.state.clone(),
             agent: self.agent.clone(),
             health: Arc::clone(&self.health),
-            slot: Slot(Some((self.calls_done.clone(), endpoint.clone()))),
         };
+        let slot = Slot(Some((self.calls_done.clone(), endpoint.clone())));
         let id = d.id;
         // The span is attached to the future, not entered on a thread: an entered span held
         // across an await corrupts the per-thread span stack.
-        let handle = self.tasks.spawn(ctx.run(q).instrument(span));
+        let handle = self.tasks.spawn(ctx.run(q, slot).instrument(span));
         self.task_of.insert(handle.id(), (vec![id], endpoint));
     }
 
@@ -486,18 +486,17 @@ enum Ran {
     Finish(Next),
 }
 
-/// One attempt's task. Preparing and the call block, so they run on a blocking thread; the rest
-/// (and the wait for the outcome's group commit) is async, where many completions share
-/// one wake-up of a runtime thread.
+/// One attempt's task. Preparing and the call block, so they run on a blocking thread,
+/// which also gives the call's slot back; the rest (and the wait for the outcome's group
+/// commit) is async, where many completions share one wake-up of a runtime thread.
 struct Attempt {
     state: AppState,
     agent: ureq::Agent,
     health: Arc<HealthBook>,
-    slot: Slot,
 }
 
 impl Attempt {
-    async fn run(mut self, q: Queued) -> Done {
+    async fn run(self, q: Queued, mut slot: Slot) -> Done {
         let endpoint = q.endpoint().to_vec();
         let id = q.delivery.id;
         let done = |retry_at, recorded| Done::Attempt {
@@ -514,7 +513,6 @@ impl Attempt {
         // endpoint's next call need not wait until a runtime thread resumes this task.
         let state = self.state.clone();
         let agent = self.agent.clone();
-        let mut slot = std::mem::replace(&mut self.slot, Slot(None));
         let ran = tokio::task::spawn_blocking(move || {
             let ran = push::prepare(&state, &q).map(|p| match p {
                 Prepared::Call(call) => Ran::Called(call.send(&agent)),
