@@ -20,6 +20,8 @@
 //! * `background`: (only when named) background calls: jobs accepted per
 //!   second, submit-to-completion latency next to the synchronous call, and
 //!   the cost of Idempotency-Key on intake.
+//! * `idempotency`: (only when named) that cost alone: intake without a key,
+//!   with keys that grow and with random keys, alternated.
 //! * `subscriptions`: (only when named) event subscriptions: 10,000 status
 //!   changes/s over 100 subscriptions (calls per subscription per window, ids
 //!   lost), and intake with 100 subscriptions watching against without.
@@ -241,6 +243,10 @@ async fn session(opts: &Options, tls: bool) -> Result<InboundResult, String> {
     if opts.background {
         background::run(&ctx, &admin_token, opts.connections, opts.duration).await?;
         check_alive(&mut server, "background")?;
+    }
+    if opts.idempotency && !opts.background {
+        background::key_cost(&ctx, opts.connections, opts.duration).await;
+        check_alive(&mut server, "idempotency")?;
     }
     if opts.subscriptions {
         let pid = server.as_ref().and_then(Server::pid);

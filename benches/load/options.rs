@@ -10,9 +10,10 @@ usage: cargo bench --bench load -- [options]
   --connections N       connections for the inbound phase and the background
                         and subscriptions intake runs (default 64)
   --phase LIST          comma-separated: inbound, pollack, memory, push,
-                        push-slow, poll-leased, background, subscriptions, all
-                        (default inbound,pollack; all adds memory, not push,
-                        push-slow, poll-leased, background or subscriptions),
+                        push-slow, poll-leased, background, idempotency,
+                        subscriptions, all (default inbound,pollack; all adds
+                        memory, not push, push-slow, poll-leased, background,
+                        idempotency or subscriptions),
                         or compare: inbound plain, then inbound over TLS, each
                         on a fresh server, and the TLS/plain throughput ratio,
                         or tracking: searches over a filled store (alone),
@@ -72,6 +73,8 @@ pub struct Options {
     pub poll_leased: bool,
     /// Background jobs and Idempotency-Key.
     pub background: bool,
+    /// Only the cost of Idempotency-Key on intake (part of `background`).
+    pub idempotency: bool,
     /// Event subscriptions: batching under status changes, and intake beside them.
     pub subscriptions: bool,
     /// `--messages`; each phase that uses it has its own default.
@@ -118,6 +121,7 @@ impl Options {
         self.push_slow = false;
         self.poll_leased = false;
         self.background = false;
+        self.idempotency = false;
         self.subscriptions = false;
         self.compare = false;
         self.tracking = false;
@@ -138,6 +142,7 @@ pub fn parse_args() -> Result<Options, String> {
         push_slow: false,
         poll_leased: false,
         background: false,
+        idempotency: false,
         subscriptions: false,
         messages: None,
         rate: 1000,
@@ -243,6 +248,7 @@ pub fn parse_args() -> Result<Options, String> {
                         "push-slow" => o.push_slow = true,
                         "poll-leased" => o.poll_leased = true,
                         "background" => o.background = true,
+                        "idempotency" => o.idempotency = true,
                         "subscriptions" => o.subscriptions = true,
                         "all" => {
                             o.inbound = true;
@@ -254,6 +260,7 @@ pub fn parse_args() -> Result<Options, String> {
                 }
                 let others = o.inbound || o.pollack || o.memory || o.push || o.push_slow;
                 let others = others || o.poll_leased || o.background || o.subscriptions;
+                let others = others || o.idempotency;
                 if o.tracking && (others || o.compare) {
                     return Err(
                         "--phase tracking starts its own server; name no other phase".into(),

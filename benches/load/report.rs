@@ -106,6 +106,14 @@ pub fn mark() -> Mark {
     Mark(cpu_us(pid))
 }
 
+impl Mark {
+    /// The watched server's CPU time since this mark, in microseconds.
+    pub fn spent_us(&self) -> Option<u64> {
+        let now = mark().0?;
+        Some(now.saturating_sub(self.0?))
+    }
+}
+
 /// Adds `row`, with the watched server's figures (see [`measured`]).
 pub fn record(row: Row, since: Mark) {
     add(measured(row, since));

@@ -51,16 +51,26 @@ const QUANTILES: [(&str, f64); 2] = [("p50", 0.50), ("p99", 0.99)];
 enum Shape {
     Plain,
     /// A fresh `Idempotency-Key` per request.
-    Keyed,
+    Keyed(KeyOrder),
     /// `Waybill-Background: none`: a job with no webhook.
     Background,
+}
+
+/// How a connection's keys follow each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyOrder {
+    /// A counter per connection: each key sorts after the one before.
+    Growing,
+    /// Scattered digits, as random keys (UUIDv4) are.
+    Random,
 }
 
 impl Shape {
     fn name(self) -> &'static str {
         match self {
             Shape::Plain => "without key",
-            Shape::Keyed => "Idempotency-Key",
+            Shape::Keyed(KeyOrder::Growing) => "Idempotency-Key growing",
+            Shape::Keyed(KeyOrder::Random) => "Idempotency-Key random",
             Shape::Background => "background none",
         }
     }
@@ -70,7 +80,7 @@ impl Shape {
 struct IntakeRequest {
     req: Vec<u8>,
     seq_at: usize,
-    key_at: Option<usize>,
+    key_at: Option<(usize, KeyOrder)>,
 }
 
 impl IntakeRequest {
@@ -83,15 +93,16 @@ impl IntakeRequest {
         ];
         match shape {
             Shape::Plain => {}
-            Shape::Keyed => headers.push(("Idempotency-Key", &key)),
+            Shape::Keyed(_) => headers.push(("Idempotency-Key", &key)),
             Shape::Background => headers.push(("Waybill-Background", "none")),
         }
         headers.extend(extra);
         let req = build_request("POST", INBOUND_PATH, &ctx.target.host, &headers, &body);
         let marker = format!("Idempotency-Key: {KEY_PREFIX}");
-        let key_at = (shape == Shape::Keyed)
-            .then(|| find(&req, marker.as_bytes()).map(|i| i + marker.len()))
-            .flatten();
+        let key_at = match shape {
+            Shape::Keyed(order) => find(&req, marker.as_bytes()).map(|i| (i + marker.len(), order)),
+            _ => None,
+        };
         IntakeRequest {
             seq_at: req.len() - BODY_SIZE + seq_in_body,
             req,
@@ -102,11 +113,23 @@ impl IntakeRequest {
     /// Makes the body, and the key when there is one, unique for `seq`.
     fn stamp(&mut self, seq: u64) -> &[u8] {
         put_digits(&mut self.req[self.seq_at..self.seq_at + SEQ_DIGITS], seq);
-        if let Some(at) = self.key_at {
-            put_digits(&mut self.req[at..at + SEQ_DIGITS], seq);
+        if let Some((at, order)) = self.key_at {
+            let digits = match order {
+                KeyOrder::Growing => seq,
+                KeyOrder::Random => scatter(seq) % 10u64.pow(SEQ_DIGITS as u32),
+            };
+            put_digits(&mut self.req[at..at + SEQ_DIGITS], digits);
         }
         &self.req
     }
+}
+
+/// A bijective mix of a sequence number (splitmix64's finaliser): unique in, scattered
+/// out, so random keys never repeat either.
+fn scatter(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Sequence numbers: the run in the leading digits, then the connection, then its count,
@@ -493,57 +516,12 @@ pub async fn run(
         return Err("background jobs of the latency run did not finish".into());
     }
 
-    // 2. Idempotency-Key against none, alternated; each half is half of --duration.
-    let half = duration / 2;
-    let mark = report::mark();
-    let mut plain = Tally::default();
-    let mut keyed = Tally::default();
-    for (i, shape) in [Shape::Plain, Shape::Keyed, Shape::Keyed, Shape::Plain]
-        .into_iter()
-        .enumerate()
-    {
-        let t = intake(ctx, shape, 3 + i as u64, conns, half).await;
-        println!("background intake {}", intake_line(shape, conns, half, &t));
-        print_first_error(&t.first_err);
-        match shape {
-            Shape::Keyed => keyed.merge(t),
-            _ => plain.merge(t),
-        }
-    }
-    let plain_rate = rate(&plain, duration);
-    let keyed_rate = rate(&keyed, duration);
-    report::record(
-        Row::new(format!(
-            "intake with a fresh Idempotency-Key, {conns} connections"
-        ))
-        .rate(keyed_rate, "msg/s")
-        .latency(&keyed.lat)
-        .messages(keyed.created + plain.created)
-        .note(format!(
-            "alternated with intake without one: {plain_rate:.0} msg/s ({:.0} %); CPU over both",
-            if plain_rate > 0.0 {
-                100.0 * keyed_rate / plain_rate
-            } else {
-                0.0
-            }
-        )),
-        mark,
-    );
-    println!(
-        "background intake with a fresh Idempotency-Key per request {keyed_rate:.0} req/s \
-         ({}), without {plain_rate:.0} req/s ({}): {:.0} %",
-        latency_summary(keyed.lat, &QUANTILES, false),
-        latency_summary(plain.lat, &QUANTILES, false),
-        if plain_rate > 0.0 {
-            100.0 * keyed_rate / plain_rate
-        } else {
-            0.0
-        }
-    );
+    // 2. Idempotency-Key against none.
+    key_cost(ctx, conns, duration).await;
 
     // 3. Jobs accepted durably, while the workers run them.
     let mark = report::mark();
-    let t = intake(ctx, Shape::Background, 7, conns, duration).await;
+    let t = intake(ctx, Shape::Background, 9, conns, duration).await;
     report::record(
         Row::new(format!("background calls accepted, {conns} connections"))
             .rate(rate(&t, duration), "jobs/s")
@@ -577,4 +555,74 @@ fn median(mut lat: Vec<u32>) -> Option<u32> {
     }
     lat.sort_unstable();
     Some(quantile(&lat, 0.5))
+}
+
+/// The cost of `Idempotency-Key` on intake (`--phase idempotency`, and part of
+/// `--phase background`): runs without a key, with keys that grow and with random keys,
+/// in the order plain, growing, random, random, growing, plain, so a store that grows
+/// during the run weighs on each kind alike. Each run is a third of `duration`.
+pub async fn key_cost(ctx: &Arc<Ctx>, conns: usize, duration: Duration) {
+    let third = duration / 3;
+    // Per kind: what was counted, and the server's CPU time over its runs.
+    let mut kinds: [(Shape, Tally, Option<u64>); 3] = [
+        (Shape::Plain, Tally::default(), Some(0)),
+        (Shape::Keyed(KeyOrder::Growing), Tally::default(), Some(0)),
+        (Shape::Keyed(KeyOrder::Random), Tally::default(), Some(0)),
+    ];
+    for (run, i) in [0, 1, 2, 2, 1, 0].into_iter().enumerate() {
+        let shape = kinds[i].0;
+        let mark = report::mark();
+        let t = intake(ctx, shape, 3 + run as u64, conns, third).await;
+        let spent = mark.spent_us();
+        println!("background intake {}", intake_line(shape, conns, third, &t));
+        print_first_error(&t.first_err);
+        let kind = &mut kinds[i];
+        kind.1.merge(t);
+        kind.2 = kind.2.zip(spent).map(|(a, b)| a + b);
+    }
+    let per_message = |t: &Tally, cpu: Option<u64>| {
+        cpu.filter(|_| t.created > 0)
+            .map(|us| us as f64 / t.created as f64)
+    };
+    let [(_, plain, plain_cpu), growing, random] = kinds;
+    let plain_rate = rate(&plain, third * 2);
+    let plain_us = per_message(&plain, plain_cpu);
+    let share = |r: f64| {
+        if plain_rate > 0.0 {
+            100.0 * r / plain_rate
+        } else {
+            0.0
+        }
+    };
+    for (shape, keyed, cpu) in [growing, random] {
+        let keyed_rate = rate(&keyed, third * 2);
+        let keyed_us = per_message(&keyed, cpu);
+        let cpu_note = match (keyed_us, plain_us) {
+            (Some(k), Some(p)) => format!("; server CPU {k:.0} against {p:.0} µs per message"),
+            _ => String::new(),
+        };
+        report::record(
+            Row::new(format!(
+                "intake with a fresh {}, {conns} connections",
+                shape.name()
+            ))
+            .rate(keyed_rate, "msg/s")
+            .latency(&keyed.lat)
+            .messages(keyed.created)
+            .cpu_per_message(keyed_us)
+            .note(format!(
+                "alternated with intake without one: {plain_rate:.0} msg/s ({:.0} %){cpu_note}",
+                share(keyed_rate)
+            )),
+            report::mark(),
+        );
+        println!(
+            "background intake with a fresh {} per request {keyed_rate:.0} req/s ({}), \
+             without {plain_rate:.0} req/s ({}): {:.0} %{cpu_note}",
+            shape.name(),
+            latency_summary(keyed.lat, &QUANTILES, false),
+            latency_summary(plain.lat.clone(), &QUANTILES, false),
+            share(keyed_rate)
+        );
+    }
 }
