@@ -81,8 +81,6 @@ pub struct Shared {
     pub tokens: Arc<api::TokenKeys>,
     /// Idempotency keys whose first call is still running.
     pub in_flight: Arc<api::idempotency::InFlight>,
-    /// Idempotency keys that may have a stored answer (filled from the store at start).
-    pub seen_keys: Arc<api::seen_keys::SeenKeys>,
     /// The background workers' run slots; wakes them when a job is queued.
     pub jobs: Arc<worker::background::JobSlots>,
     /// The doctype schemas, compiled.
@@ -332,7 +330,6 @@ pub async fn run_with_clock(
         config: Arc::new(config),
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
         in_flight: Arc::default(),
-        seen_keys: Arc::default(),
         jobs: Arc::new(worker::background::JobSlots::new(jobs_concurrency)),
         schemas: Arc::new(schemas),
         wakeups: Arc::default(),
@@ -345,18 +342,12 @@ pub async fn run_with_clock(
         started: std::time::Instant::now(),
         clock,
     }));
-    let seen = Arc::clone(&state.seen_keys);
     let filling = Arc::clone(&store);
-    tokio::task::spawn_blocking(move || {
-        let now = store::now_ms();
-        match filling.idempotency_keys(now, |k| seen.add(k, now)) {
-            Ok(n) => {
-                seen.mark_filled();
-                tracing::debug!(keys = n, "idempotency keys loaded");
-            }
-            // Left unfilled, the filter sends every key to the store: slower, still right.
-            Err(e) => tracing::error!(error = %e, "cannot read the idempotency keys"),
-        }
+    tokio::task::spawn_blocking(move || match filling.load_answers() {
+        Ok(n) => tracing::debug!(answers = n, "stored idempotency answers indexed"),
+        // Left unfilled, calls with an Idempotency-Key are refused with 503: taking "not
+        // found" for an answer could run a call twice.
+        Err(e) => tracing::error!(error = %e, "cannot read the stored idempotency answers"),
     });
     let m = Arc::clone(&state.metrics);
     store.observe_writer(Box::new(move |group, flush| m.writer_round(group, flush)));

@@ -31,6 +31,9 @@ use crate::store::StoreError;
 use crate::store::{now_ms, IdemPut, IdemSlot, Principal, Remember, StoredResponse};
 use crate::AppState;
 
+/// How long a keyed call waits for the index of stored answers at start.
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The longest key accepted, in characters.
 pub const MAX_KEY_CHARS: usize = 255;
 
@@ -316,19 +319,31 @@ pub async fn begin(
         slot,
         flights: Arc::clone(&state.in_flight),
     };
-    // Most keys are new, and the filter says so without a read; a key it may have seen
-    // is read on a blocking thread, because a read waits while the writer's
-    // transaction is open and an async worker held there stalls every request it serves.
-    let found = if state.seen_keys.may_hold(&claim.slot.key, now) {
+    // The index of stored answers is exact once filled (moments after start): a key it
+    // does not know has no answer, which is nearly every key, known without a read.
+    let answers = state.store.answers();
+    if !answers.is_filled()
+        && tokio::time::timeout(INDEX_WAIT, answers.filled())
+            .await
+            .is_err()
+    {
+        let mut e = ApiError::unavailable(
+            "the stored Idempotency-Key answers are still being loaded; retry shortly",
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    }
+    // A key it knows is read on a blocking thread: a read waits while the writer's
+    // transaction is open, and an async worker held there stalls every request it serves.
+    let found = if answers.stamps(&claim.slot.key).is_empty() {
+        None
+    } else {
         let store = Arc::clone(&state.store);
         let key = claim.slot.key.clone();
-        tokio::task::spawn_blocking(move || store.idempotency(&key, now))
+        tokio::task::spawn_blocking(move || store.idempotency(&key))
             .await
             .map_err(|_| ApiError::unavailable("the Idempotency-Key lookup did not finish"))??
-    } else {
-        None
     };
-    state.seen_keys.add(&claim.slot.key, now);
     let Some(rec) = found.filter(|r| r.expires_at > now) else {
         return Ok(Gate::Run(claim));
     };

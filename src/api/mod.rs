@@ -18,7 +18,6 @@ mod inbound;
 mod input;
 #[cfg(test)]
 mod props;
-pub mod seen_keys;
 mod subscriptions;
 mod system;
 mod tokens;

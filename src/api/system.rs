@@ -29,7 +29,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
                     serde_json::json!({
                         "status": "ready",
                         "writesQueued": s.store.writes_queued(),
-                        "idempotencyKeysLoaded": s.seen_keys.is_filled(),
+                        "idempotencyKeysLoaded": s.store.answers().is_filled(),
                         "connections": {
                             "open": c.open.load(Relaxed),
                             "busy": c.busy.load(Relaxed),

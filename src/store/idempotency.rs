@@ -1,25 +1,35 @@
 //! Answers stored under idempotency keys.
 //!
-//! An answer is written in the same writer job as the change it answers, so after a
+//! An answer is written in the same writer round as the change it answers, so after a
 //! crash either both exist or neither does (see [`super::background`] for how a
 //! background job's replay relies on this).
 //!
-//! Each answer is one record in `idempotency_hourly`, keyed by the hour it was made:
-//! `hour (u32 BE) ‖ env ‖ partner ‖ 0xFF ‖ key`. An answer lives 24 hours, so a whole
-//! hour's bucket can be dropped once its last answer has expired, with no second index
-//! of expiry times: keyed intake costs one insert, not two. The price is on the rare
-//! read: a key is looked up in each hour bucket that can still hold a live answer (26
-//! point reads at most, newest first), and only when the in-memory filter of seen keys
-//! says the key may be stored at all.
+//! The answers a round's jobs keep are written together, as one record of up to
+//! [`BATCH_BYTES`] (more records when they are more), in `idempotency_batches` under a
+//! stamp that grows with every batch and starts from the newest answer's time (see
+//! [`index::stamp_at`]). A keyed call thus costs no insert of its own, only its share of
+//! the round's one, which always lands at the end of the tree: an insert per key at a
+//! place set by the key cost keyed intake a fifth of its rate with random keys, most of
+//! it sled copying and freeing the leaf each insert lands in.
 //!
-//! Stores made by older builds kept the answer (`idempotency`) and an expiry index
-//! (`idempotency_expiry`) apart; [`Store::migrate_legacy_idempotency`] moves them over at
-//! open.
+//! Finding an answer by its key needs the in-memory [`AnswerIndex`] from key hash to
+//! stamps, filled from the batches at start. An answer lives 24 hours; a batch's stamp is
+//! no earlier than its newest answer, so every batch stamped before `now - 24 h` holds
+//! only expired answers and the pruner drops that range of the tree.
+//!
+//! Stores made by older builds kept one record per answer, in `idempotency_hourly` or
+//! before that in `idempotency` (with an expiry index, `idempotency_expiry`);
+//! [`Store::migrate_legacy_idempotency`] moves them into batches at open.
+
+mod index;
+
+use index::stamp_at;
+pub use index::AnswerIndex;
 
 use serde::{Deserialize, Serialize};
 
 use super::background::{JobEnding, StoredResponse};
-use super::codec::{decode, encode, partner_prefix, Record};
+use super::codec::{decode, encode, partner_prefix, Record, MAX_RECORD_BYTES};
 use super::writer::{Table, Tx};
 use super::{Store, StoreError};
 use crate::model::Env;
@@ -27,11 +37,15 @@ use crate::model::Env;
 /// How long an answer is kept under its key.
 pub const TTL_MS: i64 = 24 * 3600 * 1000;
 
-/// The width of one bucket.
-const HOUR_MS: i64 = 3600 * 1000;
+/// Answers gathered into one batch record up to about this many bytes (one answer
+/// larger than this is a batch of its own).
+pub const BATCH_BYTES: usize = 32 * 1024;
 
-/// Hours looked at past the current one, for a clock that stepped back a little.
-const HOURS_AHEAD: u32 = 1;
+/// The format of a batch record: this byte, the newest answer's time (i64 BE), the
+/// number of answers (u32 BE), then per answer its slot key (u16 BE length, bytes) and its
+/// encoded [`IdempotencyRec`] (u32 BE length, bytes).
+const BATCH_VERSION: u8 = 1;
+const BATCH_HEAD: usize = 1 + 8 + 4;
 
 /// The first answer given under an idempotency key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,32 +62,13 @@ impl Record for IdempotencyRec {}
 /// Where an answer under an idempotency key is stored.
 #[derive(Debug, Clone)]
 pub struct IdemSlot {
-    /// `env ‖ partner ‖ 0xFF ‖ key`: the key without its hour.
+    /// `env ‖ partner ‖ 0xFF ‖ key`.
     pub key: Vec<u8>,
     pub fingerprint: [u8; 32],
     pub created_at: i64,
     pub expires_at: i64,
     /// Set for a background job's replay: the write that stores its answer ends the job.
     pub job: Option<JobEnding>,
-}
-
-/// The bucket of a time: hours since the epoch (times before it fall in bucket 0).
-fn hour_of(at: i64) -> u32 {
-    u32::try_from(at.max(0) / HOUR_MS).unwrap_or(u32::MAX)
-}
-
-/// The stored key of a slot key in the bucket of `hour`.
-fn stored_key(hour: u32, slot: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + slot.len());
-    k.extend_from_slice(&hour.to_be_bytes());
-    k.extend_from_slice(slot);
-    k
-}
-
-/// The first bucket that may hold an answer still alive at `now`; every earlier one
-/// holds only expired answers.
-fn first_live_hour(now: i64) -> u32 {
-    hour_of(now.saturating_sub(TTL_MS))
 }
 
 impl IdemSlot {
@@ -114,6 +109,13 @@ impl IdemPut {
     pub fn new(slot: IdemSlot, response: StoredResponse) -> Result<IdemPut, StoreError> {
         let job_content = slot.job.as_ref().map(|_| response.clone());
         let value = slot.encode(response)?;
+        // Its batch, even alone, must stay a record of bounded size.
+        if BATCH_HEAD + 6 + slot.key.len() + value.len() > MAX_RECORD_BYTES {
+            return Err(StoreError::Codec(format!(
+                "an answer of {} bytes is too large to keep",
+                value.len()
+            )));
+        }
         Ok(IdemPut {
             slot,
             value,
@@ -121,10 +123,13 @@ impl IdemPut {
         })
     }
 
-    /// Writes the answer in its hour's bucket, and ends a replayed job with it.
+    /// Keeps the answer for its round's batch, and ends a replayed job with it.
     pub fn write(self, t: &Tx<'_>) -> Result<(), StoreError> {
-        let key = stored_key(hour_of(self.slot.created_at), &self.slot.key);
-        t.insert(Table::Idempotency, key, self.value)?;
+        t.keep_answer(KeptAnswer {
+            key: self.slot.key,
+            created_at: self.slot.created_at,
+            value: self.value,
+        });
         match (&self.slot.job, self.job_content) {
             (Some(job), Some(response)) => job.complete(t, response),
             _ => Ok(()),
@@ -158,40 +163,180 @@ impl<R> Remember<R> {
     }
 }
 
+/// An answer a job keeps, written with the other answers of its round.
+#[derive(Debug)]
+pub struct KeptAnswer {
+    key: Vec<u8>,
+    created_at: i64,
+    /// An encoded [`IdempotencyRec`].
+    value: Vec<u8>,
+}
+
+impl KeptAnswer {
+    fn framed_len(&self) -> usize {
+        2 + self.key.len() + 4 + self.value.len()
+    }
+}
+
+fn encode_batch(answers: &[KeptAnswer]) -> Vec<u8> {
+    let size = BATCH_HEAD + answers.iter().map(KeptAnswer::framed_len).sum::<usize>();
+    let newest = answers.iter().map(|a| a.created_at).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(size);
+    out.push(BATCH_VERSION);
+    out.extend_from_slice(&newest.to_be_bytes());
+    out.extend_from_slice(&(answers.len() as u32).to_be_bytes());
+    for a in answers {
+        // Both lengths are bounded well below their width by `IdemPut::new` and the
+        // 255-character key limit.
+        out.extend_from_slice(&(a.key.len() as u16).to_be_bytes());
+        out.extend_from_slice(&a.key);
+        out.extend_from_slice(&(a.value.len() as u32).to_be_bytes());
+        out.extend_from_slice(&a.value);
+    }
+    out
+}
+
+/// A slot key and its encoded answer, as a batch holds them.
+type Entry<'a> = (&'a [u8], &'a [u8]);
+
+/// The entries of a batch record, in the order written.
+fn batch_entries(bytes: &[u8]) -> Result<Vec<Entry<'_>>, StoreError> {
+    let bad = || StoreError::Codec("a batch of idempotency answers is malformed".into());
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    let mut b = bytes;
+    match take(&mut b, 1) {
+        Some([BATCH_VERSION]) => {}
+        _ => return Err(bad()),
+    }
+    take(&mut b, 8).ok_or_else(bad)?;
+    let count = take(&mut b, 4)
+        .and_then(|c| c.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(bad)?;
+    let mut out = Vec::with_capacity((count as usize).min(b.len() / 6));
+    for _ in 0..count {
+        let klen = take(&mut b, 2)
+            .and_then(|c| c.try_into().ok())
+            .map(u16::from_be_bytes)
+            .ok_or_else(bad)?;
+        let key = take(&mut b, klen as usize).ok_or_else(bad)?;
+        let vlen = take(&mut b, 4)
+            .and_then(|c| c.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(bad)?;
+        let value = take(&mut b, vlen as usize).ok_or_else(bad)?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Writes the answers a round's jobs kept, as batch records at the end of the tree.
+/// Returns (key hash, stamp) of each, for the index once the round is durable.
+pub(super) fn write_answers(
+    t: &Tx<'_>,
+    index: &AnswerIndex,
+    answers: Vec<KeptAnswer>,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut indexed = Vec::with_capacity(answers.len());
+    let mut rest = &answers[..];
+    while !rest.is_empty() {
+        let mut size = BATCH_HEAD;
+        let mut n = 0;
+        for a in rest {
+            if n > 0 && size + a.framed_len() > BATCH_BYTES {
+                break;
+            }
+            size += a.framed_len();
+            n += 1;
+        }
+        let (batch, after) = rest.split_at(n);
+        rest = after;
+        let newest = batch.iter().map(|a| a.created_at).max().unwrap_or(0);
+        let stamp = index.next_stamp(newest);
+        t.insert(Table::Idempotency, stamp.to_be_bytes(), encode_batch(batch))?;
+        indexed.extend(batch.iter().map(|a| (index.hash(&a.key), stamp)));
+    }
+    Ok(indexed)
+}
+
 /// Old answers moved per write when migrating.
 const MIGRATE_BATCH: usize = 512;
 
 impl Store {
-    /// The newest answer stored under a slot key that may still be alive at `now`
-    /// (callers check `expires_at`: an answer made in the first hour looked at may have
-    /// just expired).
-    pub fn idempotency(&self, slot: &[u8], now: i64) -> Result<Option<IdempotencyRec>, StoreError> {
-        let newest = hour_of(now).saturating_add(HOURS_AHEAD);
-        for hour in (first_live_hour(now)..=newest).rev() {
-            if let Some(v) = self.t.idempotency.get(stored_key(hour, slot))? {
-                return decode(&v).map(Some);
+    /// The index of stored answers.
+    pub fn answers(&self) -> &AnswerIndex {
+        &self.answers
+    }
+
+    /// The newest answer stored under a slot key (callers check `expires_at`: an answer
+    /// may have expired and not been pruned yet). Before the index is filled, every
+    /// batch is read.
+    pub fn idempotency(&self, slot: &[u8]) -> Result<Option<IdempotencyRec>, StoreError> {
+        let stamps: Vec<Vec<u8>> = if self.answers.is_filled() {
+            self.answers
+                .stamps(slot)
+                .into_iter()
+                .map(|s| s.to_be_bytes().to_vec())
+                .collect()
+        } else {
+            let keys = self.t.idempotency.iter().keys().rev();
+            keys.map(|k| k.map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()?
+        };
+        for stamp in stamps {
+            let Some(batch) = self.t.idempotency.get(&stamp)? else {
+                continue;
+            };
+            // A key answered twice in one batch (only after its first answer expired):
+            // the later one counts.
+            let found = batch_entries(&batch)?
+                .into_iter()
+                .rev()
+                .find(|(k, _)| *k == slot);
+            if let Some((_, v)) = found {
+                return decode(v).map(Some);
             }
         }
         Ok(None)
     }
 
-    /// Calls `f` with the slot key of every answer that may be alive at `now`; returns
-    /// how many.
-    pub fn idempotency_keys(
-        &self,
-        now: i64,
-        mut f: impl FnMut(&[u8]),
-    ) -> Result<usize, StoreError> {
+    /// Reads every stored batch into the index and marks it filled; returns how many
+    /// answers it holds. Runs once, at start, on a blocking thread; new batches are added
+    /// by the writer meanwhile.
+    pub fn load_answers(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        let from = first_live_hour(now).to_be_bytes();
-        for k in self.t.idempotency.range(from..).keys() {
-            let k = k?;
-            if let Some(slot) = k.get(4..) {
-                f(slot);
-                n += 1;
+        for item in self.t.idempotency.iter() {
+            let (k, v) = item?;
+            let Ok(stamp) = <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes) else {
+                continue;
+            };
+            match batch_entries(&v) {
+                Ok(entries) => {
+                    for (key, _) in entries {
+                        self.answers.add(self.answers.hash(key), stamp);
+                        n += 1;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "a batch of idempotency answers was skipped"),
             }
         }
+        self.answers.mark_filled();
         Ok(n)
+    }
+
+    /// Calls `f` with every stored answer (for the payloads their bodies point to).
+    pub(super) fn each_answer(&self, mut f: impl FnMut(IdempotencyRec)) -> Result<(), StoreError> {
+        for item in self.t.idempotency.iter() {
+            let (_, v) = item?;
+            for (_, answer) in batch_entries(&v)? {
+                f(decode(answer)?);
+            }
+        }
+        Ok(())
     }
 
     /// Stores an answer on its own: for calls that change nothing else.
@@ -199,25 +344,29 @@ impl Store {
         self.writer.write(move |t| put.write(t)).await
     }
 
-    /// Removes up to `max` answers from hour buckets whose answers have all expired at
-    /// `now`; returns how many.
+    /// Removes up to `max` batches whose answers have all expired at `now`; returns how
+    /// many.
     pub(super) async fn prune_idempotency(
         &self,
         now: i64,
         max: usize,
     ) -> Result<usize, StoreError> {
-        let until = first_live_hour(now).to_be_bytes();
+        let until = stamp_at(now.saturating_sub(TTL_MS));
         let expired = self
             .t
             .idempotency
-            .range(..until)
+            .range(..until.to_be_bytes())
             .keys()
             .take(max)
             .collect::<Result<Vec<_>, _>>()?;
-        if expired.is_empty() {
+        let Some(last) = expired.last() else {
             return Ok(0);
-        }
-        self.writer
+        };
+        let past = <[u8; 8]>::try_from(&last[..])
+            .map(u64::from_be_bytes)
+            .map_or(until, |s| s.saturating_add(1).min(until));
+        let n = self
+            .writer
             .write_waiting(move |t| {
                 let n = expired.len();
                 for k in expired {
@@ -225,44 +374,24 @@ impl Store {
                 }
                 Ok(n)
             })
-            .await
+            .await?;
+        self.answers.forget_before(past);
+        Ok(n)
     }
 
-    /// Moves answers stored by older builds into their hour buckets, dropping expired and
-    /// unreadable ones, and empties the old expiry index. Runs at open, before the
-    /// server answers; returns how many answers were moved.
+    /// Moves answers stored by older builds into batches, dropping expired and unreadable
+    /// ones, and empties the old expiry index. Runs at open, before the server answers;
+    /// returns how many answers were moved.
     pub(super) fn migrate_legacy_idempotency(&self, now: i64) -> Result<usize, StoreError> {
-        let mut moved = 0;
-        loop {
-            let mut batch = Vec::new();
-            for item in self.t.legacy_idempotency.iter().take(MIGRATE_BATCH) {
-                let (k, v) = item?;
-                let target = match decode::<IdempotencyRec>(&v) {
-                    Ok(rec) if rec.expires_at > now => {
-                        Some(stored_key(hour_of(rec.created_at), &k))
-                    }
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an old idempotency answer cannot be read; dropped");
-                        None
-                    }
-                };
-                batch.push((k.to_vec(), target.map(|t| (t, v.to_vec()))));
-            }
-            if batch.is_empty() {
-                break;
-            }
-            moved += batch.iter().filter(|(_, t)| t.is_some()).count();
-            self.writer.write_blocking(move |t| {
-                for (old, target) in batch {
-                    t.remove(Table::LegacyIdempotency, &old)?;
-                    if let Some((k, v)) = target {
-                        t.insert(Table::Idempotency, k, v)?;
-                    }
-                }
-                Ok(())
-            })?;
-        }
+        // Keyed by the slot key itself; then by hour (u32 BE) ‖ slot key.
+        let moved =
+            self.migrate_answers(&self.t.legacy_idempotency, Table::LegacyIdempotency, 0, now)?
+                + self.migrate_answers(
+                    &self.t.legacy_idempotency_hourly,
+                    Table::LegacyIdempotencyHourly,
+                    4,
+                    now,
+                )?;
         loop {
             let keys = self
                 .t
@@ -282,124 +411,52 @@ impl Store {
             })?;
         }
     }
+
+    /// Moves the answers of `tree` (whose keys are `skip` bytes, then the slot key) into
+    /// batches.
+    fn migrate_answers(
+        &self,
+        tree: &sled::Tree,
+        table: Table,
+        skip: usize,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        loop {
+            let mut batch = Vec::new();
+            for item in tree.iter().take(MIGRATE_BATCH) {
+                let (k, v) = item?;
+                let kept = match (decode::<IdempotencyRec>(&v), k.get(skip..)) {
+                    (Ok(rec), Some(slot)) if rec.expires_at > now => Some(KeptAnswer {
+                        key: slot.to_vec(),
+                        created_at: rec.created_at,
+                        value: v.to_vec(),
+                    }),
+                    (Ok(_), Some(_)) => None,
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "an old idempotency answer cannot be read; dropped");
+                        None
+                    }
+                    (_, None) => None,
+                };
+                batch.push((k.to_vec(), kept));
+            }
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            moved += batch.iter().filter(|(_, a)| a.is_some()).count();
+            self.writer.write_blocking(move |t| {
+                for (old, kept) in batch {
+                    t.remove(table, &old)?;
+                    if let Some(a) = kept {
+                        t.keep_answer(a);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::background::StoredBody;
-
-    fn answer(n: u8) -> StoredResponse {
-        StoredResponse {
-            status: 201,
-            headers: vec![],
-            body: StoredBody::Inline(vec![n]),
-        }
-    }
-
-    fn body(rec: &IdempotencyRec) -> Vec<u8> {
-        match &rec.response.body {
-            StoredBody::Inline(b) => b.clone(),
-            StoredBody::Logged(_) => panic!("logged"),
-        }
-    }
-
-    fn put(store: &Store, slot: IdemSlot, n: u8) {
-        let p = IdemPut::new(slot, answer(n)).unwrap();
-        store.writer.write_blocking(move |t| p.write(t)).unwrap();
-    }
-
-    const T0: i64 = 1_795_953_600_000;
-
-    #[test]
-    fn an_answer_is_found_for_its_whole_day_and_pruned_only_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
-        // Made late in an hour, so its day ends late in the hour a day later.
-        let made = T0 + HOUR_MS - 1_000;
-        let slot = IdemSlot::new(Env::Live, "ACME", "k-1", [1; 32], made);
-        let key = slot.key.clone();
-        put(&store, slot, 7);
-        for at in [made, made + HOUR_MS, made + TTL_MS - 1] {
-            let rec = store.idempotency(&key, at).unwrap().expect("found");
-            assert_eq!(body(&rec), [7]);
-            assert!(rec.expires_at > at);
-        }
-        let other = IdemSlot::new(Env::Test, "ACME", "k-1", [1; 32], made).key;
-        assert!(store.idempotency(&other, made).unwrap().is_none());
-
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        // Expired but its bucket still holds the last second of live answers: kept.
-        assert_eq!(
-            rt.block_on(store.prune_idempotency(made + TTL_MS, 100))
-                .unwrap(),
-            0
-        );
-        let mut seen = Vec::new();
-        store
-            .idempotency_keys(made + TTL_MS, |k| seen.push(k.to_vec()))
-            .unwrap();
-        assert_eq!(seen, std::slice::from_ref(&key));
-        // Once every answer of its hour has expired, the bucket goes.
-        let later = made + TTL_MS + 1_000;
-        assert_eq!(rt.block_on(store.prune_idempotency(later, 100)).unwrap(), 1);
-        assert!(store.idempotency(&key, made).unwrap().is_none());
-        store.close();
-    }
-
-    #[test]
-    fn the_newest_answer_under_a_key_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
-        let first = IdemSlot::new(Env::Live, "ACME", "k", [1; 32], T0);
-        let key = first.key.clone();
-        put(&store, first, 1);
-        // The first expired; the key was used again a day later.
-        let again = T0 + TTL_MS + 5 * HOUR_MS;
-        put(
-            &store,
-            IdemSlot::new(Env::Live, "ACME", "k", [2; 32], again),
-            2,
-        );
-        let rec = store.idempotency(&key, again).unwrap().unwrap();
-        assert_eq!((rec.fingerprint, body(&rec)), ([2; 32], vec![2]));
-        store.close();
-    }
-
-    #[test]
-    fn answers_of_older_builds_move_into_their_buckets_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = super::super::now_ms();
-        let live = IdemSlot::new(Env::Live, "ACME", "old-live", [3; 32], now - HOUR_MS);
-        let dead = IdemSlot::new(Env::Live, "ACME", "old-dead", [4; 32], now - 2 * TTL_MS);
-        {
-            let store = Store::open(dir.path(), 8).unwrap();
-            let rows = [(&live, 3u8), (&dead, 4)]
-                .map(|(s, n)| (s.key.clone(), s.expires_at, s.encode(answer(n)).unwrap()));
-            store
-                .writer
-                .write_blocking(move |t| {
-                    for (k, expires, v) in rows {
-                        let mut e = (expires as u64).to_be_bytes().to_vec();
-                        e.extend_from_slice(&k);
-                        t.insert(Table::LegacyIdempotencyExpiry, e, vec![])?;
-                        t.insert(Table::LegacyIdempotency, k, v)?;
-                    }
-                    t.insert(Table::LegacyIdempotency, b"junk", b"\xff".to_vec())?;
-                    Ok(())
-                })
-                .unwrap();
-            store.close();
-        }
-        let store = Store::open(dir.path(), 8).unwrap();
-        assert!(store.t.legacy_idempotency.is_empty());
-        assert!(store.t.legacy_idempotency_expiry.is_empty());
-        let rec = store.idempotency(&live.key, now).unwrap().expect("moved");
-        assert_eq!((rec.fingerprint, body(&rec)), ([3; 32], vec![3]));
-        assert!(store.idempotency(&dead.key, now).unwrap().is_none());
-        assert_eq!(store.t.idempotency.len(), 1);
-        store.close();
-    }
-}
+mod tests;

@@ -30,8 +30,8 @@
 //! | `unique_refs` | env ‖ sender ‖ 0xFF ‖ doctype ‖ 0xFF ‖ reference | message id ‖ received at (u64 BE ms) |
 //! | `subscriptions` | env ‖ subscription id | [`SubscriptionRec`]: an event subscription |
 //! | `sub_pending` | subscription id ‖ event (1 byte) ‖ object id | changed at (u64 BE ms): ids waiting for a batch |
-//! | `idempotency_hourly` | hour made (u32 BE) ‖ env ‖ partner ‖ 0xFF ‖ key | [`IdempotencyRec`]: a stored answer, see [`idempotency`] |
-//! | `idempotency`, `idempotency_expiry` | (older builds' stored answers, moved into `idempotency_hourly` at open) | |
+//! | `idempotency_batches` | stamp (u64 BE: the newest answer's ms × 4096, growing) | a batch of stored answers ([`IdempotencyRec`] by env ‖ partner ‖ 0xFF ‖ key), see [`idempotency`] |
+//! | `idempotency_hourly`, `idempotency`, `idempotency_expiry` | (older builds' stored answers, moved into `idempotency_batches` at open) | |
 //! | `deliveries` | (older builds' push queue, moved into `outbox` at open) | |
 //!
 //! Payload bytes live outside sled, in the append-only [`payload_log`].
@@ -69,7 +69,7 @@ use std::sync::{Arc, RwLock};
 pub use background::{JobFilter, JobRec, JobState, StoredBody, StoredResponse, INLINE_BODY_BYTES};
 pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
-pub use idempotency::{IdemPut, IdemSlot, Remember};
+pub use idempotency::{AnswerIndex, IdemPut, IdemSlot, Remember};
 pub use messages::{AcceptError, AckOutcome, Claimed, NewMessage, PollFilter};
 pub use records::*;
 pub use subscriptions::{
@@ -142,6 +142,7 @@ pub struct Trees {
     subscriptions: sled::Tree,
     sub_pending: sled::Tree,
     idempotency: sled::Tree,
+    legacy_idempotency_hourly: sled::Tree,
 }
 
 impl Trees {
@@ -179,6 +180,7 @@ impl Trees {
             &self.subscriptions,
             &self.sub_pending,
             &self.idempotency,
+            &self.legacy_idempotency_hourly,
         ]
     }
 }
@@ -285,6 +287,8 @@ pub struct Store {
     admin_lock: tokio::sync::Mutex<()>,
     /// Tells the delivery engine about new outbox entries, so it need not poll.
     pub outbox: Arc<OutboxSignal>,
+    /// Where each stored idempotency answer is (see [`idempotency`]).
+    answers: Arc<AnswerIndex>,
     /// The key that signs and checks partner tokens (JWT, HS256), made at first start.
     token_key: TokenKeyRec,
     /// When each API key was last used, noted in memory and saved now and then.
@@ -396,7 +400,8 @@ impl Store {
             unique_refs: tree("unique_refs")?,
             subscriptions: tree("subscriptions")?,
             sub_pending: tree("sub_pending")?,
-            idempotency: tree("idempotency_hourly")?,
+            idempotency: tree("idempotency_batches")?,
+            legacy_idempotency_hourly: tree("idempotency_hourly")?,
             db,
         });
         let payload_log = Arc::new(PayloadLog::open(&dir.join("payloads"))?);
@@ -404,11 +409,18 @@ impl Store {
         let subs = Arc::new(SubIndex::default());
         Store::load_subscriptions(&t, &subs)?;
         let outbox = Arc::new(OutboxSignal::new());
+        let answers = Arc::new(AnswerIndex::default());
+        if let Some(last) = t.idempotency.last()? {
+            if let Ok(stamp) = <[u8; 8]>::try_from(&last.0[..]) {
+                answers.start_after(u64::from_be_bytes(stamp));
+            }
+        }
         let writer = Writer::start(
             Arc::clone(&t),
             Arc::clone(&payload_log),
             Arc::clone(&subs),
             Arc::clone(&outbox),
+            Arc::clone(&answers),
             dir,
             writer_queue,
         )?;
@@ -420,6 +432,7 @@ impl Store {
             directory: RwLock::new(Arc::new(Directory::default())),
             admin_lock: tokio::sync::Mutex::new(()),
             outbox,
+            answers,
             token_key,
             key_use: key_use::KeyUse::default(),
             bulk_created: tokio::sync::Notify::new(),
@@ -448,7 +461,7 @@ impl Store {
         }
         let moved = store.migrate_legacy_idempotency(now_ms())?;
         if moved > 0 {
-            tracing::info!(moved, "moved stored idempotency answers into hour buckets");
+            tracing::info!(moved, "moved stored idempotency answers into batches");
         }
         if store.build_counters()? {
             tracing::info!("counted the stored messages and queues for the stats");

@@ -396,18 +396,11 @@ impl Store {
                 f(Holder::Other, p);
             }
         }
-        for entry in self
-            .t
-            .idempotency
-            .iter()
-            .chain(self.t.legacy_idempotency.iter())
-        {
-            let (_, v) = entry?;
-            if let Some(p) = logged(&decode::<IdempotencyRec>(&v)?.response) {
+        self.each_answer(|rec: IdempotencyRec| {
+            if let Some(p) = logged(&rec.response) {
                 f(Holder::Other, p);
             }
-        }
-        Ok(())
+        })
     }
 
     /// Every payload a stored record points to, by segment. A long read: run it on a

@@ -45,6 +45,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use super::counters::{self, CounterKey, Deltas};
 use uuid::Uuid;
 
+use super::idempotency::{self, AnswerIndex, KeptAnswer};
 use super::payload_log::PayloadLog;
 use super::subscriptions::SubIndex;
 use super::{OutboxSignal, Queued, StoreError, Trees};
@@ -81,7 +82,7 @@ pub enum Table {
     JobsQueued,
     JobsRunning,
     JobContent,
-    /// Stored answers of older builds; moved into `Idempotency` at open.
+    /// Stored answers of the oldest builds; moved into `Idempotency` at open.
     LegacyIdempotency,
     /// The expiry index of older builds; emptied at open.
     LegacyIdempotencyExpiry,
@@ -91,7 +92,11 @@ pub enum Table {
     UniqueRefs,
     Subscriptions,
     SubPending,
+    /// Stored answers under idempotency keys, in batches (see [`super::idempotency`]).
     Idempotency,
+    /// Stored answers of older builds, one per hour bucket and key; moved into
+    /// `Idempotency` at open.
+    LegacyIdempotencyHourly,
 }
 
 /// A key of one tree, as the journal notes it.
@@ -114,6 +119,9 @@ pub struct Tx<'a> {
     fed: RefCell<Vec<Uuid>>,
     /// Outbox entries of this round handed to the delivery engine once they are durable.
     offers: RefCell<Vec<Queued>>,
+    /// Answers under idempotency keys kept by this round's jobs, written as one batch
+    /// at its end.
+    answers: RefCell<Vec<KeptAnswer>>,
     /// Told of every outbox entry a job removes (see [`OutboxSignal::still_queued`]).
     outbox: &'a OutboxSignal,
     /// While a backup copies the trees: every key this round wrote or removed, handed to
@@ -210,6 +218,11 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Keeps an answer under its idempotency key, to be written with the round.
+    pub(super) fn keep_answer(&self, answer: KeptAnswer) {
+        self.answers.borrow_mut().push(answer);
+    }
+
     /// Adds `delta` to a counter when the round commits.
     pub fn count(&self, key: CounterKey, delta: i64) {
         self.deltas.borrow_mut().add(key, delta);
@@ -284,6 +297,7 @@ impl Writer {
         payloads: Arc<PayloadLog>,
         subs: Arc<SubIndex>,
         outbox: Arc<OutboxSignal>,
+        answers: Arc<AnswerIndex>,
         dir: &Path,
         queue: usize,
     ) -> Result<Writer, StoreError> {
@@ -305,6 +319,7 @@ impl Writer {
                     payloads: &payloads,
                     subs: &subs,
                     outbox: &outbox,
+                    answers: &answers,
                     failed: &flag,
                     observer: &watch,
                     journal: &noted,
@@ -513,6 +528,7 @@ struct Parts<'a> {
     payloads: &'a PayloadLog,
     subs: &'a SubIndex,
     outbox: &'a OutboxSignal,
+    answers: &'a AnswerIndex,
     failed: &'a AtomicBool,
     observer: &'a std::sync::OnceLock<RoundObserver>,
     journal: &'a Journal,
@@ -525,6 +541,7 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
         payloads,
         subs,
         outbox,
+        answers,
         failed,
         observer,
         journal,
@@ -540,9 +557,13 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
             }
         }
         let count = group.len() as u64;
-        let (done, offers) = match apply(trees, subs, outbox, journal, group) {
-            Some((done, offers)) => (Some(done), offers),
-            None => (None, Vec::new()),
+        let (done, offers, indexed) = match apply(trees, subs, outbox, answers, journal, group) {
+            Some(Round {
+                done,
+                offers,
+                indexed,
+            }) => (Some(done), offers, indexed),
+            None => (None, Vec::new(), Vec::new()),
         };
         let started = std::time::Instant::now();
         let flushed = done.is_some()
@@ -569,6 +590,13 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
         if flushed && !offers.is_empty() {
             outbox.offer(offers);
         }
+        // Before the jobs are answered: a repeat of a call sent once its answer is out
+        // finds the answer stored under its key.
+        if flushed {
+            for (hash, stamp) in indexed {
+                answers.add(hash, stamp);
+            }
+        }
         // Dropping the completions of an aborted round answers their jobs with an error.
         for complete in done.into_iter().flatten() {
             complete(flushed);
@@ -586,16 +614,26 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
     );
 }
 
+/// What a committed round leaves to do once it is flushed.
+struct Round {
+    done: Vec<Completion>,
+    /// Outbox entries to offer to the delivery engine.
+    offers: Vec<Queued>,
+    /// (key hash, stamp) of the idempotency answers it stored.
+    indexed: Vec<(u64, u64)>,
+}
+
 /// Runs a group of jobs in one transaction; `None` if it was aborted by a storage error.
 /// Once it commits, the subscriptions it fed are marked for the flusher (which then finds
-/// their entries in the tree). Returns the completions and the outbox entries to offer.
+/// their entries in the tree).
 fn apply(
     trees: &Trees,
     subs: &SubIndex,
     outbox: &OutboxSignal,
+    answers: &AnswerIndex,
     journal: &Journal,
     group: Vec<Job>,
-) -> Option<(Vec<Completion>, Vec<Queued>)> {
+) -> Option<Round> {
     // sled may call a transaction closure again after a conflict; with a single writer
     // there are none, and jobs run once: a second call finds no jobs and aborts.
     let pending = RefCell::new(Some(group));
@@ -614,27 +652,41 @@ fn apply(
             subs,
             fed: RefCell::new(Vec::new()),
             offers: RefCell::new(Vec::new()),
+            answers: RefCell::new(Vec::new()),
             outbox,
             touched: noting.then(|| RefCell::new(Vec::new())),
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
+        let kept = tx.answers.take();
+        let indexed = if kept.is_empty() {
+            Ok(Vec::new())
+        } else {
+            idempotency::write_answers(&tx, answers, kept)
+        };
         let deltas = tx.deltas.take();
         let written = deltas.write(&tx);
         if let Some(t) = &tx.touched {
             touched.replace(t.take());
         }
+        let Ok(indexed) = indexed else {
+            return Err(ConflictableTransactionError::Abort(()));
+        };
         if written.is_err() || tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
-        Ok((done, tx.fed.take(), tx.offers.take()))
+        Ok((done, tx.fed.take(), tx.offers.take(), indexed))
     });
     // Noted whether the round committed or not: reading a key again that did not change
     // costs a read, missing one would make the backup wrong.
     journal.add(touched.into_inner());
     match result {
-        Ok((done, fed, offers)) => {
+        Ok((done, fed, offers, indexed)) => {
             subs.mark_pending(&fed, super::now_ms());
-            Some((done, offers))
+            Some(Round {
+                done,
+                offers,
+                indexed,
+            })
         }
         Err(e) => {
             tracing::error!(error = ?e, "a store transaction failed");

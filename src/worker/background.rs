@@ -266,7 +266,7 @@ async fn after_timeout(state: &AppState, job: &JobRec) -> JobEnd {
         return failed();
     }
     let slot = IdemSlot::new(job.env, &job.partner, &job.id.to_string(), [0; 32], 0);
-    match state.store.idempotency(&slot.key, now_ms()) {
+    match state.store.idempotency(&slot.key) {
         Ok(Some(rec)) => JobEnd::Completed(rec.response),
         _ => failed(),
     }

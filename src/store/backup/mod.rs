@@ -44,7 +44,7 @@ use super::{Store, StoreError};
 
 /// The trees by name, in the order of [`Table`] and [`super::Trees::all`]. A backup names
 /// its trees, so a restore does not depend on this order.
-const TREE_NAMES: [&str; 31] = [
+const TREE_NAMES: [&str; 32] = [
     "partners",
     "api_keys",
     "api_key_hash",
@@ -75,6 +75,7 @@ const TREE_NAMES: [&str; 31] = [
     "unique_refs",
     "subscriptions",
     "sub_pending",
+    "idempotency_batches",
     "idempotency_hourly",
 ];
 
