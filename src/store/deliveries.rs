@@ -11,6 +11,8 @@
 //! outcome is recorded. The engine, the only reader, knows which entries it holds; after a
 //! crash the entry is simply due again, so a push is retried, never lost.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::codec::{decode, encode, env_id, partner_id, pending_value, SEP};
@@ -240,6 +242,36 @@ impl Store {
         health: Option<EndpointHealthRec>,
         now: i64,
     ) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let finish = Finish {
+            queued,
+            attempt,
+            next,
+            health,
+            now,
+        };
+        self.finish_delivery_then(finish, move |r| {
+            let _ = tx.send(r);
+        })?;
+        // A dropped answer means the round failed before its flush.
+        rx.await.map_err(|_| StoreError::FlushFailed)?
+    }
+
+    /// [`Store::finish_delivery`] for a blocking thread that does not wait: `recorded` is
+    /// called on the writer thread once the outcome is durable, and dropped uncalled if
+    /// its round fails. Waits only while the writer's queue is full.
+    pub fn finish_delivery_then(
+        &self,
+        finish: Finish,
+        recorded: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let Finish {
+            queued,
+            attempt,
+            next,
+            health,
+            now,
+        } = finish;
         let endpoint = queued.endpoint().to_vec();
         let health = health.map(|h| encode(&h)).transpose()?;
         let attempt_error = attempt.as_ref().map(AttemptRec::describe);
@@ -258,8 +290,9 @@ impl Store {
         };
         let attempt = attempt.map(|a| encode(&a)).transpose()?;
         let split = matches!(next, Next::Split(_));
-        self.writer
-            .write_waiting(move |t| {
+        let outbox = Arc::clone(&self.outbox);
+        self.writer.write_then(
+            move |t| {
                 finish_job(
                     t,
                     queued,
@@ -273,14 +306,27 @@ impl Store {
                     health,
                     now,
                 )
-            })
-            .await?;
-        if split {
-            self.outbox.rescan();
-        }
-        Ok(())
+            },
+            move |r| {
+                if split && r.is_ok() {
+                    outbox.rescan();
+                }
+                recorded(r);
+            },
+        )
     }
+}
 
+/// What [`Store::finish_delivery`] records.
+pub struct Finish {
+    pub queued: Queued,
+    pub attempt: Option<AttemptRec>,
+    pub next: Next,
+    pub health: Option<EndpointHealthRec>,
+    pub now: i64,
+}
+
+impl Store {
     /// Parks entries whose endpoint holds them back. Each is checked again inside the
     /// transaction: one whose endpoint was released meanwhile stays due.
     pub async fn park_deliveries(&self, items: Vec<Queued>, now: i64) -> Result<(), StoreError> {

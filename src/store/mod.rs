@@ -67,7 +67,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use background::{JobFilter, JobRec, JobState, StoredBody, StoredResponse, INLINE_BODY_BYTES};
-pub use deliveries::{due_at, Next, OutboxEndpoint, Prefetched, Queued};
+pub use deliveries::{due_at, Finish, Next, OutboxEndpoint, Prefetched, Queued};
 pub use directory::{Directory, NewPartner, PartnerPatch, Principal};
 pub use idempotency::{AnswerIndex, IdemPut, IdemSlot, Remember};
 pub use messages::{AcceptError, AckOutcome, Claimed, NewMessage, PollFilter};

@@ -413,6 +413,32 @@ impl Writer {
         rx.await.map_err(|_| StoreError::FlushFailed)?
     }
 
+    /// [`Writer::write_waiting`] for a blocking thread of the runtime that does not wait
+    /// for the answer: `answer` is called on the writer thread once the round is flushed
+    /// (or dropped uncalled if the round fails, which a caller can note with a guard).
+    /// Waits only for room in the queue, and only when it is full.
+    pub fn write_then<R, F>(
+        &self,
+        job: F,
+        answer: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let permit = match Arc::clone(&self.room).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::runtime::Handle::try_current()
+                .map_err(|_| StoreError::Closed)?
+                .block_on(Arc::clone(&self.room).acquire_owned())
+                .map_err(|_| StoreError::Closed)?,
+        };
+        self.enqueue(job, move |r| {
+            drop(permit);
+            answer(r);
+        })
+    }
+
     /// [`Writer::write`] for a thread that is not running async code (opening the store).
     pub fn write_blocking<R, F>(&self, job: F) -> Result<R, StoreError>
     where

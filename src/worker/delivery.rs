@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::push::{self, EndpointState, Prepared};
 use crate::outbound::{self, Outcome};
 use crate::store::records::{AttemptRec, DeliveryRec, EndpointHealthRec};
-use crate::store::{due_at, now_ms, Next, Queued};
+use crate::store::{due_at, now_ms, Finish, Next, Queued};
 use crate::AppState;
 
 mod health;
@@ -33,7 +32,7 @@ use health::HealthBook;
 /// Parked entries released per store write when an endpoint is resumed.
 const RELEASE_CHUNK: usize = 1000;
 /// Attempts whose call ended and whose outcome waits for its group commit do not hold a
-/// call slot; at most this many times `delivery.concurrency` tasks exist at once.
+/// call slot; at most this many times `delivery.concurrency` attempts are under way.
 const RECORDING_FACTOR: usize = 4;
 /// How often the time of the last success is written while an endpoint stays healthy.
 const SUCCESS_WRITE_MS: i64 = 60_000;
@@ -47,7 +46,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     };
     let cfg = &state.config.delivery;
     let timeout = Duration::from_secs(cfg.timeout_seconds);
-    let (calls_done, mut call_ended) = mpsc::unbounded_channel();
+    let (events, mut heard) = mpsc::unbounded_channel();
     let mut engine = Engine {
         agent: outbound::agent(
             timeout,
@@ -63,9 +62,10 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         owned: HashSet::new(),
         poisoned: HashSet::new(),
         running: 0,
+        attempts: 0,
         tasks: JoinSet::new(),
         task_of: HashMap::new(),
-        calls_done,
+        events,
         rescan: true,
         state: state.clone(),
     };
@@ -92,7 +92,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             Some(done) = engine.tasks.join_next_with_id(), if !engine.tasks.is_empty() => {
                 engine.completed(done);
             }
-            Some(endpoint) = call_ended.recv() => engine.call_ended(&endpoint),
+            Some(event) = heard.recv() => engine.heard(event),
             Some(q) = intake.recv() => engine.offer(q),
             _ = state.store.outbox.rescan_asked() => engine.rescan = true,
             _ = tokio::time::sleep(wake) => {}
@@ -101,8 +101,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         while let Some(done) = engine.tasks.try_join_next_with_id() {
             engine.completed(done);
         }
-        while let Ok(endpoint) = call_ended.try_recv() {
-            engine.call_ended(&endpoint);
+        while let Ok(event) = heard.try_recv() {
+            engine.heard(event);
         }
         while let Ok(q) = intake.try_recv() {
             engine.offer(q);
@@ -111,16 +111,32 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     // Let the calls under way end (each is bounded by the attempt timeout) and record them.
     let grace = timeout + Duration::from_secs(2);
     let drained = tokio::time::timeout(grace, async {
-        while engine.tasks.join_next().await.is_some() {}
+        while engine.attempts > 0 || !engine.tasks.is_empty() {
+            tokio::select! {
+                Some(done) = engine.tasks.join_next_with_id(), if !engine.tasks.is_empty() => {
+                    engine.completed(done);
+                }
+                Some(event) = heard.recv() => engine.heard(event),
+                else => break,
+            }
+        }
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
-            left = engine.tasks.len(),
+            left = engine.attempts + engine.tasks.len(),
             "attempts still under way at shutdown are made again after a restart"
         );
         engine.tasks.shutdown().await;
     }
+}
+
+/// What the engine hears from the attempts it started.
+enum Event {
+    /// A call ended: the endpoint's slot is free.
+    CallEnded(Vec<u8>),
+    /// An attempt is over, recorded or not.
+    Done(Done),
 }
 
 /// One endpoint's state in the engine.
@@ -138,7 +154,7 @@ struct Endpoint {
     has_turn: bool,
 }
 
-/// What a finished task reports.
+/// What a finished attempt (or parking task) reports.
 enum Done {
     Attempt {
         id: Uuid,
@@ -171,10 +187,15 @@ struct Engine {
     poisoned: HashSet<Uuid>,
     /// Attempts whose call is under way (their slot not given back yet).
     running: usize,
+    /// Attempts started and not reported done: calling, or waiting for their outcome's
+    /// group commit.
+    attempts: usize,
+    /// Tasks parking held deliveries.
     tasks: JoinSet<Done>,
     /// What each task was doing, for one that panics.
     task_of: HashMap<tokio::task::Id, (Vec<Uuid>, Vec<u8>)>,
-    calls_done: mpsc::UnboundedSender<Vec<u8>>,
+    /// Where attempts report (see [`Event`]).
+    events: mpsc::UnboundedSender<Event>,
     rescan: bool,
 }
 
@@ -309,7 +330,7 @@ impl Engine {
         let dir = self.state.store.directory();
         let mut stalled = 0;
         while self.running < self.concurrency
-            && self.tasks.len() < self.concurrency * RECORDING_FACTOR
+            && self.attempts + self.tasks.len() < self.concurrency * RECORDING_FACTOR
             && stalled < self.turns.len()
         {
             let Some(key) = self.turns.pop_front() else {
@@ -346,22 +367,33 @@ impl Engine {
         }
     }
 
+    /// Starts an attempt on a blocking thread of the runtime, which prepares it, makes the
+    /// call, decides what the outcome means and queues its record, then is free: the
+    /// writer thread reports the attempt done once the record is durable. No async task
+    /// is woken on the way, which saves a few thread switches per push.
     fn start(&mut self, endpoint: Vec<u8>, q: Queued) {
         let d = &q.delivery;
         // Debug level: at info, formatting the span's fields cost more than the bookkeeping
         // of a push. Errors name their delivery themselves.
         let span = tracing::debug_span!("delivery", id = %d.id, attempt = d.attempt + 1);
-        let ctx = Attempt {
+        let attempt = Attempt {
             state: self.state.clone(),
             agent: self.agent.clone(),
             health: Arc::clone(&self.health),
+            report: Report {
+                to: Some(self.events.clone()),
+                id: d.id,
+                endpoint: endpoint.clone(),
+            },
         };
-        let slot = Slot(Some((self.calls_done.clone(), endpoint.clone())));
-        let id = d.id;
-        // The span is attached to the future, not entered on a thread: an entered span held
-        // across an await corrupts the per-thread span stack.
-        let handle = self.tasks.spawn(ctx.run(q, slot).instrument(span));
-        self.task_of.insert(handle.id(), (vec![id], endpoint));
+        let slot = Slot(Some((self.events.clone(), endpoint)));
+        self.attempts += 1;
+        // Not awaited: the attempt's `Report` tells the engine when it is over, even if
+        // the closure panics or is dropped unrun at shutdown.
+        drop(tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            attempt.run(q, slot);
+        }));
     }
 
     fn park(&mut self, endpoint: Vec<u8>, items: Vec<Queued>) {
@@ -385,6 +417,17 @@ impl Engine {
         self.task_of.insert(handle.id(), (task_ids, task_endpoint));
     }
 
+    fn heard(&mut self, event: Event) {
+        match event {
+            Event::CallEnded(endpoint) => self.call_ended(&endpoint),
+            Event::Done(done) => {
+                self.attempts = self.attempts.saturating_sub(1);
+                self.record(done);
+            }
+        }
+    }
+
+    /// A parking task ended.
     fn completed(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
         let done = match done {
             Ok((task, done)) => {
@@ -400,14 +443,17 @@ impl Engine {
                 if e.is_panic() {
                     self.poisoned.extend(ids.iter().copied());
                 }
-                Done::Attempt {
-                    id: ids.first().copied().unwrap_or_default(),
+                Done::Parked {
+                    ids,
                     endpoint,
-                    retry_at: None,
                     recorded: false,
                 }
             }
         };
+        self.record(done);
+    }
+
+    fn record(&mut self, done: Done) {
         match done {
             Done::Attempt {
                 id,
@@ -462,13 +508,45 @@ impl Engine {
 
 /// Tells the engine that a call ended when dropped: exactly once per attempt, even if the
 /// attempt is cut short.
-struct Slot(Option<(mpsc::UnboundedSender<Vec<u8>>, Vec<u8>)>);
+struct Slot(Option<(mpsc::UnboundedSender<Event>, Vec<u8>)>);
 
 impl Slot {
     fn release(&mut self) {
         if let Some((tx, endpoint)) = self.0.take() {
-            let _ = tx.send(endpoint);
+            let _ = tx.send(Event::CallEnded(endpoint));
         }
+    }
+}
+
+/// Tells the engine that an attempt is over: exactly once, as recorded through
+/// [`Report::recorded`], or as not recorded when dropped without it (an error, a round
+/// that failed, a panic, a closure dropped unrun).
+struct Report {
+    to: Option<mpsc::UnboundedSender<Event>>,
+    id: Uuid,
+    endpoint: Vec<u8>,
+}
+
+impl Report {
+    fn send(&mut self, retry_at: Option<u64>, recorded: bool) {
+        if let Some(tx) = self.to.take() {
+            let _ = tx.send(Event::Done(Done::Attempt {
+                id: self.id,
+                endpoint: std::mem::take(&mut self.endpoint),
+                retry_at,
+                recorded,
+            }));
+        }
+    }
+
+    fn recorded(mut self, retry_at: Option<u64>) {
+        self.send(retry_at, true);
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.send(None, false);
     }
 }
 
@@ -486,49 +564,30 @@ enum Ran {
     Finish(Next),
 }
 
-/// One attempt's task. Preparing and the call block, so they run on a blocking thread,
-/// which also gives the call's slot back; the rest (and the wait for the outcome's group
-/// commit) is async, where many completions share one wake-up of a runtime thread.
+/// One attempt, run on a blocking thread: preparing may read the store (the message and
+/// payload of a push that was not handed over by intake, a webhook's job), and a sled
+/// read waits while the writer's transaction is open; the call blocks too.
 struct Attempt {
     state: AppState,
     agent: ureq::Agent,
     health: Arc<HealthBook>,
+    report: Report,
 }
 
 impl Attempt {
-    async fn run(self, q: Queued, mut slot: Slot) -> Done {
+    fn run(self, q: Queued, mut slot: Slot) {
         let endpoint = q.endpoint().to_vec();
         let id = q.delivery.id;
-        let done = |retry_at, recorded| Done::Attempt {
-            id,
-            endpoint: endpoint.clone(),
-            retry_at,
-            recorded,
-        };
-        // Preparing may read the store (the message and payload of a push that was not
-        // handed over by intake, a webhook's job): on a blocking thread with the call,
-        // because a sled read waits while the writer's transaction is open, and an async
-        // worker waiting there stalls everything it runs.
-        // The slot is given back as soon as the call ends, from the blocking thread: the
-        // endpoint's next call need not wait until a runtime thread resumes this task.
-        let state = self.state.clone();
-        let agent = self.agent.clone();
-        let ran = tokio::task::spawn_blocking(move || {
-            let ran = push::prepare(&state, &q).map(|p| match p {
-                Prepared::Call(call) => Ran::Called(call.send(&agent)),
-                Prepared::Finish(next) => Ran::Finish(next),
-            });
-            slot.release();
-            (q, ran)
-        })
-        .await;
-        let Ok((q, ran)) = ran else {
-            return done(None, false);
-        };
+        let ran = push::prepare(&self.state, &q).map(|p| match p {
+            Prepared::Call(call) => Ran::Called(call.send(&self.agent)),
+            Prepared::Finish(next) => Ran::Finish(next),
+        });
+        // The endpoint's next call need not wait for this one's outcome to be recorded.
+        slot.release();
         let (attempt, next, health) = match ran {
             Err(e) => {
                 tracing::error!(error = %e, delivery = %id, "cannot prepare a delivery");
-                return done(None, false);
+                return;
             }
             Ok(Ran::Finish(next)) => (None, next, None),
             Ok(Ran::Called(outcome)) => {
@@ -541,7 +600,7 @@ impl Attempt {
                     },
                     Duration::from_millis(outcome.latency_ms),
                 );
-                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome).await;
+                let (next, health) = self.decide(&endpoint, &q.delivery, &outcome);
                 (Some(attempt_record(outcome)), next, health)
             }
         };
@@ -549,22 +608,30 @@ impl Attempt {
             Next::RetryAt(due) => Some(due),
             _ => None,
         };
-        match self
+        let finish = Finish {
+            queued: q,
+            attempt,
+            next,
+            health,
+            now: now_ms(),
+        };
+        let report = self.report;
+        let queued = self
             .state
             .store
-            .finish_delivery(q, attempt, next, health, now_ms())
-            .await
-        {
-            Ok(()) => done(retry_at, true),
-            Err(e) => {
-                tracing::error!(error = %e, delivery = %id, "cannot record a delivery attempt");
-                done(None, false)
-            }
+            .finish_delivery_then(finish, move |r| match r {
+                Ok(()) => report.recorded(retry_at),
+                Err(e) => {
+                    tracing::error!(error = %e, delivery = %id, "cannot record a delivery attempt");
+                }
+            });
+        if let Err(e) = queued {
+            tracing::error!(error = %e, delivery = %id, "cannot record a delivery attempt");
         }
     }
 
     /// What an attempt's outcome means for the delivery, and the endpoint's health to store.
-    async fn decide(
+    fn decide(
         &self,
         endpoint: &[u8],
         d: &DeliveryRec,
@@ -598,7 +665,12 @@ impl Attempt {
             None
         };
         if let Some(reason) = disable {
-            push::disable(&self.state, endpoint, reason).await;
+            // Rare, and on a blocking thread of the runtime, where waiting is allowed.
+            tokio::runtime::Handle::current().block_on(push::disable(
+                &self.state,
+                endpoint,
+                reason,
+            ));
             return (Next::Park, Some(health));
         }
         let next = match cfg.retry_schedule.get(d.tries as usize) {
