@@ -155,16 +155,25 @@ impl Gate {
     }
 }
 
-/// A key held while its first call runs; released when dropped.
-pub struct Claim {
-    slot: IdemSlot,
+/// A key in the in-flight set; taken out when the last reference goes: the claim's,
+/// and the stored answer's, which the writer keeps until the answer is durable and can
+/// be found. So a call whose client went away (its handler dropped while its write is
+/// queued) holds its key until a repeat can find its answer.
+struct Hold {
+    key: Vec<u8>,
     flights: Arc<InFlight>,
 }
 
-impl Drop for Claim {
+impl Drop for Hold {
     fn drop(&mut self) {
-        self.flights.leave(&self.slot.key);
+        self.flights.leave(&self.key);
     }
+}
+
+/// A key held while its first call runs.
+pub struct Claim {
+    slot: IdemSlot,
+    hold: Arc<Hold>,
 }
 
 impl Claim {
@@ -179,7 +188,7 @@ impl Claim {
                 &answer.body,
             )?,
         };
-        IdemPut::new(self.slot.clone(), stored)
+        Ok(IdemPut::new(self.slot.clone(), stored)?.holding(self.hold.clone()))
     }
 
     /// An answer rendered inside the writer job from what it found.
@@ -189,6 +198,7 @@ impl Claim {
     ) -> Remember<R> {
         Remember {
             slot: self.slot.clone(),
+            hold: Some(self.hold.clone()),
             render: Box::new(move |r| render(r).and_then(|a| a.stored())),
         }
     }
@@ -316,8 +326,11 @@ pub async fn begin(
         return Err(e);
     }
     let claim = Claim {
+        hold: Arc::new(Hold {
+            key: slot.key.clone(),
+            flights: Arc::clone(&state.in_flight),
+        }),
         slot,
-        flights: Arc::clone(&state.in_flight),
     };
     // The index of stored answers is exact once filled (moments after start): a key it
     // does not know has no answer, which is nearly every key, known without a read.

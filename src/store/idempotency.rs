@@ -26,6 +26,8 @@ mod index;
 use index::stamp_at;
 pub use index::AnswerIndex;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::background::{JobEnding, StoredResponse};
@@ -96,13 +98,18 @@ impl IdemSlot {
     }
 }
 
+/// What keeps a key held against concurrent repeats (see `api::idempotency`). The writer
+/// keeps it with the answer until the answer is durable and indexed, so the key stays held
+/// even when the call that stored it is dropped first (its client went away).
+pub type KeyHold = Arc<dyn std::any::Any + Send + Sync>;
+
 /// An answer encoded ahead, to be written with the change it answers.
-#[derive(Debug)]
 pub struct IdemPut {
     pub slot: IdemSlot,
     pub value: Vec<u8>,
     /// The answer itself, kept for a job's replay: it becomes the job's content.
     job_content: Option<StoredResponse>,
+    hold: Option<KeyHold>,
 }
 
 impl IdemPut {
@@ -120,7 +127,14 @@ impl IdemPut {
             slot,
             value,
             job_content,
+            hold: None,
         })
+    }
+
+    /// Keeps `hold` until the answer is durable and can be found.
+    pub fn holding(mut self, hold: KeyHold) -> IdemPut {
+        self.hold = Some(hold);
+        self
     }
 
     /// Keeps the answer for its round's batch, and ends a replayed job with it.
@@ -129,6 +143,7 @@ impl IdemPut {
             key: self.slot.key,
             created_at: self.slot.created_at,
             value: self.value,
+            hold: self.hold,
         });
         match (&self.slot.job, self.job_content) {
             (Some(job), Some(response)) => job.complete(t, response),
@@ -144,6 +159,8 @@ pub struct Remember<R> {
     pub slot: IdemSlot,
     #[allow(clippy::type_complexity)]
     pub render: Box<dyn FnOnce(&R) -> Option<StoredResponse> + Send>,
+    /// Kept with a stored answer until it is durable (see [`KeyHold`]).
+    pub hold: Option<KeyHold>,
 }
 
 impl<R> Remember<R> {
@@ -154,7 +171,10 @@ impl<R> Remember<R> {
             return Ok(());
         };
         match IdemPut::new(self.slot, response) {
-            Ok(put) => put.write(t),
+            Ok(put) => match self.hold {
+                Some(hold) => put.holding(hold).write(t),
+                None => put.write(t),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "an answer too large to keep under its idempotency key");
                 Ok(())
@@ -164,12 +184,12 @@ impl<R> Remember<R> {
 }
 
 /// An answer a job keeps, written with the other answers of its round.
-#[derive(Debug)]
 pub struct KeptAnswer {
     key: Vec<u8>,
     created_at: i64,
     /// An encoded [`IdempotencyRec`].
     value: Vec<u8>,
+    hold: Option<KeyHold>,
 }
 
 impl KeptAnswer {
@@ -234,13 +254,22 @@ fn batch_entries(bytes: &[u8]) -> Result<Vec<Entry<'_>>, StoreError> {
     Ok(out)
 }
 
+/// What a round that stored answers leaves for after its flush.
+#[derive(Default)]
+pub(super) struct Stored {
+    /// (key hash, stamp) of each answer, for the index.
+    pub indexed: Vec<(u64, u64)>,
+    /// Dropped once the answers are indexed.
+    pub holds: Vec<KeyHold>,
+}
+
 /// Writes the answers a round's jobs kept, as batch records at the end of the tree.
-/// Returns (key hash, stamp) of each, for the index once the round is durable.
 pub(super) fn write_answers(
     t: &Tx<'_>,
     index: &AnswerIndex,
-    answers: Vec<KeptAnswer>,
-) -> Result<Vec<(u64, u64)>, StoreError> {
+    mut answers: Vec<KeptAnswer>,
+) -> Result<Stored, StoreError> {
+    let holds = answers.iter_mut().filter_map(|a| a.hold.take()).collect();
     let mut indexed = Vec::with_capacity(answers.len());
     let mut rest = &answers[..];
     while !rest.is_empty() {
@@ -260,7 +289,7 @@ pub(super) fn write_answers(
         t.insert(Table::Idempotency, stamp.to_be_bytes(), encode_batch(batch))?;
         indexed.extend(batch.iter().map(|a| (index.hash(&a.key), stamp)));
     }
-    Ok(indexed)
+    Ok(Stored { indexed, holds })
 }
 
 /// Old answers moved per write when migrating.
@@ -431,6 +460,7 @@ impl Store {
                         key: slot.to_vec(),
                         created_at: rec.created_at,
                         value: v.to_vec(),
+                        hold: None,
                     }),
                     (Ok(_), Some(_)) => None,
                     (Err(e), _) => {

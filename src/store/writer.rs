@@ -45,7 +45,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use super::counters::{self, CounterKey, Deltas};
 use uuid::Uuid;
 
-use super::idempotency::{self, AnswerIndex, KeptAnswer};
+use super::idempotency::{self, AnswerIndex, KeptAnswer, Stored};
 use super::payload_log::PayloadLog;
 use super::subscriptions::SubIndex;
 use super::{OutboxSignal, Queued, StoreError, Trees};
@@ -583,14 +583,16 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
             }
         }
         let count = group.len() as u64;
-        let (done, offers, indexed) = match apply(trees, subs, outbox, answers, journal, group) {
+        let (done, offers, stored) = match apply(trees, subs, outbox, answers, journal, group) {
             Some(Round {
                 done,
                 offers,
-                indexed,
-            }) => (Some(done), offers, indexed),
-            None => (None, Vec::new(), Vec::new()),
+                stored,
+            }) => (Some(done), offers, stored),
+            None => (None, Vec::new(), Stored::default()),
         };
+        #[cfg(debug_assertions)]
+        slow_flush_for_tests();
         let started = std::time::Instant::now();
         let flushed = done.is_some()
             && match flush_once(trees, db_file, payloads) {
@@ -619,7 +621,7 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
         // Before the jobs are answered: a repeat of a call sent once its answer is out
         // finds the answer stored under its key.
         if flushed {
-            for (hash, stamp) in indexed {
+            for (hash, stamp) in stored.indexed {
                 answers.add(hash, stamp);
             }
         }
@@ -627,6 +629,8 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
         for complete in done.into_iter().flatten() {
             complete(flushed);
         }
+        // Only now may a repeat of a keyed call stop waiting: its answer can be found.
+        drop(stored.holds);
     }
     // Anything still buffered.
     if let Err(e) = flush_once(trees, db_file, payloads) {
@@ -645,8 +649,8 @@ struct Round {
     done: Vec<Completion>,
     /// Outbox entries to offer to the delivery engine.
     offers: Vec<Queued>,
-    /// (key hash, stamp) of the idempotency answers it stored.
-    indexed: Vec<(u64, u64)>,
+    /// The idempotency answers it stored.
+    stored: Stored,
 }
 
 /// Runs a group of jobs in one transaction; `None` if it was aborted by a storage error.
@@ -684,8 +688,8 @@ fn apply(
         };
         let done: Vec<Completion> = group.into_iter().map(|job| job(&tx)).collect();
         let kept = tx.answers.take();
-        let indexed = if kept.is_empty() {
-            Ok(Vec::new())
+        let stored = if kept.is_empty() {
+            Ok(Stored::default())
         } else {
             idempotency::write_answers(&tx, answers, kept)
         };
@@ -694,30 +698,41 @@ fn apply(
         if let Some(t) = &tx.touched {
             touched.replace(t.take());
         }
-        let Ok(indexed) = indexed else {
+        let Ok(stored) = stored else {
             return Err(ConflictableTransactionError::Abort(()));
         };
         if written.is_err() || tx.poisoned.get() {
             return Err(ConflictableTransactionError::Abort(()));
         }
-        Ok((done, tx.fed.take(), tx.offers.take(), indexed))
+        Ok((done, tx.fed.take(), tx.offers.take(), stored))
     });
     // Noted whether the round committed or not: reading a key again that did not change
     // costs a read, missing one would make the backup wrong.
     journal.add(touched.into_inner());
     match result {
-        Ok((done, fed, offers, indexed)) => {
+        Ok((done, fed, offers, stored)) => {
             subs.mark_pending(&fed, super::now_ms());
             Some(Round {
                 done,
                 offers,
-                indexed,
+                stored,
             })
         }
         Err(e) => {
             tracing::error!(error = ?e, "a store transaction failed");
             None
         }
+    }
+}
+
+/// Debug builds only, for tests of what a slow disk allows: while the file named by
+/// `WAYBILL_SLOW_FLUSH_FILE` exists, every flush waits 1.5 s first.
+#[cfg(debug_assertions)]
+fn slow_flush_for_tests() {
+    static FLAG: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let flag = FLAG.get_or_init(|| std::env::var_os("WAYBILL_SLOW_FLUSH_FILE").map(Into::into));
+    if flag.as_ref().is_some_and(|f| f.exists()) {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
     }
 }
 

@@ -27,6 +27,7 @@ mod push;
 mod receiver;
 mod retention;
 mod schemathesis;
+mod slow_disk;
 mod subscriptions;
 mod tracking;
 mod transmissions;

@@ -157,6 +157,7 @@ fn a_damaged_batch_is_an_error_not_a_panic() {
         key: b"k".to_vec(),
         created_at: 5,
         value: vec![1, 2, 3],
+        hold: None,
     }]);
     assert_eq!(
         batch_entries(&ok).unwrap(),
