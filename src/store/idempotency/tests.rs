@@ -17,11 +17,7 @@ fn body(rec: &IdempotencyRec) -> Vec<u8> {
 }
 
 /// Stores answers in one round, as jobs sharing a round do.
-fn put_all(store: &Store, slots: Vec<(IdemSlot, u8)>) {
-    let puts: Vec<IdemPut> = slots
-        .into_iter()
-        .map(|(s, n)| IdemPut::new(s, answer(n)).unwrap())
-        .collect();
+fn write_puts(store: &Store, puts: Vec<IdemPut>) {
     store
         .writer
         .write_blocking(move |t| {
@@ -31,6 +27,14 @@ fn put_all(store: &Store, slots: Vec<(IdemSlot, u8)>) {
             Ok(())
         })
         .unwrap();
+}
+
+fn put_all(store: &Store, slots: Vec<(IdemSlot, u8)>) {
+    let puts = slots
+        .into_iter()
+        .map(|(s, n)| IdemPut::new(s, answer(n)).unwrap())
+        .collect();
+    write_puts(store, puts);
 }
 
 fn put(store: &Store, slot: IdemSlot, n: u8) {
@@ -103,15 +107,7 @@ fn the_answers_of_one_round_share_a_record_and_are_found_again_after_a_restart()
             IdemPut::new(slots[0].clone(), big.clone()).unwrap(),
             IdemPut::new(IdemSlot::new(Env::Live, "ACME", "big-2", [0; 32], now), big).unwrap(),
         ];
-        store
-            .writer
-            .write_blocking(move |t| {
-                for p in puts {
-                    p.write(t)?;
-                }
-                Ok(())
-            })
-            .unwrap();
+        write_puts(&store, puts);
         assert_eq!(
             store.t.idempotency.len(),
             3,
