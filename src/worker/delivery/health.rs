@@ -2,6 +2,7 @@
 //! whether an attempt's outcome is worth writing.
 
 use super::*;
+use crate::store::records::EndpointHealthRec;
 
 /// Each endpoint's health as last stored, read from the store the first time it is needed.
 /// Updates return the record to store with the attempt, or `None` when nothing worth a
