@@ -495,12 +495,13 @@ fn write_loop(rx: &mpsc::Receiver<Job>, p: &Parts<'_>) {
                 answers.add(hash, stamp);
             }
         }
+        // Before the jobs are answered too: a client answered at once may repeat its call
+        // at once, and must find the key free and its answer stored.
+        drop(stored.holds);
         // Dropping the completions of an aborted round answers their jobs with an error.
         for complete in done.into_iter().flatten() {
             complete(flushed);
         }
-        // Only now may a repeat of a keyed call stop waiting: its answer can be found.
-        drop(stored.holds);
     }
     // Anything still buffered.
     if let Err(e) = flush_once(trees, db_file, payloads) {
