@@ -37,6 +37,7 @@ use tokio::time::Sleep;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+mod linger;
 pub mod streamed;
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -107,6 +108,9 @@ struct Conn {
     evict: AtomicBool,
     /// The reader waiting on the socket, woken for an eviction.
     reader: AtomicWaker,
+    /// The last request's body was not read to its end: the client may still be
+    /// sending it when the connection closes (see [`linger`]).
+    unread: AtomicBool,
     opened: Instant,
     stats: Arc<ConnStats>,
 }
@@ -121,6 +125,7 @@ impl Conn {
             epoch: AtomicU64::new(0),
             evict: AtomicBool::new(false),
             reader: AtomicWaker::new(),
+            unread: AtomicBool::new(false),
             opened: Instant::now(),
         }
     }
@@ -233,6 +238,8 @@ struct Guarded<S> {
     header_epoch: u64,
     read_timer: Option<(Instant, Pin<Box<Sleep>>)>,
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the FIN is sent on close: see [`linger`].
+    linger: Option<linger::Linger>,
 }
 
 impl<S> Guarded<S> {
@@ -245,6 +252,7 @@ impl<S> Guarded<S> {
             header_epoch: 0,
             read_timer: None,
             write_timer: None,
+            linger: None,
         }
     }
 
@@ -349,7 +357,7 @@ impl<S: AsyncWrite + Unpin> Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -375,7 +383,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.guard_write(cx, |s, cx| s.poll_shutdown(cx))
+        let this = &mut *self;
+        if this.linger.is_none() {
+            match this.guard_write(cx, |s, cx| s.poll_shutdown(cx)) {
+                Poll::Ready(Ok(())) => {
+                    let patient = this.conn.unread.load(Ordering::Acquire);
+                    this.linger = Some(linger::Linger::new(patient));
+                }
+                other => return other,
+            }
+        }
+        match &mut this.linger {
+            Some(l) => l.poll_drain(&mut this.inner, cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -433,7 +454,8 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
 
 impl<S, B, R> hyper::service::Service<http::Request<B>> for Counted<S>
 where
-    S: hyper::service::Service<http::Request<B>, Response = http::Response<R>>,
+    B: hyper::body::Body + Unpin,
+    S: hyper::service::Service<http::Request<linger::Tracked<B>>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<http_body_util::Either<R, streamed::Streamed>>;
@@ -464,16 +486,21 @@ where
             partner = tracing::field::Empty,
             status = tracing::field::Empty,
         );
+        self.conn.unread.store(has_body, Ordering::Release);
+        let req = req.map(|body| linger::Tracked::new(body, Arc::clone(&self.conn)));
         let fut = self.inner.call(req).instrument(span.clone());
         let metrics = self.metrics.clone();
+        let conn = Arc::clone(&self.conn);
         Box::pin(async move {
             let mut out = fut.await;
             if let Ok(res) = &mut out {
                 let status = res.status();
-                // An error answer may come before the body was read (credentials are
-                // checked first). The connection then closes after it, and says so, so
-                // that the client does not send its next request after a body nobody read.
-                if has_body && (status.is_client_error() || status.is_server_error()) {
+                // An answer may come before the body was read (credentials are checked
+                // first; some routes ignore a body). The connection then closes after it,
+                // and says so, so that the client does not send its next request after a
+                // body nobody read.
+                let unread = conn.unread.load(Ordering::Acquire);
+                if unread || (has_body && (status.is_client_error() || status.is_server_error())) {
                     res.headers_mut().insert(
                         http::header::CONNECTION,
                         http::HeaderValue::from_static("close"),

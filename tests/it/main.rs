@@ -7,6 +7,7 @@ mod admin_users;
 mod background;
 mod backup;
 mod browser;
+mod closing;
 mod crash;
 mod delivery;
 mod edge;

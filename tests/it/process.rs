@@ -17,6 +17,9 @@ pub(crate) struct Server {
     pub(crate) base: String,
     listen: String,
     token: String,
+    /// Where the process's log goes when the caller did not choose; its tail is printed
+    /// when a test fails, so a failure says what the server saw.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 fn free_port() -> u16 {
@@ -33,7 +36,14 @@ fn start(dir: &Path) -> Server {
 
 /// Starts the binary on `dir` with extra environment settings and waits until it is ready.
 pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
-    start_logging(dir, env, Stdio::null())
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let to = log
+        .reopen()
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let mut server = start_logging(dir, env, to);
+    server.log = Some(log);
+    server
 }
 
 /// [`start_with`], its log (standard error) going to `log`.
@@ -68,6 +78,7 @@ fn start_logging(dir: &Path, env: &[(&str, &str)], log: Stdio) -> Server {
         base,
         listen,
         token,
+        log: None,
     }
 }
 
@@ -152,8 +163,24 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = self
+            .log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l.path()).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(30)..];
+        eprintln!(
+            "server {} (exited by itself: {exited:?}), last lines of its log:\n{}",
+            self.base,
+            tail.join("\n")
+        );
     }
 }
 
