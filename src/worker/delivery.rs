@@ -11,9 +11,15 @@
 //! entries are due again at the next start: retried, never lost, never leased out twice.
 //! The engine takes only what it can start soon (a small buffer per endpoint), so nothing
 //! waits in memory long enough to go stale.
+//!
+//! A thread whose call ended goes on with its endpoint's next ready entry, keeping the
+//! endpoint's slot, unless other endpoints wait for a slot, the endpoint is held, or the
+//! engine stops ([`Shared`]). Under steady traffic most attempts thus start without the
+//! engine or a thread being woken.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -65,7 +71,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         owned: HashSet::new(),
         poisoned: HashSet::new(),
         running: 0,
-        attempts: 0,
+        shared: Arc::new(Shared {
+            attempts: AtomicUsize::new(0),
+            contended: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            max_attempts: cfg.concurrency * RECORDING_FACTOR,
+        }),
         tasks: JoinSet::new(),
         task_of: HashMap::new(),
         events,
@@ -112,9 +123,10 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     }
     // Let the calls under way end (each is bounded by the attempt timeout) and record them.
+    engine.shared.stopping.store(true, Ordering::Release);
     let grace = timeout + Duration::from_secs(2);
     let drained = tokio::time::timeout(grace, async {
-        while engine.attempts > 0 || !engine.tasks.is_empty() {
+        while engine.shared.attempts() > 0 || !engine.tasks.is_empty() {
             tokio::select! {
                 Some(done) = engine.tasks.join_next_with_id(), if !engine.tasks.is_empty() => {
                     engine.completed(done);
@@ -127,7 +139,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     .await;
     if drained.is_err() {
         tracing::warn!(
-            left = engine.attempts + engine.tasks.len(),
+            left = engine.shared.attempts() + engine.tasks.len(),
             "attempts still under way at shutdown are made again after a restart"
         );
         engine.tasks.shutdown().await;
@@ -142,11 +154,58 @@ enum Event {
     Done(Done),
 }
 
+/// What the engine and the threads running its attempts share.
+struct Shared {
+    /// Attempts started and not reported done: calling, or waiting for their outcome's
+    /// group commit.
+    attempts: AtomicUsize,
+    /// Other endpoints wait for a slot: a thread whose call ended gives its slot back
+    /// rather than going on with its endpoint's next entry.
+    contended: AtomicBool,
+    /// The engine stops: no attempt starts any more.
+    stopping: AtomicBool,
+    /// Most attempts under way at once.
+    max_attempts: usize,
+}
+
+impl Shared {
+    fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::Acquire)
+    }
+
+    /// Counts one attempt more, unless that passes the cap.
+    fn begin_attempt(&self) -> bool {
+        let counted = self.attempts.fetch_add(1, Ordering::AcqRel) < self.max_attempts;
+        if !counted {
+            self.end_attempt();
+        }
+        counted
+    }
+
+    fn end_attempt(&self) {
+        let _ = self
+            .attempts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+}
+
+/// An endpoint's entries taken from the outbox, waiting for a slot or for a thread of
+/// the endpoint whose call ended.
+type Ready = Arc<Mutex<VecDeque<Queued>>>;
+
+fn lock(ready: &Ready) -> MutexGuard<'_, VecDeque<Queued>> {
+    ready
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One endpoint's state in the engine.
 #[derive(Default)]
 struct Endpoint {
     /// Entries taken from the outbox, waiting for a free slot.
-    ready: VecDeque<Queued>,
+    ready: Ready,
     /// Calls to it under way.
     calling: usize,
     /// The earliest due time of its entries not taken yet (`None`: none known).
@@ -188,11 +247,9 @@ struct Engine {
     /// Deliveries whose outcome could not be recorded: not tried again until a restart, so
     /// one unreadable record cannot spin the engine.
     poisoned: HashSet<Uuid>,
-    /// Attempts whose call is under way (their slot not given back yet).
+    /// Slots taken: threads calling (their slot not given back yet).
     running: usize,
-    /// Attempts started and not reported done: calling, or waiting for their outcome's
-    /// group commit.
-    attempts: usize,
+    shared: Arc<Shared>,
     /// Tasks parking held deliveries.
     tasks: JoinSet<Done>,
     /// What each task was doing, for one that panics.
@@ -209,7 +266,7 @@ impl Engine {
 
     fn give_turn(&mut self, key: &[u8]) {
         let ep = self.endpoint(key);
-        if !ep.has_turn && !ep.ready.is_empty() {
+        if !ep.has_turn && !lock(&ep.ready).is_empty() {
             ep.has_turn = true;
             self.turns.push_back(key.to_vec());
         }
@@ -244,11 +301,14 @@ impl Engine {
         let key = q.endpoint().to_vec();
         let buffer = self.buffer;
         let ep = self.endpoint(&key);
-        if ep.ready.len() < buffer {
-            ep.ready.push_back(q);
+        let mut ready = lock(&ep.ready);
+        if ready.len() < buffer {
+            ready.push_back(q);
+            drop(ready);
             self.owned.insert(id);
             self.give_turn(&key);
         } else {
+            drop(ready);
             // Read from the outbox when its turn comes, like any entry not handed over.
             ep.next_due = Some(ep.next_due.map_or(q.due, |d| d.min(q.due)));
             self.state.store.outbox.forget(&q.key);
@@ -261,14 +321,14 @@ impl Engine {
             .endpoints
             .iter()
             .filter(|(_, ep)| {
-                ep.next_due.is_some_and(|d| d <= now) && ep.ready.len() < self.endpoint_cap
+                ep.next_due.is_some_and(|d| d <= now) && lock(&ep.ready).len() < self.endpoint_cap
             })
             .map(|(k, _)| k.clone())
             .collect();
         for key in wanted {
             let want = self
                 .buffer
-                .saturating_sub(self.endpoints.get(&key).map_or(0, |e| e.ready.len()));
+                .saturating_sub(self.endpoints.get(&key).map_or(0, |e| lock(&e.ready).len()));
             let (owned, poisoned) = (&self.owned, &self.poisoned);
             let skip = |id: &Uuid| owned.contains(id) || poisoned.contains(id);
             match self.state.store.outbox_due(&key, now, want, skip) {
@@ -277,7 +337,7 @@ impl Engine {
                         self.owned.insert(q.delivery.id);
                     }
                     let ep = self.endpoint(&key);
-                    ep.ready.extend(items);
+                    lock(&ep.ready).extend(items);
                     ep.next_due = more;
                     self.give_turn(&key);
                 }
@@ -286,7 +346,7 @@ impl Engine {
         }
         // Forget endpoints with nothing left, so the map does not grow with every receiver.
         self.endpoints.retain(|_, ep| {
-            !ep.ready.is_empty() || ep.calling > 0 || ep.next_due.is_some() || ep.parked
+            !lock(&ep.ready).is_empty() || ep.calling > 0 || ep.next_due.is_some() || ep.parked
         });
     }
 
@@ -332,10 +392,11 @@ impl Engine {
     fn dispatch(&mut self) {
         let dir = self.state.store.directory();
         let mut stalled = 0;
-        while self.running < self.concurrency
-            && self.attempts + self.tasks.len() < self.concurrency * RECORDING_FACTOR
-            && stalled < self.turns.len()
-        {
+        let room = |e: &Engine| {
+            e.running < e.concurrency
+                && e.shared.attempts() + e.tasks.len() < e.concurrency * RECORDING_FACTOR
+        };
+        while room(self) && stalled < self.turns.len() {
             let Some(key) = self.turns.pop_front() else {
                 break;
             };
@@ -343,11 +404,11 @@ impl Engine {
                 continue;
             };
             ep.has_turn = false;
-            if ep.ready.is_empty() {
+            if lock(&ep.ready).is_empty() {
                 continue;
             }
             if push::endpoint_state(&self.state, &dir, &key) == EndpointState::Held {
-                let items: Vec<Queued> = ep.ready.drain(..).collect();
+                let items: Vec<Queued> = lock(&ep.ready).drain(..).collect();
                 ep.parked = true;
                 self.park(key, items);
                 continue;
@@ -359,43 +420,45 @@ impl Engine {
                 stalled += 1;
                 continue;
             }
-            let Some(q) = ep.ready.pop_front() else {
+            let Some(q) = lock(&ep.ready).pop_front() else {
                 continue;
             };
+            let ready = Arc::clone(&ep.ready);
             ep.calling += 1;
             self.running += 1;
             stalled = 0;
-            self.start(key.clone(), q);
+            self.start(key.clone(), q, ready);
             self.give_turn(&key);
         }
+        // Endpoints left waiting with slots all taken: threads give theirs back.
+        let waiting = !self.turns.is_empty() && !room(self);
+        self.shared.contended.store(waiting, Ordering::Release);
     }
 
     /// Starts an attempt on a blocking thread of the runtime, which prepares it, makes the
     /// call, decides what the outcome means and queues its record, then is free: the
     /// writer thread reports the attempt done once the record is durable. No async task
     /// is woken on the way, which saves a few thread switches per push.
-    fn start(&mut self, endpoint: Vec<u8>, q: Queued) {
-        let d = &q.delivery;
-        // Debug level: at info, formatting the span's fields cost more than the bookkeeping
-        // of a push. Errors name their delivery themselves.
-        let span = tracing::debug_span!("delivery", id = %d.id, attempt = d.attempt + 1);
+    fn start(&mut self, endpoint: Vec<u8>, q: Queued, ready: Ready) {
+        let report = Report {
+            to: Some(self.events.clone()),
+            id: q.delivery.id,
+            endpoint: endpoint.clone(),
+        };
         let attempt = Attempt {
             state: self.state.clone(),
             agent: self.agent.clone(),
             health: Arc::clone(&self.health),
-            report: Report {
-                to: Some(self.events.clone()),
-                id: d.id,
-                endpoint: endpoint.clone(),
-            },
+            shared: Arc::clone(&self.shared),
+            ready,
+            events: self.events.clone(),
         };
         let slot = Slot(Some((self.events.clone(), endpoint)));
-        self.attempts += 1;
-        // Not awaited: the attempt's `Report` tells the engine when it is over, even if
+        self.shared.attempts.fetch_add(1, Ordering::AcqRel);
+        // Not awaited: each attempt's `Report` tells the engine when it is over, even if
         // the closure panics or is dropped unrun at shutdown.
         drop(tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            attempt.run(q, slot);
+            attempt.run(q, report, slot)
         }));
     }
 
@@ -424,7 +487,7 @@ impl Engine {
         match event {
             Event::CallEnded(endpoint) => self.call_ended(&endpoint),
             Event::Done(done) => {
-                self.attempts = self.attempts.saturating_sub(1);
+                self.shared.end_attempt();
                 self.record(done);
             }
         }

@@ -1,6 +1,6 @@
 //! The delivery engine against real receivers: acknowledgements are final (also for a push
 //! still waiting for its slot), the attempt log only grows, no push runs twice at once, a
-//! slow receiver does not starve the others, held pushes are parked, a corrupt payload fails
+//! slow receiver does not starve the others, nor a busy one when slots are short, held pushes are parked, a corrupt payload fails
 //! only its own transmission, and `Retry-After` is clamped.
 
 use std::time::{Duration, Instant};
@@ -231,6 +231,38 @@ fn a_slow_receiver_does_not_starve_the_others() {
         slow_done <= 16,
         "the healthy receiver waited behind {slow_done} slow pushes"
     );
+}
+
+#[test]
+fn a_busy_endpoint_gives_its_slots_back_when_another_waits() {
+    // Two slots over all, both taken by BUSY, whose threads would go on with its next
+    // entries for as long as it has any.
+    let busy = Receiver::always(slow(100));
+    let fast = Receiver::start(vec![]);
+    let app = spawn_app_with(|c| {
+        c.delivery.concurrency = 2;
+        c.delivery.endpoint_concurrency = 2;
+    });
+    let acme = app.partner("ACME");
+    for (code, r) in [("BUSY", &busy), ("FAST", &fast)] {
+        app.admin(
+            "POST",
+            "/admin/api/partners",
+            Some(json!({"code": code, "name": code, "pushUrl": format!("{}/hook", r.url)})),
+        )
+        .data(201);
+        app.route("ACME", code, "*");
+    }
+    send_many(&app, &acme, "BUSY", 60);
+    wait_until(30, "BUSY's pushes begin", || !busy.received().is_empty());
+    send_many(&app, &acme, "FAST", 1);
+    fast.wait_for(1, 30);
+    let busy_done = busy.received().len();
+    assert!(
+        busy_done < 30,
+        "FAST waited behind {busy_done} of BUSY's 60 pushes"
+    );
+    busy.wait_for(60, 60);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! One attempt of the delivery engine, from its preparation to its recorded outcome, and
 //! the retry schedule, `Retry-After` clamp and health rules that decide what it leads to.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,11 +9,11 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::health::HealthBook;
-use super::{Done, Event};
+use super::{lock, Done, Event, Ready, Shared};
 use crate::outbound::Outcome;
 use crate::store::records::{AttemptRec, DeliveryRec, EndpointHealthRec};
 use crate::store::{due_at, now_ms, Finish, Next, Queued};
-use crate::worker::push::{self, Prepared};
+use crate::worker::push::{self, EndpointState, Prepared};
 use crate::AppState;
 
 /// Tells the engine that a call ended when dropped: exactly once per attempt, even if the
@@ -73,30 +74,77 @@ enum Ran {
     Finish(Next),
 }
 
-/// One attempt, run on a blocking thread: preparing may read the store (the message and
-/// payload of a push that was not handed over by intake, a webhook's job), and a sled
-/// read waits while the writer's transaction is open; the call blocks too.
+/// Attempts to one endpoint, run on a blocking thread that holds one of its slots:
+/// preparing may read the store (the message and payload of a push that was not handed
+/// over by intake, a webhook's job), and a sled read waits while the writer's transaction
+/// is open; the call blocks too.
 pub(super) struct Attempt {
     pub(super) state: AppState,
     pub(super) agent: ureq::Agent,
     pub(super) health: Arc<HealthBook>,
-    pub(super) report: Report,
+    pub(super) shared: Arc<Shared>,
+    /// The endpoint's ready entries, to go on with.
+    pub(super) ready: Ready,
+    pub(super) events: mpsc::UnboundedSender<Event>,
 }
 
 impl Attempt {
-    pub(super) fn run(self, q: Queued, mut slot: Slot) {
+    /// Makes the attempt of `q`, then those of the endpoint's next ready entries while
+    /// [`Attempt::next`] allows; the slot is given back when it does not.
+    pub(super) fn run(self, q: Queued, report: Report, mut slot: Slot) {
+        let mut current = Some((q, report));
+        while let Some((q, report)) = current.take() {
+            // Debug level: at info, formatting the span's fields cost more than the
+            // bookkeeping of a push. Errors name their delivery themselves.
+            let d = &q.delivery;
+            let span = tracing::debug_span!("delivery", id = %d.id, attempt = d.attempt + 1);
+            let _entered = span.enter();
+            current = self.once(q, report, &mut slot);
+        }
+    }
+
+    /// The endpoint's next ready entry, counted as an attempt, if this thread may go on
+    /// with it: no other endpoint waits for a slot, the cap on attempts under way is not
+    /// reached, the endpoint takes calls and the engine is not stopping.
+    fn next(&self, endpoint: &[u8]) -> Option<(Queued, Report)> {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Acquire) || shared.contended.load(Ordering::Acquire) {
+            return None;
+        }
+        if !shared.begin_attempt() {
+            return None;
+        }
+        let dir = self.state.store.directory();
+        let q = if push::endpoint_state(&self.state, &dir, endpoint) == EndpointState::Open {
+            lock(&self.ready).pop_front()
+        } else {
+            None
+        };
+        let Some(q) = q else {
+            shared.end_attempt();
+            return None;
+        };
+        let report = Report {
+            to: Some(self.events.clone()),
+            id: q.delivery.id,
+            endpoint: endpoint.to_vec(),
+        };
+        Some((q, report))
+    }
+
+    /// One attempt; returns the next one this thread makes, if any.
+    fn once(&self, q: Queued, report: Report, slot: &mut Slot) -> Option<(Queued, Report)> {
         let endpoint = q.endpoint().to_vec();
         let id = q.delivery.id;
         let ran = push::prepare(&self.state, &q).map(|p| match p {
             Prepared::Call(call) => Ran::Called(call.send(&self.agent)),
             Prepared::Finish(next) => Ran::Finish(next),
         });
-        // The endpoint's next call need not wait for this one's outcome to be recorded.
-        slot.release();
         let (attempt, next, health) = match ran {
             Err(e) => {
                 tracing::error!(error = %e, delivery = %id, "cannot prepare a delivery");
-                return;
+                slot.release();
+                return None;
             }
             Ok(Ran::Finish(next)) => (None, next, None),
             Ok(Ran::Called(outcome)) => {
@@ -113,6 +161,12 @@ impl Attempt {
                 (Some(attempt_record(outcome)), next, health)
             }
         };
+        // Decided first, so an endpoint disabled by this outcome is not called again; the
+        // next call need not wait for this outcome to be recorded.
+        let then = self.next(&endpoint);
+        if then.is_none() {
+            slot.release();
+        }
         let retry_at = match next {
             Next::RetryAt(due) => Some(due),
             _ => None,
@@ -124,7 +178,6 @@ impl Attempt {
             health,
             now: now_ms(),
         };
-        let report = self.report;
         let queued = self
             .state
             .store
@@ -137,6 +190,7 @@ impl Attempt {
         if let Err(e) = queued {
             tracing::error!(error = %e, delivery = %id, "cannot record a delivery attempt");
         }
+        then
     }
 
     /// What an attempt's outcome means for the delivery, and the endpoint's health to store.
