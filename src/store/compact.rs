@@ -85,14 +85,9 @@ pub fn compact(dir: &Path) -> Result<Compacted, CompactError> {
         return Err(CompactError::Leftover(aside.display().to_string()));
     }
     let before = sled_bytes(dir)?;
-    let old = match sled::Config::new().path(dir).open() {
+    let old = match super::open_sled(&sled::Config::new().path(dir)) {
         Ok(db) => db,
-        Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(CompactError::InUse(shown))
-        }
-        Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
-            return Err(CompactError::InUse(shown))
-        }
+        Err(e) if super::sled_locked(&e) => return Err(CompactError::InUse(shown)),
         Err(e) => return Err(StoreError::from(e).into()),
     };
     if fresh.exists() {

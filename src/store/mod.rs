@@ -353,14 +353,15 @@ impl Store {
     pub fn open_with(dir: &Path, cache_mb: u64, writer_queue: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let open = || {
-            sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_mb.max(8) * 1024 * 1024)
-                // The writer flushes after every group of jobs; sled's own timer would
-                // only add flushes nobody waits for.
-                .flush_every_ms(None)
-                .mode(sled::Mode::HighThroughput)
-                .open()
+            open_sled(
+                &sled::Config::new()
+                    .path(dir)
+                    .cache_capacity(cache_mb.max(8) * 1024 * 1024)
+                    // The writer flushes after every group of jobs; sled's own timer would
+                    // only add flushes nobody waits for.
+                    .flush_every_ms(None)
+                    .mode(sled::Mode::HighThroughput),
+            )
         };
         let db = match open() {
             // Only once sled has refused the store (and holds no lock on it any more): a
@@ -533,6 +534,31 @@ impl Store {
     /// Makes everything durable and stops the writer. Called once at shutdown.
     pub fn close(&self) {
         self.writer.shutdown();
+    }
+}
+
+/// How long opening a store waits for a lock that is about to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether sled refused to open a store because another handle holds its lock.
+pub(crate) fn sled_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
+}
+
+/// Opens sled's store, waiting up to [`LOCK_WAIT`] for its lock. A store just closed in
+/// this process may still be locked for a moment: sled's last writes finish on its own
+/// threads after the handle is dropped. Another process holding the lock is still an
+/// error, only later.
+pub(crate) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(e) if sled_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 

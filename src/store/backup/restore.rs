@@ -222,12 +222,13 @@ fn write_into(path: &Path, dir: &Path) -> Result<RestoreSummary, RestoreError> {
     };
     let payloads = dir.join("payloads");
     std::fs::create_dir_all(&payloads).map_err(|e| fail(e.to_string()))?;
-    let db = sled::Config::new()
-        .path(dir)
-        .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .map_err(|e| fail(e.to_string()))?;
+    let db = crate::store::open_sled(
+        &sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput),
+    )
+    .map_err(|e| fail(e.to_string()))?;
     let trees = TREE_NAMES
         .iter()
         .map(|n| db.open_tree(n))
