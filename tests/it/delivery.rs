@@ -207,13 +207,11 @@ fn no_push_is_attempted_twice_at_once() {
     );
 }
 
-#[test]
-fn a_slow_receiver_does_not_starve_the_others() {
-    let slow_receiver = Receiver::always(slow(3000));
-    let fast_receiver = Receiver::start(vec![]);
-    let app = spawn_app_with(|_| {});
+/// Partner ACME, and two partners that take pushes at `receivers`, each routed from ACME;
+/// returns ACME's key.
+fn two_push_receivers(app: &TestApp, receivers: [(&str, &Receiver); 2]) -> String {
     let acme = app.partner("ACME");
-    for (code, r) in [("SLOW", &slow_receiver), ("FAST", &fast_receiver)] {
+    for (code, r) in receivers {
         app.admin(
             "POST",
             "/admin/api/partners",
@@ -222,6 +220,15 @@ fn a_slow_receiver_does_not_starve_the_others() {
         .data(201);
         app.route("ACME", code, "*");
     }
+    acme
+}
+
+#[test]
+fn a_slow_receiver_does_not_starve_the_others() {
+    let slow_receiver = Receiver::always(slow(3000));
+    let fast_receiver = Receiver::start(vec![]);
+    let app = spawn_app_with(|_| {});
+    let acme = two_push_receivers(&app, [("SLOW", &slow_receiver), ("FAST", &fast_receiver)]);
     send_many(&app, &acme, "SLOW", 200);
     std::thread::sleep(Duration::from_millis(300));
     send_many(&app, &acme, "FAST", 5);
@@ -243,16 +250,7 @@ fn a_busy_endpoint_gives_its_slots_back_when_another_waits() {
         c.delivery.concurrency = 2;
         c.delivery.endpoint_concurrency = 2;
     });
-    let acme = app.partner("ACME");
-    for (code, r) in [("BUSY", &busy), ("FAST", &fast)] {
-        app.admin(
-            "POST",
-            "/admin/api/partners",
-            Some(json!({"code": code, "name": code, "pushUrl": format!("{}/hook", r.url)})),
-        )
-        .data(201);
-        app.route("ACME", code, "*");
-    }
+    let acme = two_push_receivers(&app, [("BUSY", &busy), ("FAST", &fast)]);
     send_many(&app, &acme, "BUSY", 60);
     wait_until(30, "BUSY's pushes begin", || !busy.received().is_empty());
     send_many(&app, &acme, "FAST", 1);
