@@ -393,8 +393,7 @@ impl Engine {
         let dir = self.state.store.directory();
         let mut stalled = 0;
         let room = |e: &Engine| {
-            e.running < e.concurrency
-                && e.shared.attempts() + e.tasks.len() < e.concurrency * RECORDING_FACTOR
+            e.running < e.concurrency && e.shared.attempts() + e.tasks.len() < e.shared.max_attempts
         };
         while room(self) && stalled < self.turns.len() {
             let Some(key) = self.turns.pop_front() else {
