@@ -6,10 +6,13 @@
 pub mod call;
 pub mod policy;
 pub mod sign;
+mod socket;
 
 pub use call::{Call, Outcome};
 
 use std::time::Duration;
+
+use ureq::unversioned::transport::{Connector, RustlsConnector};
 
 use crate::net::Cidr;
 
@@ -36,9 +39,10 @@ pub fn agent(timeout: Duration, allow: Vec<Cidr>, per_host: usize) -> ureq::Agen
         .max_idle_connections(per_host.max(256))
         .max_idle_connections_per_host(per_host)
         .build();
-    ureq::Agent::with_parts(
-        config,
-        ureq::unversioned::transport::DefaultConnector::new(),
-        policy::GuardedResolver::new(allow),
-    )
+    ureq::Agent::with_parts(config, connector(), policy::GuardedResolver::new(allow))
+}
+
+/// Plain TCP ([`socket`]), wrapped in TLS when the URL is `https`.
+fn connector() -> impl Connector {
+    ().chain(socket::Direct).chain(RustlsConnector::default())
 }
