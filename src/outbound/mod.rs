@@ -23,7 +23,8 @@ use crate::net::Cidr;
 ///
 /// No proxy is ever taken from the environment (`HTTP_PROXY` and the like): through a
 /// proxy, the resolver would see only the proxy's name, and the policy would judge the
-/// proxy instead of the target.
+/// proxy instead of the target. The connector chain has no proxy step either: it only
+/// opens TCP to the checked addresses and adds TLS on top.
 pub fn agent(timeout: Duration, allow: Vec<Cidr>, per_host: usize) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .proxy(None)
