@@ -28,7 +28,7 @@ use super::deliveries::queued_push_key;
 use super::idempotency::IdempotencyRec;
 use super::messages::poll_queue_keys;
 use super::payload_log::PayloadRef;
-use super::records::{transmission_uuid, MessageRec, RequestRec};
+use super::records::{split_transmission_uuid, transmission_uuid, MessageRec, RequestRec};
 use super::schemas::unique_ref_key;
 use super::tracking::{ref_key, tracking_key};
 use super::writer::{Table, Tx};
@@ -40,6 +40,9 @@ use crate::model::{Env, Status};
 pub const BATCH: usize = 16;
 
 const DAY_MS: i64 = 86_400_000;
+
+/// Most attempt rows of outbound calls removed by one writer job.
+pub const CALL_ROWS: usize = 512;
 
 /// How long messages are kept: a default, and the partners that override it.
 #[derive(Debug, Clone)]
@@ -453,6 +456,100 @@ impl Store {
             None => sweep.pinned = dead.len(),
         }
         Ok(sweep)
+    }
+}
+
+/// Old attempt rows of outbound calls that no message takes along: found by
+/// [`Store::scan_old_call_attempts`], removed by [`Store::remove_attempt_rows`].
+pub struct OldCallAttempts {
+    pub keys: Vec<Vec<u8>>,
+    /// The last key looked at, where the next scan goes on (`None`: none was).
+    pub last: Option<Vec<u8>>,
+    /// Every row made before the cut-off was looked at. Later scans with a later cut-off
+    /// go on from `last`: a row skipped because its message is stored goes with it.
+    pub done: bool,
+}
+
+impl Store {
+    /// Attempt rows of deliveries created before `before` (unix ms; delivery ids are v7)
+    /// that are not a transmission of a stored message: job webhooks, subscription calls,
+    /// and rows a message left behind. A stored message's rows go with it (see
+    /// [`Store::scan_prunable`]). Looks at up to `scan` rows after `after`. A long read:
+    /// run it on a blocking thread.
+    pub fn scan_old_call_attempts(
+        &self,
+        after: Option<Vec<u8>>,
+        before: i64,
+        scan: usize,
+    ) -> Result<OldCallAttempts, StoreError> {
+        let cut = u64::try_from(before).unwrap_or(0).min((1 << 48) - 1);
+        let mut keys = Vec::new();
+        let mut last = None;
+        let mut seen = 0;
+        let mut envs = [Env::Live, Env::Test];
+        envs.sort_by_key(|e| e.byte());
+        for env in envs {
+            // Keys are env ‖ delivery id ‖ attempt number, and a v7 id starts with its
+            // 48-bit time: the rows made before the cut-off come first in each env.
+            let mut end = vec![env.byte()];
+            end.extend_from_slice(&cut.to_be_bytes()[2..]);
+            let start = match &after {
+                Some(a) if a.as_slice() >= end.as_slice() => continue,
+                Some(a) if a.first() == Some(&env.byte()) => std::ops::Bound::Excluded(a.clone()),
+                _ => std::ops::Bound::Included(vec![env.byte()]),
+            };
+            for row in self
+                .t
+                .attempts
+                .range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(end)))
+            {
+                let (k, _) = row?;
+                seen += 1;
+                let id = k.get(1..17).and_then(|b| Uuid::from_slice(b).ok());
+                let kept = match id.and_then(split_transmission_uuid) {
+                    Some((message, _)) => self.t.messages.contains_key(env_id(env, message))?,
+                    None => false,
+                };
+                if !kept {
+                    keys.push(k.to_vec());
+                }
+                last = Some(k.to_vec());
+                if seen >= scan {
+                    return Ok(OldCallAttempts {
+                        keys,
+                        last,
+                        done: false,
+                    });
+                }
+            }
+        }
+        Ok(OldCallAttempts {
+            keys,
+            last,
+            done: true,
+        })
+    }
+
+    /// Removes attempt rows, [`CALL_ROWS`] per writer job; returns how many were there.
+    pub async fn remove_attempt_rows(&self, keys: Vec<Vec<u8>>) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for chunk in keys.chunks(CALL_ROWS) {
+            let chunk = chunk.to_vec();
+            removed += self
+                .writer
+                .write_waiting(move |t| {
+                    let mut n = 0;
+                    for k in chunk {
+                        if t.get(Table::Attempts, &k)?.is_some() {
+                            t.remove(Table::Attempts, &k)?;
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                })
+                .await?;
+        }
+        Ok(removed)
     }
 }
 

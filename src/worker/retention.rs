@@ -1,6 +1,7 @@
 //! The retention pruner: a minute after start and then every `retention.every_minutes`
 //! (or at once when the retention clock is moved), it removes finished messages past
-//! their retention, finished background jobs and expired idempotent answers, then
+//! their retention, finished background jobs, expired idempotent answers and the old
+//! attempt logs of job webhooks and subscription calls, then
 //! deletes the payload segment files nothing points into any more, and copies the few
 //! live payloads out of mostly dead segments (`retention.compact_below`), so that the
 //! next pass deletes those files too.
@@ -34,6 +35,9 @@ const FIRST_PASS: Duration = Duration::from_secs(60);
 
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cursors: [Option<Vec<u8>>; 2] = [None, None];
+    // Where the scan of old call attempt rows goes on; kept across passes, since a row it
+    // passed over stays with its stored message.
+    let mut calls: Option<Vec<u8>> = None;
     let every = Duration::from_secs(state.config.retention.every_minutes.max(1) * 60);
     let mut wait = FIRST_PASS;
     loop {
@@ -47,7 +51,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-        pass(&state, &mut cursors).await;
+        pass(&state, &mut cursors, &mut calls).await;
         wait = every;
     }
 }
@@ -64,7 +68,7 @@ fn retention_of(state: &AppState) -> Retention {
     }
 }
 
-async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
+async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2], calls: &mut Option<Vec<u8>>) {
     let now = state.clock.now_ms();
     let retention = retention_of(state);
     let (mut messages, mut rows) = (0, 0);
@@ -133,6 +137,7 @@ async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
         );
     }
     state.metrics.pruned("background", background as u64);
+    prune_call_attempts(state, now - keep, calls).await;
 
     // The removals above were answered, so they are durable: a segment nothing points
     // into now stays that way. Segment ages are judged by the real clock.
@@ -160,6 +165,49 @@ async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2]) {
         }
     };
     compact(state, plan).await;
+}
+
+/// Removes the attempt rows of job webhooks and subscription calls made before `before`,
+/// which no message takes along when it goes.
+async fn prune_call_attempts(state: &AppState, before: i64, cursor: &mut Option<Vec<u8>>) {
+    let mut rows = 0;
+    for _ in 0..CALLS_PER_PASS {
+        let (store, after) = (Arc::clone(&state.store), cursor.clone());
+        let found =
+            tokio::task::spawn_blocking(move || store.scan_old_call_attempts(after, before, SCAN))
+                .await
+                .map_err(|_| StoreError::Closed)
+                .and_then(|f| f);
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan old call attempts");
+                break;
+            }
+        };
+        match state.store.remove_attempt_rows(found.keys).await {
+            Ok(n) => rows += n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prune old call attempts");
+                break;
+            }
+        }
+        // Only once its removals are written: a failed job is scanned again next pass.
+        if found.last.is_some() {
+            *cursor = found.last;
+        }
+        if found.done {
+            break;
+        }
+        tokio::time::sleep(BREATHER).await;
+    }
+    if rows > 0 {
+        tracing::info!(
+            rows,
+            "pruned old attempt rows of webhooks and subscription calls"
+        );
+    }
+    state.metrics.pruned("row", rows as u64);
 }
 
 /// Copies the live payloads of mostly dead segments forward; the next pass's sweep, which

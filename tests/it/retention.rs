@@ -364,3 +364,62 @@ fn a_payload_file_kept_by_a_few_pending_messages_is_compacted_and_deleted() {
     assert_eq!(served(&app, &initech), pending);
     assert!(!app.dir.path().join("payloads/00000001.seg").exists());
 }
+
+/// The delivery id in a call's `webhook-id` (`job_…` or `sub_…`, the id's 32 hex digits).
+fn delivery_of(call: &crate::receiver::Received) -> String {
+    let id = call.header("webhook-id").expect("webhook-id");
+    let hex = id.split_once('_').map_or(id, |(_, h)| h);
+    uuid::Uuid::parse_str(hex).expect("a uuid").to_string()
+}
+
+#[test]
+fn the_attempt_logs_of_job_webhooks_and_subscription_calls_go_after_retention() {
+    let app = spawn_app_with(|c| c.subscriptions.batch_window_ms = 200);
+    let acme = app.partner("ACME");
+    let globex = app.partner("GLOBEX");
+    app.route("ACME", "GLOBEX", "*");
+    let hooks = Receiver::start(vec![]);
+    app.partner_json(
+        &globex,
+        "POST",
+        "/api/v1/subscriptions",
+        &json!({"systemName": "wms", "url": format!("{}/cb?ids={{ids}}", hooks.url),
+                "events": ["transmission.created"]}),
+    )
+    .data(201);
+    // A job whose completion webhook goes to the same receiver, and the message it stores,
+    // whose new transmission makes the subscription call.
+    app.call(
+        "POST",
+        "/api/v1/documents/order",
+        &[
+            ("X-Api-Key", &acme),
+            ("Content-Type", "application/json"),
+            ("Waybill-Background", &hooks.url),
+        ],
+        Some(br#"{"n":1}"#),
+    )
+    .data(202);
+    let calls = hooks.wait_for(2, 30);
+    let deliveries: Vec<String> = calls.iter().map(delivery_of).collect();
+    assert!(
+        calls.iter().any(|c| c.target.starts_with("/cb?ids="))
+            && calls.iter().any(|c| !c.target.starts_with("/cb")),
+        "one subscription call and one job webhook: {:?}",
+        calls.iter().map(|c| &c.target).collect::<Vec<_>>()
+    );
+    for d in &deliveries {
+        wait_until("the call is logged", || attempts(&app, d) == 1);
+    }
+
+    // Still there within the retention window.
+    app.clock.advance(29 * DAY_MS);
+    std::thread::sleep(Duration::from_millis(500));
+    for d in &deliveries {
+        assert_eq!(attempts(&app, d), 1, "{d} kept inside the window");
+    }
+    app.clock.advance(2 * DAY_MS);
+    for d in &deliveries {
+        wait_until("the call's log is pruned", || attempts(&app, d) == 0);
+    }
+}
