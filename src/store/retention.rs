@@ -466,68 +466,60 @@ pub struct OldCallAttempts {
     /// The last key looked at, where the next scan goes on (`None`: none was).
     pub last: Option<Vec<u8>>,
     /// Every row made before the cut-off was looked at. Later scans with a later cut-off
-    /// go on from `last`: a row skipped because its message is stored goes with it.
+    /// go on from `last` (or from where they started): a row skipped because its message
+    /// is stored goes with it.
     pub done: bool,
 }
 
 impl Store {
-    /// Attempt rows of deliveries created before `before` (unix ms; delivery ids are v7)
-    /// that are not a transmission of a stored message: job webhooks, subscription calls,
-    /// and rows a message left behind. A stored message's rows go with it (see
+    /// Attempt rows in `env` of deliveries created before `before` (unix ms; delivery ids
+    /// are v7) that are not a transmission of a stored message: job webhooks, subscription
+    /// calls, and rows a message left behind. A stored message's rows go with it (see
     /// [`Store::scan_prunable`]). Looks at up to `scan` rows after `after`. A long read:
     /// run it on a blocking thread.
     pub fn scan_old_call_attempts(
         &self,
+        env: Env,
         after: Option<Vec<u8>>,
         before: i64,
         scan: usize,
     ) -> Result<OldCallAttempts, StoreError> {
+        // Keys are env ‖ delivery id ‖ attempt number, and a v7 id starts with its 48-bit
+        // time: the rows made before the cut-off come first.
         let cut = u64::try_from(before).unwrap_or(0).min((1 << 48) - 1);
-        let mut keys = Vec::new();
-        let mut last = None;
-        let mut seen = 0;
-        let mut envs = [Env::Live, Env::Test];
-        envs.sort_by_key(|e| e.byte());
-        for env in envs {
-            // Keys are env ‖ delivery id ‖ attempt number, and a v7 id starts with its
-            // 48-bit time: the rows made before the cut-off come first in each env.
-            let mut end = vec![env.byte()];
-            end.extend_from_slice(&cut.to_be_bytes()[2..]);
-            let start = match &after {
-                Some(a) if a.as_slice() >= end.as_slice() => continue,
-                Some(a) if a.first() == Some(&env.byte()) => std::ops::Bound::Excluded(a.clone()),
-                _ => std::ops::Bound::Included(vec![env.byte()]),
-            };
-            for row in self
-                .t
-                .attempts
-                .range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(end)))
-            {
-                let (k, _) = row?;
-                seen += 1;
-                let id = k.get(1..17).and_then(|b| Uuid::from_slice(b).ok());
-                let kept = match id.and_then(split_transmission_uuid) {
-                    Some((message, _)) => self.t.messages.contains_key(env_id(env, message))?,
-                    None => false,
-                };
-                if !kept {
-                    keys.push(k.to_vec());
-                }
-                last = Some(k.to_vec());
-                if seen >= scan {
-                    return Ok(OldCallAttempts {
-                        keys,
-                        last,
-                        done: false,
-                    });
-                }
-            }
-        }
-        Ok(OldCallAttempts {
-            keys,
-            last,
+        let mut end = vec![env.byte()];
+        end.extend_from_slice(&cut.to_be_bytes()[2..]);
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Included(vec![env.byte()]),
+        };
+        let mut found = OldCallAttempts {
+            keys: Vec::new(),
+            last: None,
             done: true,
-        })
+        };
+        for (seen, row) in self
+            .t
+            .attempts
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Excluded(end)))
+            .enumerate()
+        {
+            if seen >= scan {
+                found.done = false;
+                break;
+            }
+            let (k, _) = row?;
+            let id = k.get(1..17).and_then(|b| Uuid::from_slice(b).ok());
+            let kept = match id.and_then(split_transmission_uuid) {
+                Some((message, _)) => self.t.messages.contains_key(env_id(env, message))?,
+                None => false,
+            };
+            if !kept {
+                found.keys.push(k.to_vec());
+            }
+            found.last = Some(k.to_vec());
+        }
+        Ok(found)
     }
 
     /// Removes attempt rows, [`CALL_ROWS`] per writer job; returns how many were there.
@@ -554,72 +546,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::records::TransmissionState;
-
-    fn message(sender: &str, receivers: &[&str], status: Status, at: i64) -> MessageRec {
-        MessageRec {
-            id: Uuid::now_v7(),
-            request_id: Uuid::now_v7(),
-            env: Env::Test,
-            sender: sender.into(),
-            doctype: "order".into(),
-            version: None,
-            external_reference: None,
-            content_type: "application/json".into(),
-            payload: PayloadRef {
-                segment: 1,
-                offset: 0,
-                len: 2,
-                crc: 0,
-            },
-            received_at: at,
-            status,
-            history: vec![(at, status)],
-            history_dropped: 0,
-            errors: Vec::new(),
-            errors_dropped: 0,
-            processed_at: None,
-            transmissions: receivers
-                .iter()
-                .map(|r| {
-                    let mut t = TransmissionState::queued((*r).into(), at);
-                    t.status = status;
-                    t
-                })
-                .collect(),
-            validation_errors: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn the_longest_retention_of_sender_and_receivers_wins() {
-        let r = Retention {
-            default_days: 30,
-            partners: HashMap::from([("KEEP".to_owned(), 90), ("BRIEF".to_owned(), 1)]),
-        };
-        let m = message("BRIEF", &["OTHER", "KEEP"], Status::Complete, 0);
-        assert_eq!(r.keep_ms(&m), 90 * DAY_MS);
-        let m = message("BRIEF", &["OTHER"], Status::Complete, 0);
-        assert_eq!(r.keep_ms(&m), 30 * DAY_MS);
-        assert_eq!(r.shortest_ms(), DAY_MS);
-    }
-
-    #[test]
-    fn only_messages_with_nothing_left_to_do_are_finished() {
-        assert!(finished(&message("A", &["B"], Status::Complete, 0)));
-        assert!(finished(&message("A", &["B"], Status::Cancelled, 0)));
-        assert!(!finished(&message("A", &["B"], Status::Queued, 0)));
-        let mut leased = message("A", &["B"], Status::Complete, 0);
-        leased.transmissions[0].lease_until = Some(5);
-        assert!(!finished(&leased));
-        let mut pushing = message("A", &["B"], Status::Failed, 0);
-        pushing.transmissions[0].outbox_due = Some(5);
-        assert!(!finished(&pushing));
-        let mut pushed = message("A", &["B"], Status::Processed, 0);
-        assert!(!finished(&pushed), "processed but never delivered");
-        pushed.transmissions[0].delivered_at = Some(3);
-        assert!(finished(&pushed));
-    }
-}
+mod tests;

@@ -35,9 +35,9 @@ const FIRST_PASS: Duration = Duration::from_secs(60);
 
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cursors: [Option<Vec<u8>>; 2] = [None, None];
-    // Where the scan of old call attempt rows goes on; kept across passes, since a row it
-    // passed over stays with its stored message.
-    let mut calls: Option<Vec<u8>> = None;
+    // Where each environment's scan of old call attempt rows goes on; kept across passes,
+    // since a row it passed over stays with its stored message.
+    let mut calls: [Option<Vec<u8>>; 2] = [None, None];
     let every = Duration::from_secs(state.config.retention.every_minutes.max(1) * 60);
     let mut wait = FIRST_PASS;
     loop {
@@ -68,7 +68,11 @@ fn retention_of(state: &AppState) -> Retention {
     }
 }
 
-async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2], calls: &mut Option<Vec<u8>>) {
+async fn pass(
+    state: &AppState,
+    cursors: &mut [Option<Vec<u8>>; 2],
+    calls: &mut [Option<Vec<u8>>; 2],
+) {
     let now = state.clock.now_ms();
     let retention = retention_of(state);
     let (mut messages, mut rows) = (0, 0);
@@ -169,37 +173,40 @@ async fn pass(state: &AppState, cursors: &mut [Option<Vec<u8>>; 2], calls: &mut 
 
 /// Removes the attempt rows of job webhooks and subscription calls made before `before`,
 /// which no message takes along when it goes.
-async fn prune_call_attempts(state: &AppState, before: i64, cursor: &mut Option<Vec<u8>>) {
+async fn prune_call_attempts(state: &AppState, before: i64, cursors: &mut [Option<Vec<u8>>; 2]) {
     let mut rows = 0;
-    for _ in 0..CALLS_PER_PASS {
-        let (store, after) = (Arc::clone(&state.store), cursor.clone());
-        let found =
-            tokio::task::spawn_blocking(move || store.scan_old_call_attempts(after, before, SCAN))
-                .await
-                .map_err(|_| StoreError::Closed)
-                .and_then(|f| f);
-        let found = match found {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot scan old call attempts");
+    for (env, cursor) in [Env::Live, Env::Test].into_iter().zip(cursors.iter_mut()) {
+        for _ in 0..CALLS_PER_PASS {
+            let (store, after) = (Arc::clone(&state.store), cursor.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                store.scan_old_call_attempts(env, after, before, SCAN)
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+            .and_then(|f| f);
+            let found = match found {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot scan old call attempts");
+                    break;
+                }
+            };
+            match state.store.remove_attempt_rows(found.keys).await {
+                Ok(n) => rows += n,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot prune old call attempts");
+                    break;
+                }
+            }
+            // Only once its removals are written: a failed job is scanned again next pass.
+            if found.last.is_some() {
+                *cursor = found.last;
+            }
+            if found.done {
                 break;
             }
-        };
-        match state.store.remove_attempt_rows(found.keys).await {
-            Ok(n) => rows += n,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot prune old call attempts");
-                break;
-            }
+            tokio::time::sleep(BREATHER).await;
         }
-        // Only once its removals are written: a failed job is scanned again next pass.
-        if found.last.is_some() {
-            *cursor = found.last;
-        }
-        if found.done {
-            break;
-        }
-        tokio::time::sleep(BREATHER).await;
     }
     if rows > 0 {
         tracing::info!(
