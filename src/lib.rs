@@ -83,6 +83,8 @@ pub struct Shared {
     pub in_flight: Arc<api::idempotency::InFlight>,
     /// The background workers' run slots; wakes them when a job is queued.
     pub jobs: Arc<worker::background::JobSlots>,
+    /// Calls whose caller waits for the outcome, handed to the delivery engine.
+    pub direct_calls: Arc<worker::delivery::DirectCalls>,
     /// The doctype schemas, compiled.
     pub schemas: Arc<validation::Schemas>,
     /// Long polls waiting per (environment, receiver).
@@ -315,6 +317,7 @@ pub async fn run_with_clock(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let jobs_concurrency = config.background.concurrency;
+    let direct_per_endpoint = config.delivery.endpoint_concurrency.saturating_mul(2);
     let state = AppState(Arc::new(Shared {
         store: Arc::clone(&store),
         limiter: Arc::new(api::RateLimiter::new(config.limits.partner_rps)),
@@ -331,6 +334,7 @@ pub async fn run_with_clock(
         admin_token_hash: Arc::new(api::hash_admin_token(&token)),
         in_flight: Arc::default(),
         jobs: Arc::new(worker::background::JobSlots::new(jobs_concurrency)),
+        direct_calls: Arc::new(worker::delivery::DirectCalls::new(direct_per_endpoint)),
         schemas: Arc::new(schemas),
         wakeups: Arc::default(),
         disk_low: Arc::default(),

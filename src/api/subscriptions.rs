@@ -25,11 +25,14 @@ use super::{
 };
 use crate::error::ApiError;
 use crate::store::records::{AttemptRec, SigningSecrets};
-use crate::store::subscriptions::{MAX_PER_PARTNER, MAX_URL_TEMPLATE, PLACEHOLDER};
+use crate::store::subscriptions::{
+    subscription_endpoint, MAX_PER_PARTNER, MAX_URL_TEMPLATE, PLACEHOLDER,
+};
 use crate::store::{
     now_ms, AttemptNote, ChangedBy, EventKind, Principal, SubChange, SubscriptionPatch,
     SubscriptionRec,
 };
+use crate::worker::delivery::NotMade;
 use crate::AppState;
 
 /// The largest request body read.
@@ -517,20 +520,35 @@ async fn test(
     Ok(answer.into_response())
 }
 
-/// Makes one test call to `sub` now (whether it is on or off), through the same client and
-/// address policy as every outbound call, and records it on the subscription and in the
-/// attempt log. A test does not count toward the subscription's health.
+/// Makes one test call to `sub` now (whether it is on or off) through the delivery engine,
+/// which counts it toward the subscription's endpoint cap like its callbacks, and records
+/// it on the subscription and in the attempt log. A test does not count toward the
+/// subscription's health. It waits for a slot at most the attempt timeout; with twice the
+/// cap of calls under way or waiting already, it is refused with 429.
 pub(super) async fn test_call(state: &AppState, sub: &SubscriptionRec) -> Result<Value, ApiError> {
     let delivery = Uuid::now_v7();
     let call = crate::worker::subscriptions::test_call(sub, delivery);
-    let agent = crate::outbound::agent(
-        Duration::from_secs(state.config.delivery.timeout_seconds),
-        state.config.outbound_allow(),
-        1,
-    );
-    let outcome = tokio::task::spawn_blocking(move || call.send(&agent))
+    let endpoint = subscription_endpoint(sub.env, sub.id);
+    let wait = Duration::from_secs(state.config.delivery.timeout_seconds);
+    let outcome = state
+        .direct_calls
+        .call(endpoint, "test", call, wait)
         .await
-        .map_err(|_| ApiError::unavailable("the test call could not be made"))?;
+        .map_err(|e| match e {
+            NotMade::Busy => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "as many calls to this subscription's URL as allowed are under way; \
+                     try again when one has ended",
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            NotMade::NotStarted => ApiError::unavailable(
+                "the test call could not start in time: its endpoint is busy; try again",
+            ),
+        })?;
     let delivered = outcome.succeeded() && outcome.error.is_none();
     let note = AttemptNote {
         at: outcome.at,

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -32,10 +32,13 @@ use crate::store::{due_at, now_ms, Queued};
 use crate::AppState;
 
 mod attempt;
+mod direct;
 mod health;
 #[cfg(test)]
 use attempt::{failing_since_on, retry_due};
 use attempt::{Attempt, Report, Slot};
+use direct::Direct;
+pub use direct::{DirectCalls, NotMade};
 use health::HealthBook;
 
 /// Parked entries released per store write when an endpoint is resumed.
@@ -50,6 +53,10 @@ const SUCCESS_WRITE_MS: i64 = 60_000;
 /// attempt timeout) and returns. Attempts cut off then are made again after a restart.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let Some(mut intake) = state.store.outbox.take_receiver() else {
+        tracing::error!("the delivery engine is already running");
+        return;
+    };
+    let Some(mut direct) = state.direct_calls.take_receiver() else {
         tracing::error!("the delivery engine is already running");
         return;
     };
@@ -108,6 +115,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             Some(event) = heard.recv() => engine.heard(event),
             Some(q) = intake.recv() => engine.offer(q),
+            Some(d) = direct.recv() => engine.direct(d),
             _ = state.store.outbox.rescan_asked() => engine.rescan = true,
             _ = tokio::time::sleep(wake) => {}
         }
@@ -120,6 +128,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         while let Ok(q) = intake.try_recv() {
             engine.offer(q);
+        }
+        while let Ok(d) = direct.try_recv() {
+            engine.direct(d);
         }
     }
     // Let the calls under way end (each is bounded by the attempt timeout) and record them.
@@ -206,6 +217,8 @@ fn lock(ready: &Ready) -> MutexGuard<'_, VecDeque<Queued>> {
 struct Endpoint {
     /// Entries taken from the outbox, waiting for a free slot.
     ready: Ready,
+    /// Calls whose caller waits, served before `ready` (see [`DirectCalls`]).
+    direct: VecDeque<Direct>,
     /// Calls to it under way.
     calling: usize,
     /// The earliest due time of its entries not taken yet (`None`: none known).
@@ -266,7 +279,7 @@ impl Engine {
 
     fn give_turn(&mut self, key: &[u8]) {
         let ep = self.endpoint(key);
-        if !ep.has_turn && !lock(&ep.ready).is_empty() {
+        if !ep.has_turn && (!ep.direct.is_empty() || !lock(&ep.ready).is_empty()) {
             ep.has_turn = true;
             self.turns.push_back(key.to_vec());
         }
@@ -315,6 +328,13 @@ impl Engine {
         }
     }
 
+    /// A call whose caller waits: it takes its endpoint's next free slot.
+    fn direct(&mut self, d: Direct) {
+        let key = d.endpoint.clone();
+        self.endpoint(&key).direct.push_back(d);
+        self.give_turn(&key);
+    }
+
     /// Takes due entries from the outbox for endpoints that are running low.
     fn refill(&mut self, now: u64) {
         let wanted: Vec<Vec<u8>> = self
@@ -346,7 +366,11 @@ impl Engine {
         }
         // Forget endpoints with nothing left, so the map does not grow with every receiver.
         self.endpoints.retain(|_, ep| {
-            !lock(&ep.ready).is_empty() || ep.calling > 0 || ep.next_due.is_some() || ep.parked
+            !lock(&ep.ready).is_empty()
+                || !ep.direct.is_empty()
+                || ep.calling > 0
+                || ep.next_due.is_some()
+                || ep.parked
         });
     }
 
@@ -403,20 +427,42 @@ impl Engine {
                 continue;
             };
             ep.has_turn = false;
-            if lock(&ep.ready).is_empty() {
+            // Direct calls the caller gave up on, or that missed their start, go unmade.
+            let now = Instant::now();
+            ep.direct.retain(|d| d.wanted(now));
+            if ep.direct.is_empty() && lock(&ep.ready).is_empty() {
                 continue;
             }
             if push::endpoint_state(&self.state, &dir, &key) == EndpointState::Held {
                 let items: Vec<Queued> = lock(&ep.ready).drain(..).collect();
-                ep.parked = true;
-                self.park(key, items);
-                continue;
+                if !items.is_empty() {
+                    ep.parked = true;
+                    self.park(key.clone(), items);
+                }
+                // A direct call is made whether its endpoint is held or not.
+                let Some(ep) = self.endpoints.get_mut(&key) else {
+                    continue;
+                };
+                if ep.direct.is_empty() {
+                    continue;
+                }
             }
+            let Some(ep) = self.endpoints.get_mut(&key) else {
+                continue;
+            };
             if ep.calling >= self.endpoint_cap {
                 // Full: it keeps its place in the rotation for when a call ends.
                 ep.has_turn = true;
                 self.turns.push_back(key);
                 stalled += 1;
+                continue;
+            }
+            if let Some(d) = ep.direct.pop_front() {
+                ep.calling += 1;
+                self.running += 1;
+                stalled = 0;
+                self.start_direct(key.clone(), d);
+                self.give_turn(&key);
                 continue;
             }
             let Some(q) = lock(&ep.ready).pop_front() else {
@@ -458,6 +504,32 @@ impl Engine {
         // the closure panics or is dropped unrun at shutdown.
         drop(tokio::task::spawn_blocking(move || {
             attempt.run(q, report, slot)
+        }));
+    }
+
+    /// Makes a direct call on a blocking thread and hands its outcome to the caller. It
+    /// holds a slot like any attempt; nothing is recorded.
+    fn start_direct(&mut self, endpoint: Vec<u8>, d: Direct) {
+        let slot = Slot(Some((self.events.clone(), endpoint)));
+        let agent = self.agent.clone();
+        let metrics = Arc::clone(&self.state.metrics);
+        let Direct {
+            kind,
+            call,
+            reply,
+            counted,
+            ..
+        } = d;
+        drop(tokio::task::spawn_blocking(move || {
+            let _held = (slot, counted);
+            let outcome = call.send(&agent);
+            let result = if outcome.succeeded() {
+                "delivered"
+            } else {
+                "failed"
+            };
+            metrics.delivery(kind, result, Duration::from_millis(outcome.latency_ms));
+            let _ = reply.send(outcome);
         }));
     }
 

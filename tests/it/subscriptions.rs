@@ -793,3 +793,65 @@ fn ids_waiting_in_their_window_at_kill_9_arrive_after_restart() {
     assert_eq!(named, want, "every id arrives");
     assert!(signature_ok(created["secret"].as_str().unwrap(), &got[0]));
 }
+
+/// The most requests that arrived within any `window` of each other.
+fn most_at_once(got: &[Received], window: Duration) -> usize {
+    let mut at: Vec<Instant> = got.iter().map(|r| r.at).collect();
+    at.sort_unstable();
+    (0..at.len())
+        .map(|i| at[i..].iter().take_while(|t| **t < at[i] + window).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn test_calls_share_the_endpoints_cap_and_too_many_at_once_get_429() {
+    // Two calls at a time to one endpoint, each answered after a second. Six test calls
+    // made at once: as many as twice the cap wait their turn and go out two by two, the
+    // rest are refused at once rather than piling up calls to the receiver.
+    let app = spawn_app_with(|c| c.delivery.endpoint_concurrency = 2);
+    let acme = app.partner("ACME");
+    let r = Receiver::always(Answer {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_millis(1000),
+    });
+    let sub = subscribe(&app, &acme, json!({"systemName": "erp", "url": hook(&r)}));
+    let path = format!("/api/v1/subscriptions/{}/test", sub["id"].as_str().unwrap());
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let a = app.partner_json(&acme, "POST", &path, &json!({}));
+                    (a.status, a.json())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let made: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| &v["data"])
+        .collect();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, v)| &v["error"]["code"])
+        .collect();
+    assert_eq!((made.len(), refused.len()), (4, 2), "{answers:?}");
+    assert!(made.iter().all(|d| d["delivered"] == true), "{made:?}");
+    assert!(refused.iter().all(|c| *c == "rate_limited"), "{refused:?}");
+    let got = r.wait_for(4, 10);
+    assert_eq!(got.len(), 4);
+    let most = most_at_once(&got, Duration::from_millis(800));
+    assert!(most <= 2, "{most} test calls reached the receiver at once");
+    // Counted with the engine's other calls.
+    let metrics = app.call("GET", "/metrics", &[], None);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l == r#"waybill_deliveries_total{kind="test",outcome="delivered"} 4"#),
+        "{text}"
+    );
+}
