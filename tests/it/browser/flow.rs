@@ -1,6 +1,7 @@
 //! An admin's day in the browser: sign in (and be refused with a wrong password), add a
 //! partner and a key, find a message sent with that key, open it, redeliver it, see the
-//! audit entry; then every view, each checked for console errors and failed requests,
+//! audit entry; cancel a queued job and retry a failed one; test, disable and enable a
+//! subscription; then every view, each checked for console errors and failed requests,
 //! photographed, and timed (first paint and data drawn, from the Performance API).
 //!
 //! `WAYBILL_UI_SEED_MESSAGES=1000000` fills the store with that many messages first (the
@@ -12,9 +13,38 @@ use fantoccini::Locator;
 use serde_json::{json, Value};
 
 use super::Browser;
+use crate::receiver::Receiver;
 use crate::{spawn_app_with, TestApp};
 
 const PASSWORD: &str = "a long enough password";
+/// `background.timeout_seconds` in this test.
+const JOB_LIMIT_SECS: u64 = 6;
+
+/// Queues `GET path` as a background job of `key`'s partner; returns its id.
+fn background_job(app: &TestApp, key: &str, path: &str) -> String {
+    let r = app.call(
+        "GET",
+        path,
+        &[("X-Api-Key", key), ("Waybill-Background", "none")],
+        None,
+    );
+    r.data(202)["id"].as_str().expect("job id").to_owned()
+}
+
+/// Waits until the job is in `state` (live jobs, read through the admin API).
+fn wait_job(app: &TestApp, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = app
+            .admin("GET", &format!("/admin/api/jobs/{id}"), None)
+            .data(200);
+        if j["state"] == state {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "the job never got {state}: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Fills the store with `n` messages from SEEDA to SEEDB, through batch intake on four
 /// connections.
@@ -109,7 +139,13 @@ fn an_admin_works_through_every_view_in_a_real_browser() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     let started = Instant::now();
-    let app = spawn_app_with(|c| c.limits.partner_rps = 0);
+    let app = spawn_app_with(|c| {
+        c.limits.partner_rps = 0;
+        // One job at a time, each cut off after a few seconds: a long poll holds the slot
+        // and then fails, so the UI has a queued job to cancel and a failed one to retry.
+        c.background.concurrency = 1;
+        c.background.timeout_seconds = JOB_LIMIT_SECS;
+    });
     app.admin(
         "POST",
         "/admin/api/users",
@@ -258,6 +294,8 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
     );
     assert_clean(b, "audit").await;
 
+    jobs_and_subscriptions(b, app, &key).await;
+
     // Every view from its navigation entry, each without errors, photographed.
     let views = [
         ("Dashboard", "dashboard"),
@@ -326,4 +364,93 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
         .js("return fetch('/admin/api/me').then(r => r.status)")
         .await;
     assert_eq!(me, json!(401));
+}
+
+/// Job and subscription actions, clicked as an admin would, each checked through the API
+/// and in the audit log.
+async fn jobs_and_subscriptions(b: &Browser, app: &TestApp, acme: &str) {
+    // A long poll of a partner with nothing to take holds the only job slot; the next job
+    // waits behind it and is cancelled from the jobs list.
+    let idle = app.partner("IDLE");
+    let hold = background_job(app, &idle, "/api/v1/transmissions?wait=20");
+    wait_job(app, &hold, "running");
+    let queued = background_job(app, &idle, "/api/v1/transmissions");
+    b.client
+        .goto(&app.url("/ui/#/jobs?state=queued"))
+        .await
+        .expect("goto");
+    b.ready("jobs").await;
+    click_button(b, "Cancel").await;
+    b.wait_text("The job is cancelled.").await;
+    wait_job(app, &queued, "cancelled");
+    assert_clean(b, "cancel a job").await;
+
+    // The long poll outlasts the job time limit and fails; it is retried from its page.
+    let failed = wait_job(app, &hold, "failed");
+    assert_eq!(failed["runs"], 1, "{failed}");
+    b.client
+        .goto(&app.url(&format!("/ui/#/jobs/{hold}?env=live")))
+        .await
+        .expect("goto");
+    b.ready("job").await;
+    b.wait_text("background.timeout_seconds").await;
+    click_button(b, "Retry").await;
+    b.wait_text("The job is queued again.").await;
+    let again = app
+        .admin("GET", &format!("/admin/api/jobs/{hold}"), None)
+        .data(200);
+    assert!(
+        again["state"] == "queued" || again["state"] == "running",
+        "{again}"
+    );
+    b.screenshot("job-retried").await;
+    assert_clean(b, "retry a job").await;
+
+    // A subscription of ACME's: a test call from the list, then off and on again.
+    let hook = Receiver::start(vec![]);
+    let url = format!("{}/cb?ids={{ids}}", hook.url);
+    let sub = app
+        .partner_json(
+            acme,
+            "POST",
+            "/api/v1/subscriptions",
+            &json!({"systemName": "erp", "url": url}),
+        )
+        .data(201);
+    let sub_path = format!("/api/v1/subscriptions/{}", sub["id"].as_str().expect("id"));
+    b.client
+        .goto(&app.url("/ui/#/subscriptions"))
+        .await
+        .expect("goto");
+    b.ready("subscriptions").await;
+    click_button(b, "Test").await;
+    b.wait_text(&format!("Test call to {url}: answered 200"))
+        .await;
+    let got = hook.wait_for(1, 10);
+    let body: Value = serde_json::from_slice(&got[0].body).expect("JSON");
+    assert_eq!(body["event"], "subscription.test");
+    click_button(b, "Disable").await;
+    b.wait_text("Subscription disabled: no more calls until it is enabled.")
+        .await;
+    let off = app.partner_get(acme, &sub_path).data(200);
+    assert_eq!(off["active"], false, "{off}");
+    b.screenshot("subscription-disabled").await;
+    click_button(b, "Enable").await;
+    b.wait_text("Subscription enabled.").await;
+    let on = app.partner_get(acme, &sub_path).data(200);
+    assert_eq!(on["active"], true, "{on}");
+    assert_clean(b, "subscription actions").await;
+
+    // Each action is in the audit log, by alice.
+    b.client.goto(&app.url("/ui/#/audit")).await.expect("goto");
+    b.ready("audit").await;
+    for action in [
+        "POST /admin/api/jobs/{}/cancel",
+        "POST /admin/api/jobs/{}/retry",
+        "POST /admin/api/subscriptions/{}/test",
+        "PATCH /admin/api/subscriptions/{}",
+    ] {
+        b.wait_text(action).await;
+    }
+    assert_clean(b, "audit of the actions").await;
 }
