@@ -74,9 +74,14 @@ impl Retention {
         i64::from(days) * DAY_MS
     }
 
+    /// How long what `partner` alone owns (its finished background jobs) is kept (ms).
+    pub fn keep_partner_ms(&self, partner: &str) -> i64 {
+        i64::from(self.days_of(partner)) * DAY_MS
+    }
+
     /// The shortest retention of anyone: messages received since `now` minus this are
     /// all kept, so a scan in received order stops there.
-    fn shortest_ms(&self) -> i64 {
+    pub(crate) fn shortest_ms(&self) -> i64 {
         let days = self
             .partners
             .values()

@@ -116,14 +116,28 @@ async fn pass(
     let keep = i64::from(retention.default_days) * 86_400_000;
     let mut background = 0;
     loop {
-        match state
-            .store
-            .prune_background(now, now - keep, BACKGROUND_BATCH)
+        // Each job is kept for its owner's retention. The scan reads sled: off the async
+        // workers, like the message scan.
+        let (store, r) = (Arc::clone(&state.store), retention.clone());
+        let old = tokio::task::spawn_blocking(move || store.old_jobs(now, &r, BACKGROUND_BATCH))
             .await
-        {
-            Ok(n) => {
+            .map_err(|_| StoreError::Closed)
+            .and_then(|f| f);
+        let removed = match old {
+            Ok(old) => {
+                let full = old.len() >= BACKGROUND_BATCH;
+                state
+                    .store
+                    .prune_background(now, old, BACKGROUND_BATCH)
+                    .await
+                    .map(|n| (n, full))
+            }
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok((n, full)) => {
                 background += n;
-                if n < BACKGROUND_BATCH {
+                if n < BACKGROUND_BATCH && !full {
                     break;
                 }
             }

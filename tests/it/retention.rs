@@ -423,3 +423,59 @@ fn the_attempt_logs_of_job_webhooks_and_subscription_calls_go_after_retention() 
         wait_until("the call's log is pruned", || attempts(&app, d) == 0);
     }
 }
+
+#[test]
+fn a_partners_finished_jobs_follow_its_own_retention() {
+    // GLOBEX keeps its finished work 7 days, INITECH 90, ACME the setting's 30. Each has a
+    // finished background job; each job goes when its owner's retention is over.
+    let app = spawn_app_with(|_| {});
+    let keys: Vec<(&str, String)> = ["ACME", "GLOBEX", "INITECH"]
+        .into_iter()
+        .map(|p| (p, app.partner(p)))
+        .collect();
+    for (partner, days) in [("GLOBEX", 7), ("INITECH", 90)] {
+        app.admin(
+            "PATCH",
+            &format!("/admin/api/partners/{partner}"),
+            Some(json!({ "retentionDays": days })),
+        )
+        .data(200);
+    }
+    let jobs: Vec<(&str, &str, String)> = keys
+        .iter()
+        .map(|(partner, key)| {
+            let job = app
+                .call(
+                    "GET",
+                    "/api/v1/transmissions",
+                    &[("X-Api-Key", key), ("Waybill-Background", "none")],
+                    None,
+                )
+                .data(202);
+            let path = format!("/api/v1/background/{}", job["id"].as_str().unwrap());
+            wait_until("the job ends", || {
+                app.partner_get(key, &path).data(200)["state"] == "completed"
+            });
+            (*partner, key.as_str(), path)
+        })
+        .collect();
+    let kept = |partner: &str| {
+        let (_, key, path) = jobs.iter().find(|(p, _, _)| *p == partner).unwrap();
+        app.partner_get(key, path).status == 200
+    };
+
+    app.clock.advance(8 * DAY_MS);
+    wait_until("GLOBEX's job is pruned after its 7 days", || {
+        !kept("GLOBEX")
+    });
+    assert!(kept("ACME") && kept("INITECH"));
+
+    app.clock.advance(23 * DAY_MS);
+    wait_until("ACME's job is pruned after 30 days", || !kept("ACME"));
+    assert!(kept("INITECH"), "INITECH keeps its job for 90 days");
+
+    app.clock.advance(60 * DAY_MS);
+    wait_until("INITECH's job is pruned after its 90 days", || {
+        !kept("INITECH")
+    });
+}

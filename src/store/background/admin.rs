@@ -2,6 +2,7 @@
 //! a failed job, and pruning finished jobs and expired idempotency answers.
 
 use super::*;
+use crate::store::retention::Retention;
 
 /// Which jobs an admin listing shows.
 #[derive(Debug, Clone, Default)]
@@ -92,35 +93,49 @@ impl Store {
         Ok((out, next))
     }
 
-    /// Removes idempotency answers past their expiry, and finished jobs (with their
-    /// content) that ended before `finished_before`. At most `max` of each per call;
-    /// returns how many were removed.
-    pub async fn prune_background(
+    /// The keys of at most `max` finished jobs whose owner's retention is over: they
+    /// ended longer ago than [`Retention::keep_partner_ms`] of their partner. It reads
+    /// sled, so it is for a blocking thread.
+    pub fn old_jobs(
         &self,
         now: i64,
-        finished_before: i64,
+        retention: &Retention,
         max: usize,
-    ) -> Result<usize, StoreError> {
-        let keys = self.prune_idempotency(now, max).await?;
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let newest_prunable = now.saturating_sub(retention.shortest_ms());
         let mut old = Vec::new();
-        'envs: for env in [Env::Live, Env::Test] {
+        for env in [Env::Live, Env::Test] {
             for entry in self.t.jobs.scan_prefix([env.byte()]) {
                 if old.len() >= max {
-                    break 'envs;
+                    return Ok(old);
                 }
                 let (k, v) = entry?;
                 let Ok(job) = decode::<JobRec>(&v) else {
                     continue;
                 };
-                // Ids are v7: once a job was created after the cut-off, the rest were too.
-                if job.created_at >= finished_before {
+                // Ids are v7: once a job was created after the shortest retention's
+                // cut-off, the rest were too.
+                if job.created_at >= newest_prunable {
                     break;
                 }
-                if job.state.is_final() && job.finished_at.is_some_and(|f| f < finished_before) {
+                let before = now.saturating_sub(retention.keep_partner_ms(&job.partner));
+                if job.state.is_final() && job.finished_at.is_some_and(|f| f < before) {
                     old.push(k.to_vec());
                 }
             }
         }
+        Ok(old)
+    }
+
+    /// Removes idempotency answers past their expiry (at most `max`), and the jobs of
+    /// `old` (from [`Store::old_jobs`]) with their content; returns how many went.
+    pub async fn prune_background(
+        &self,
+        now: i64,
+        old: Vec<Vec<u8>>,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let keys = self.prune_idempotency(now, max).await?;
         if old.is_empty() {
             return Ok(keys);
         }

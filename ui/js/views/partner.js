@@ -67,7 +67,7 @@ export async function render(ctx) {
       h("div.form-row", h("label", "Live push URL", pushUrl), h("label", "Test push URL", testPushUrl)),
       h("div.form-row", h("label", "Push headers, one per line (Name: value)", headers),
         h("label", "Push query parameters, one per line (name=value)", params)),
-      h("label", "Keep finished messages for (days)", retention),
+      h("label", "Keep finished messages and jobs for (days)", retention),
       h("div.row", h("label.check", active, "Active (may send and receive)"),
         h("label.check", unique, "Refuse a reference it already used")),
       formProblem,
