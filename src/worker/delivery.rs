@@ -163,6 +163,18 @@ enum Event {
     CallEnded(Vec<u8>),
     /// An attempt is over, recorded or not.
     Done(Done),
+    /// A direct call is over: its outcome was handed to its caller, or it was cut short.
+    DirectEnded,
+}
+
+/// Tells the engine that a direct call is over when dropped, so shutdown waits for the
+/// direct calls under way like for any attempt.
+struct DirectEnded(mpsc::UnboundedSender<Event>);
+
+impl Drop for DirectEnded {
+    fn drop(&mut self) {
+        let _ = self.0.send(Event::DirectEnded);
+    }
 }
 
 /// What the engine and the threads running its attempts share.
@@ -508,9 +520,11 @@ impl Engine {
     }
 
     /// Makes a direct call on a blocking thread and hands its outcome to the caller. It
-    /// holds a slot like any attempt; nothing is recorded.
+    /// holds a slot and counts as an attempt under way like any other; nothing is recorded.
     fn start_direct(&mut self, endpoint: Vec<u8>, d: Direct) {
         let slot = Slot(Some((self.events.clone(), endpoint)));
+        self.shared.attempts.fetch_add(1, Ordering::AcqRel);
+        let ended = DirectEnded(self.events.clone());
         let agent = self.agent.clone();
         let metrics = Arc::clone(&self.state.metrics);
         let Direct {
@@ -521,7 +535,7 @@ impl Engine {
             ..
         } = d;
         drop(tokio::task::spawn_blocking(move || {
-            let _held = (slot, counted);
+            let _held = (slot, counted, ended);
             let outcome = call.send(&agent);
             let result = if outcome.succeeded() {
                 "delivered"
@@ -557,6 +571,7 @@ impl Engine {
     fn heard(&mut self, event: Event) {
         match event {
             Event::CallEnded(endpoint) => self.call_ended(&endpoint),
+            Event::DirectEnded => self.shared.end_attempt(),
             Event::Done(done) => {
                 self.shared.end_attempt();
                 self.record(done);
