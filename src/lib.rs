@@ -27,6 +27,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod notify;
 pub mod outbound;
 pub mod secrets;
 pub mod server;
@@ -406,9 +407,12 @@ pub async fn run_with_clock(
     };
     tracing::info!(%addr, scheme, data_dir = %state.config.server.data_dir.display(), "waybill serving");
     let routes = api::routes(state.clone());
+    // The listener is bound, so connections made from now on are served.
+    notify::ready(&format!("serving {scheme} on {addr}"));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
+        notify::stopping();
         let _ = stop_tx.send(true);
     };
     let connections = Arc::clone(&state.connections);

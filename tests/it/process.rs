@@ -958,3 +958,58 @@ fn no_secret_or_payload_reaches_the_log() {
         }
     }
 }
+
+/// The next notification on `socket`, as text (panics after 20 s).
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification from the server: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_is_told_when_the_server_is_ready_and_when_it_stops() {
+    // As under a unit with Type=notify: the service manager's socket is in NOTIFY_SOCKET.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let data = dir.path().join("data");
+    let mut server = start_with(&data, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let ready = notification(&socket);
+    let lines: Vec<&str> = ready.lines().collect();
+    assert!(lines.contains(&"READY=1"), "{ready}");
+    let pid = format!("MAINPID={}", server.child.id());
+    assert!(lines.contains(&pid.as_str()), "{ready}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains(&server.listen)),
+        "{ready}"
+    );
+    // Ready means serving: the port answers.
+    assert_eq!(
+        agent()
+            .get(&format!("{}/readyz", server.base))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopping = notification(&socket);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

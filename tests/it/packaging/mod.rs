@@ -277,7 +277,8 @@ fn the_unit_verifies_and_its_exposure_is_at_most_1_5() {
     let unit = fs::read_to_string(root.join("usr/lib/systemd/system/waybill.service")).unwrap();
     // What the issue asks of the unit, line by line.
     for line in [
-        "Type=exec",
+        "Type=notify",
+        "NotifyAccess=main",
         "User=waybill",
         "StateDirectory=waybill",
         "ExecStartPre=/usr/bin/waybill --config /etc/waybill/waybill.toml check-config --quiet",
