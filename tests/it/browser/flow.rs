@@ -96,11 +96,7 @@ async fn assert_clean(b: &Browser, what: &str) {
 /// from the navigation's start.
 async fn timed_load(b: &Browser, app: &TestApp, n: usize, hash: &str, view: &str) -> (f64, f64) {
     // A new query string makes it a new document, not a same-page hash change.
-    b.client
-        .goto(&app.url(&format!("/ui/?load={n}#/{hash}")))
-        .await
-        .expect("goto");
-    b.ready(view).await;
+    visit(b, &app.url(&format!("/ui/?load={n}#/{hash}")), view).await;
     let t = b
         .js(&format!(
             "const r = performance.getEntriesByName('view-ready:{view}')[0];
@@ -111,6 +107,12 @@ async fn timed_load(b: &Browser, app: &TestApp, n: usize, hash: &str, view: &str
     let f = |i: usize| t[i].as_f64().unwrap_or(-1.0);
     assert!(f(1) > 0.0, "{view}: no view-ready mark");
     (f(0), f(1))
+}
+
+/// Loads `url` and waits until its view `view` has drawn its data.
+async fn visit(b: &Browser, url: &str, view: &str) {
+    b.client.goto(url).await.expect("goto");
+    b.ready(view).await;
 }
 
 async fn click_button(b: &Browser, text: &str) {
@@ -168,11 +170,7 @@ fn an_admin_works_through_every_view_in_a_real_browser() {
 
 async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
     // Signed out, the UI sends the reader to sign in, remembering where they were going.
-    b.client
-        .goto(&app.url("/ui/#/messages"))
-        .await
-        .expect("goto");
-    b.ready("login").await;
+    visit(b, &app.url("/ui/#/messages"), "login").await;
     assert!(b
         .client
         .current_url()
@@ -222,11 +220,7 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
     assert_clean(b, "sign-in").await;
 
     // A partner and a key, made in the UI.
-    b.client
-        .goto(&app.url("/ui/#/partners"))
-        .await
-        .expect("goto");
-    b.ready("partners").await;
+    visit(b, &app.url("/ui/#/partners"), "partners").await;
     type_into(b, "input[name=code]", "ACME").await;
     type_into(b, "input[name=name]", "Acme Corp").await;
     click_button(b, "Add partner").await;
@@ -253,11 +247,7 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
     app.ack(&globex, &uuid, "failed").data(200);
 
     // Messages: found by its reference.
-    b.client
-        .goto(&app.url("/ui/#/messages"))
-        .await
-        .expect("goto");
-    b.ready("messages").await;
+    visit(b, &app.url("/ui/#/messages"), "messages").await;
     type_into(b, "input[name=externalReference]", "UI-1").await;
     click_button(b, "Search").await;
     let row = format!("a[href='#/messages/{id}']");
@@ -282,8 +272,7 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
     assert_clean(b, "message detail").await;
 
     // The audit log has it, by alice.
-    b.client.goto(&app.url("/ui/#/audit")).await.expect("goto");
-    b.ready("audit").await;
+    visit(b, &app.url("/ui/#/audit"), "audit").await;
     b.wait_text("POST /admin/api/messages/{}/redeliver").await;
     let audit = b.text("main table").await;
     assert!(
@@ -327,11 +316,7 @@ async fn drive(b: &Browser, app: &TestApp, seeded: usize) {
         ("dashboard", "dashboard"),
         (&*format!("messages/{id}"), "message"),
     ] {
-        b.client
-            .goto(&app.url(&format!("/ui/?dark#/{hash}")))
-            .await
-            .expect("goto");
-        b.ready(view).await;
+        visit(b, &app.url(&format!("/ui/?dark#/{hash}")), view).await;
         b.screenshot(&format!("{view}-dark")).await;
     }
     b.color_scheme(false).await;
@@ -375,11 +360,7 @@ async fn jobs_and_subscriptions(b: &Browser, app: &TestApp, acme: &str) {
     let hold = background_job(app, &idle, "/api/v1/transmissions?wait=20");
     wait_job(app, &hold, "running");
     let queued = background_job(app, &idle, "/api/v1/transmissions");
-    b.client
-        .goto(&app.url("/ui/#/jobs?state=queued"))
-        .await
-        .expect("goto");
-    b.ready("jobs").await;
+    visit(b, &app.url("/ui/#/jobs?state=queued"), "jobs").await;
     click_button(b, "Cancel").await;
     b.wait_text("The job is cancelled.").await;
     wait_job(app, &queued, "cancelled");
@@ -388,11 +369,7 @@ async fn jobs_and_subscriptions(b: &Browser, app: &TestApp, acme: &str) {
     // The long poll outlasts the job time limit and fails; it is retried from its page.
     let failed = wait_job(app, &hold, "failed");
     assert_eq!(failed["runs"], 1, "{failed}");
-    b.client
-        .goto(&app.url(&format!("/ui/#/jobs/{hold}?env=live")))
-        .await
-        .expect("goto");
-    b.ready("job").await;
+    visit(b, &app.url(&format!("/ui/#/jobs/{hold}?env=live")), "job").await;
     b.wait_text("background.timeout_seconds").await;
     click_button(b, "Retry").await;
     b.wait_text("The job is queued again.").await;
@@ -418,11 +395,7 @@ async fn jobs_and_subscriptions(b: &Browser, app: &TestApp, acme: &str) {
         )
         .data(201);
     let sub_path = format!("/api/v1/subscriptions/{}", sub["id"].as_str().expect("id"));
-    b.client
-        .goto(&app.url("/ui/#/subscriptions"))
-        .await
-        .expect("goto");
-    b.ready("subscriptions").await;
+    visit(b, &app.url("/ui/#/subscriptions"), "subscriptions").await;
     click_button(b, "Test").await;
     b.wait_text(&format!("Test call to {url}: answered 200"))
         .await;
@@ -442,8 +415,7 @@ async fn jobs_and_subscriptions(b: &Browser, app: &TestApp, acme: &str) {
     assert_clean(b, "subscription actions").await;
 
     // Each action is in the audit log, by alice.
-    b.client.goto(&app.url("/ui/#/audit")).await.expect("goto");
-    b.ready("audit").await;
+    visit(b, &app.url("/ui/#/audit"), "audit").await;
     for action in [
         "POST /admin/api/jobs/{}/cancel",
         "POST /admin/api/jobs/{}/retry",
