@@ -28,6 +28,8 @@ const SCAN: usize = 4096;
 const CALLS_PER_PASS: usize = 64;
 /// Pause between two store calls.
 const BREATHER: Duration = Duration::from_millis(20);
+/// How often the scan of old call attempt rows starts over from the first row.
+const CALLS_RESCAN_MS: i64 = 86_400_000;
 /// Background jobs and idempotent answers removed per writer job.
 const BACKGROUND_BATCH: usize = 1000;
 /// The first pass waits this long after start, so a restart is not slowed by pruning.
@@ -36,8 +38,11 @@ const FIRST_PASS: Duration = Duration::from_secs(60);
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cursors: [Option<Vec<u8>>; 2] = [None, None];
     // Where each environment's scan of old call attempt rows goes on; kept across passes,
-    // since a row it passed over stays with its stored message.
+    // since a row it passed over stays with its stored message. Started over once a day:
+    // a retry of an old call (one parked behind a subscription turned off, or retried
+    // after its first rows went) writes a row behind the cursor.
     let mut calls: [Option<Vec<u8>>; 2] = [None, None];
+    let mut calls_from = state.clock.now_ms();
     let every = Duration::from_secs(state.config.retention.every_minutes.max(1) * 60);
     let mut wait = FIRST_PASS;
     loop {
@@ -50,6 +55,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                     return;
                 }
             }
+        }
+        let now = state.clock.now_ms();
+        if now.saturating_sub(calls_from) >= CALLS_RESCAN_MS {
+            calls = [None, None];
+            calls_from = now;
         }
         pass(&state, &mut cursors, &mut calls).await;
         wait = every;

@@ -479,3 +479,54 @@ fn a_partners_finished_jobs_follow_its_own_retention() {
         !kept("INITECH")
     });
 }
+
+#[test]
+fn a_calls_attempt_made_after_its_earlier_rows_were_pruned_goes_too() {
+    // A subscription call fails, and is retried a few seconds later. In between, the clock
+    // moves 31 days on and the pruner removes the call's first row and a later call's row.
+    // The retry's row, written after that pass, has the first call's (older) delivery id:
+    // a later pass must still find it.
+    let app = spawn_app_with(|c| {
+        c.subscriptions.batch_window_ms = 100;
+        c.delivery.retry_schedule = vec![4];
+    });
+    let acme = app.partner("ACME");
+    let globex = app.partner("GLOBEX");
+    app.route("ACME", "GLOBEX", "*");
+    let hooks = Receiver::start(vec![Answer::status(500)]);
+    app.partner_json(
+        &globex,
+        "POST",
+        "/api/v1/subscriptions",
+        &json!({"systemName": "wms", "url": format!("{}/cb?ids={{ids}}", hooks.url),
+                "events": ["transmission.created"]}),
+    )
+    .data(201);
+    create(&app, &acme, "order", br#"{"n":1}"#, &[]);
+    let failed = delivery_of(&hooks.wait_for(1, 30)[0]);
+    // A later delivery: a job's completion webhook, answered at once.
+    app.call(
+        "GET",
+        "/api/v1/transmissions",
+        &[("X-Api-Key", &acme), ("Waybill-Background", &hooks.url)],
+        None,
+    )
+    .data(202);
+    let later = delivery_of(&hooks.wait_for(2, 30)[1]);
+    assert!(failed < later);
+    wait_until("the later call is logged", || attempts(&app, &later) == 1);
+
+    app.clock.advance(31 * DAY_MS);
+    wait_until("both logs are pruned", || {
+        attempts(&app, &failed) == 0 && attempts(&app, &later) == 0
+    });
+    // The retry, after that pass.
+    let retried = hooks.wait_for(3, 30);
+    assert_eq!(delivery_of(&retried[2]), failed);
+    wait_until("the retry is logged", || attempts(&app, &failed) == 1);
+
+    app.clock.advance(DAY_MS);
+    wait_until("the retry's row is pruned too", || {
+        attempts(&app, &failed) == 0
+    });
+}
