@@ -372,6 +372,18 @@ fn delivery_of(call: &crate::receiver::Received) -> String {
     uuid::Uuid::parse_str(hex).expect("a uuid").to_string()
 }
 
+/// Subscribes `key`'s partner to its new transmissions, called at `hooks`.
+fn subscribe_to_new_work(app: &TestApp, key: &str, hooks: &Receiver) {
+    app.partner_json(
+        key,
+        "POST",
+        "/api/v1/subscriptions",
+        &json!({"systemName": "wms", "url": format!("{}/cb?ids={{ids}}", hooks.url),
+                "events": ["transmission.created"]}),
+    )
+    .data(201);
+}
+
 #[test]
 fn the_attempt_logs_of_job_webhooks_and_subscription_calls_go_after_retention() {
     let app = spawn_app_with(|c| c.subscriptions.batch_window_ms = 200);
@@ -379,14 +391,7 @@ fn the_attempt_logs_of_job_webhooks_and_subscription_calls_go_after_retention() 
     let globex = app.partner("GLOBEX");
     app.route("ACME", "GLOBEX", "*");
     let hooks = Receiver::start(vec![]);
-    app.partner_json(
-        &globex,
-        "POST",
-        "/api/v1/subscriptions",
-        &json!({"systemName": "wms", "url": format!("{}/cb?ids={{ids}}", hooks.url),
-                "events": ["transmission.created"]}),
-    )
-    .data(201);
+    subscribe_to_new_work(&app, &globex, &hooks);
     // A job whose completion webhook goes to the same receiver, and the message it stores,
     // whose new transmission makes the subscription call.
     app.call(
@@ -494,14 +499,7 @@ fn a_calls_attempt_made_after_its_earlier_rows_were_pruned_goes_too() {
     let globex = app.partner("GLOBEX");
     app.route("ACME", "GLOBEX", "*");
     let hooks = Receiver::start(vec![Answer::status(500)]);
-    app.partner_json(
-        &globex,
-        "POST",
-        "/api/v1/subscriptions",
-        &json!({"systemName": "wms", "url": format!("{}/cb?ids={{ids}}", hooks.url),
-                "events": ["transmission.created"]}),
-    )
-    .data(201);
+    subscribe_to_new_work(&app, &globex, &hooks);
     create(&app, &acme, "order", br#"{"n":1}"#, &[]);
     let failed = delivery_of(&hooks.wait_for(1, 30)[0]);
     // A later delivery: a job's completion webhook, answered at once.
