@@ -269,6 +269,15 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `path` as the report shows it: relative to the project's root when it is under it, so
+/// the file does not name the directory it was written in.
+fn shown(path: &Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 // ---------------------------------------------------------------------------
 // The yardstick
 
@@ -294,7 +303,7 @@ async fn run_yardstick(path: &Path, quick: bool) -> Yardstick {
     if quick {
         args.extend(["--secs".to_string(), "2".to_string()]);
     }
-    let command = format!("{} {}", path.display(), args.join(" "));
+    let command = format!("{} {}", shown(path), args.join(" "));
     let mut cmd = Command::new(path);
     cmd.args(&args).current_dir(repo_root());
     let output = tokio::task::spawn_blocking(move || cmd.output()).await;
@@ -437,7 +446,7 @@ fn binary() -> String {
     } else {
         format!(", {version}")
     };
-    format!("`{}` ({profile}{version})", bin.display())
+    format!("`{}` ({profile}{version})", shown(&bin))
 }
 
 fn now_utc() -> String {
